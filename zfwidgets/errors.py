@@ -1,0 +1,70 @@
+"""The one exception family of zfwidgets.
+
+Every error that zfwidgets raises on purpose is a :class:`ZFError`. The subclasses also derive
+from the built-in exception a Python user would expect (``ValueError``, ``LookupError`` ...), so
+``except ValueError`` keeps working for code that does not know about zfwidgets.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ZFError",
+    "BadImageError",
+    "UnknownLayerError",
+    "OutOfRangeError",
+    "BadParameterError",
+    "UnsupportedModelError",
+    "WeightsUnavailableError",
+    "DataError",
+]
+
+
+class ZFError(Exception):
+    """Base class of every error raised by zfwidgets."""
+
+
+class BadImageError(ZFError, ValueError):
+    """An image could not be decoded or converted (corrupt, truncated, empty, too large ...)."""
+
+
+class UnknownLayerError(ZFError, LookupError):
+    """A layer name is not one of the session's layers."""
+
+    def __init__(self, name: str, known: Iterable[str]):
+        known = list(known)
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        msg = f"unknown layer {name!r}"
+        if close:
+            msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        elif known:
+            shown = ", ".join(repr(k) for k in known[:8])
+            msg += f"; layers are {shown}{' ...' if len(known) > 8 else ''}"
+        super().__init__(msg)
+        self.name = name
+        self.suggestions = close
+
+    def __str__(self) -> str:  # LookupError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class OutOfRangeError(ZFError, IndexError):
+    """A channel, position or class id lies outside what the layer or model has."""
+
+
+class BadParameterError(ZFError, ValueError):
+    """A parameter has a value that cannot work (a size of 0, a negative stride ...)."""
+
+
+class UnsupportedModelError(ZFError, TypeError):
+    """The model contains something a rule cannot handle faithfully."""
+
+
+class WeightsUnavailableError(ZFError, RuntimeError):
+    """Pretrained weights cannot be loaded (offline, missing package, bad checkpoint)."""
+
+
+class DataError(ZFError, ValueError):
+    """A data set cannot be used (empty, no readable image ...)."""
