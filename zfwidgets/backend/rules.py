@@ -1,0 +1,232 @@
+"""Backward rules: plain gradient, deconvnet (Zeiler & Fergus 2014) and guided backprop.
+
+The three rules differ only in what happens to the backward signal at a rectifier
+(ReLU, ReLU6, LeakyReLU, ``clamp(min=0)`` ...). Max-pooling needs nothing special: its ordinary
+gradient routes the signal to the recorded maximum, which is exactly the paper's unpooling with
+*switches*. Convolutions and batch norm (eval mode, an affine map) need nothing either: their
+gradient is the transposed filter.
+
+=============  ==============================================================
+rule           backward signal at a rectifier ``y = act(x)``
+=============  ==============================================================
+``gradient``   ``g * act'(x)``
+``deconvnet``  ``max(g, 0)`` (the forward pass does not gate the signal)
+``guided``     ``max(g, 0) * act'(x)``  (Springenberg et al. 2015)
+=============  ==============================================================
+
+The rules are applied by :class:`RuleMode`, a :class:`torch.overrides.TorchFunctionMode` active
+only for the duration of one forward pass. It intercepts every rectifier *call* (module or
+functional, in place or not, a module reused in many places) and replaces it by an out-of-place
+:class:`torch.autograd.Function` with the rule's backward. Nothing is registered on the user's
+module, so nothing can be left behind. Non-rectifying nonlinearities (SiLU, GELU, sigmoid ...)
+have no deconvnet or guided counterpart: they raise :class:`~zfwidgets.errors.UnsupportedModelError`
+rather than silently falling back to the gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ..errors import BadParameterError, UnsupportedModelError
+
+__all__ = ["RULES", "RuleMode", "check_rule"]
+
+RULES = ("deconvnet", "guided", "gradient")
+
+
+def check_rule(rule: str) -> str:
+    """Return ``rule`` if it names a backward rule, else raise ``BadParameterError``."""
+    if rule not in RULES:
+        raise BadParameterError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    return rule
+
+
+class _Rectifier(torch.autograd.Function):
+    """``y = clamp(x, lo, hi)`` for ``x > lo`` and ``slope * x`` below (LeakyReLU when slope > 0).
+
+    Only the backward depends on ``rule``. The forward saves a mask, never ``x`` itself, so that an
+    in-place rectifier (``y`` copied back into ``x``) does not invalidate the saved state.
+    """
+
+    @staticmethod
+    def forward(ctx, x, lo, hi, slope, rule):
+        y = x.clamp(min=lo, max=hi)
+        if slope:
+            y = torch.where(x < lo, x * slope, y)
+        if rule != "deconvnet":
+            # act'(x): 1 inside (lo, hi), `slope` below lo, 0 above hi
+            inside = x > lo
+            if hi is not None:
+                inside = inside & (x < hi)
+            deriv = inside.to(x.dtype)
+            if slope:
+                deriv = deriv + (x <= lo).to(x.dtype) * slope
+            ctx.save_for_backward(deriv)
+        ctx.rule = rule
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.rule == "deconvnet":
+            out = g.clamp(min=0)
+        else:
+            (deriv,) = ctx.saved_tensors
+            out = (g.clamp(min=0) if ctx.rule == "guided" else g) * deriv
+        return out, None, None, None, None
+
+
+def _kw(args, kwargs, index, name, default):
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > index:
+        return args[index]
+    return default
+
+
+# Each entry: function -> (parser returning (x, lo, hi, slope) or None when not a rectifier, inplace?)
+def _relu(args, kwargs):
+    return args[0], 0.0, None, 0.0
+
+
+def _hardtanh(args, kwargs):
+    lo = float(_kw(args, kwargs, 1, "min_val", -1.0))
+    hi = float(_kw(args, kwargs, 2, "max_val", 1.0))
+    return (args[0], lo, hi, 0.0) if lo == 0.0 else None
+
+
+def _relu6(args, kwargs):
+    return args[0], 0.0, 6.0, 0.0
+
+
+def _leaky(args, kwargs):
+    return args[0], 0.0, None, float(_kw(args, kwargs, 1, "negative_slope", 0.01))
+
+
+def _clamp(args, kwargs):
+    lo = _kw(args, kwargs, 1, "min", None)
+    hi = _kw(args, kwargs, 2, "max", None)
+    if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor):
+        return None
+    if lo is None or float(lo) != 0.0:
+        return None
+    return args[0], 0.0, None if hi is None else float(hi), 0.0
+
+
+def _clamp_min(args, kwargs):
+    lo = _kw(args, kwargs, 1, "min", None)
+    if isinstance(lo, torch.Tensor) or lo is None or float(lo) != 0.0:
+        return None
+    return args[0], 0.0, None, 0.0
+
+
+def _threshold(args, kwargs):
+    th = float(_kw(args, kwargs, 1, "threshold", 0.0))
+    val = float(_kw(args, kwargs, 2, "value", 0.0))
+    return (args[0], 0.0, None, 0.0) if th == 0.0 and val == 0.0 else None
+
+
+_T = torch.Tensor
+# (parser, in place when called like this?) ; in-place-ness of F.* depends on the `inplace` kwarg
+_RECTIFIERS = {
+    F.relu: (_relu, None),
+    torch.relu: (_relu, False),
+    _T.relu: (_relu, False),
+    torch.relu_: (_relu, True),
+    _T.relu_: (_relu, True),
+    F.relu_: (_relu, True),
+    F.relu6: (_relu6, None),
+    F.hardtanh: (_hardtanh, None),
+    F.hardtanh_: (_hardtanh, True),
+    F.leaky_relu: (_leaky, None),
+    F.leaky_relu_: (_leaky, True),
+    F.threshold: (_threshold, None),
+    torch.clamp: (_clamp, False),
+    torch.clip: (_clamp, False),
+    _T.clamp: (_clamp, False),
+    _T.clip: (_clamp, False),
+    _T.clamp_: (_clamp, True),
+    _T.clip_: (_clamp, True),
+    torch.clamp_min: (_clamp_min, False),
+    _T.clamp_min: (_clamp_min, False),
+    _T.clamp_min_: (_clamp_min, True),
+}
+
+# Nonlinearities that are not rectifiers: deconvnet / guided backprop are undefined through them.
+_NON_RECTIFIERS = {
+    F.silu: "SiLU/swish",
+    F.gelu: "GELU",
+    F.elu: "ELU",
+    F.selu: "SELU",
+    F.celu: "CELU",
+    F.mish: "Mish",
+    F.hardswish: "Hardswish",
+    F.hardsigmoid: "Hardsigmoid",
+    F.softplus: "Softplus",
+    F.prelu: "PReLU",
+    F.rrelu: "RReLU",
+    torch.sigmoid: "sigmoid",
+    _T.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
+    _T.tanh: "tanh",
+    F.tanh: "tanh",
+    F.sigmoid: "sigmoid",
+}
+
+
+class RuleMode(TorchFunctionMode):
+    """Apply a backward rule to every rectifier called while this mode is active.
+
+    Parameters
+    ----------
+    rule : {"deconvnet", "guided", "gradient"}
+        The backward rule. With ``"gradient"`` rectifiers are still replaced (by a function with
+        the ordinary derivative), which makes in-place rectifiers safe to differentiate through.
+
+    Attributes
+    ----------
+    rectifiers : int
+        How many rectifier calls were intercepted (a model whose rectifiers could not be seen at
+        all would give 0 here for a deep layer).
+
+    Notes
+    -----
+    Use as a context manager around one forward pass; the backward may happen after the mode
+    exits. The mode is reentrant-safe in the sense that torch disables it inside its own
+    ``__torch_function__``, so the replacement computations are not intercepted again.
+    """
+
+    def __init__(self, rule: str):
+        super().__init__()
+        self.rule = check_rule(rule)
+        self.rectifiers = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        entry = _RECTIFIERS.get(func)
+        if entry is not None:
+            parser, inplace = entry
+            parsed = parser(args, kwargs)
+            x = parsed[0] if parsed is not None else None
+            if parsed is not None and isinstance(x, torch.Tensor) and x.is_floating_point():
+                if inplace is None:
+                    inplace = bool(_kw(args, kwargs, {F.relu: 1, F.relu6: 1, F.hardtanh: 3,
+                                                      F.leaky_relu: 2, F.threshold: 3}[func],
+                                       "inplace", False))
+                self.rectifiers += 1
+                _, lo, hi, slope = parsed
+                y = _Rectifier.apply(x, lo, hi, slope, self.rule)
+                if inplace:
+                    # keep in-place semantics for callers that ignore the return value
+                    x.copy_(y)
+                    return x
+                return y
+        elif self.rule != "gradient" and func in _NON_RECTIFIERS:
+            raise UnsupportedModelError(
+                f"the model applies {_NON_RECTIFIERS[func]}, which is not a rectifier: the "
+                f"{self.rule!r} rule is defined only for ReLU-family networks (ReLU, ReLU6, "
+                "LeakyReLU). Use rule='gradient' for this model."
+            )
+        return func(*args, **kwargs)
+
