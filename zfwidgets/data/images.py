@@ -1,0 +1,383 @@
+"""Robust image loading: anything image-like in, a fully loaded 8-bit RGB PIL image out.
+
+:func:`load_image` is the single entry point every other part of zfwidgets uses to read a user's
+picture. It accepts paths, raw bytes, file objects, PIL images, numpy arrays and torch tensors;
+applies the EXIF orientation; converts every PIL mode (16-bit, float, palette, CMYK, LAB ...) to
+RGB with the right scaling; composites transparency over white; and turns every way an image can
+be bad (missing, empty, truncated, corrupt, not an image, a decompression bomb) into a
+:class:`~zfwidgets.errors.BadImageError` that names the source and the problem.
+
+PIL's global settings are left alone: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays ``False`` (so a
+cut-off file raises instead of coming back half grey) and ``Image.MAX_IMAGE_PIXELS`` is never
+assigned; the pixel limit is checked locally against the header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from zfwidgets.errors import BadImageError, BadParameterError, ZFError
+
+__all__ = ["MAX_PIXELS", "load_image"]
+
+#: Default decompression-bomb limit: the largest width * height :func:`load_image` will decode.
+MAX_PIXELS = 64_000_000
+
+_ORIENTATION_TAG = 0x0112
+_WHITE = (255, 255, 255)
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# Float inputs may overshoot [0, 1] by rounding noise; anything beyond this is a real error.
+_FLOAT_TOLERANCE = 1e-4
+
+
+def load_image(src: Any, *, max_pixels: int | None = None) -> Image.Image:
+    """Load any image-like object as a fully decoded 8-bit RGB PIL image.
+
+    Parameters
+    ----------
+    src : str, os.PathLike, bytes, bytearray, memoryview, file object, PIL.Image.Image, \
+numpy.ndarray or torch.Tensor
+        The image. A path is read from disk (no file handle stays open); bytes-like objects hold
+        an encoded file (PNG, JPEG, ...); a binary file object is read from its start (PIL
+        seeks to 0) and is left open. A numpy array must be ``HxW``, ``HxWx1``, ``HxWx3`` or
+        ``HxWx4`` of dtype ``uint8``, ``uint16``, ``bool`` or float with values in [0, 1]. A
+        torch tensor must be ``[3,H,W]``, ``[1,H,W]``, ``[4,H,W]`` or ``[H,W]`` with the same
+        value rules (torch is imported only when a tensor is given).
+    max_pixels : int, optional
+        Largest ``width * height`` accepted; ``None`` uses :data:`MAX_PIXELS`. The check reads
+        only the header, so an oversized file is refused before anything is decoded.
+
+    Returns
+    -------
+    PIL.Image.Image
+        A new image of mode ``"RGB"``, fully loaded and detached from any file, with the EXIF
+        orientation applied, transparency composited over white, 16-bit data scaled by the full
+        0..65535 range, and only the first frame of an animated or multi-page file.
+
+    Raises
+    ------
+    BadImageError
+        The source is missing, a directory, empty, truncated, corrupt, not an image, larger than
+        ``max_pixels``, has zero width or height, or is an array/tensor of unsupported shape,
+        dtype or value range. The message starts with the source (the path, or ``<bytes>``,
+        ``<file>``, ``<array>``, ``<tensor>``, ``<PIL image>``) and the original exception is
+        chained.
+    BadParameterError
+        ``max_pixels`` is not a positive integer.
+
+    Examples
+    --------
+    >>> img = load_image("photo.jpg")                      # doctest: +SKIP
+    >>> img.mode
+    'RGB'
+    """
+    limit = _resolve_limit(max_pixels)
+
+    if isinstance(src, Image.Image):
+        return _from_pil(src, _pil_name(src), limit)
+    if isinstance(src, np.ndarray):
+        return _from_array(src, "<array>", limit)
+    if type(src).__module__.startswith("torch"):
+        return _from_tensor(src, limit)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+        if not data:
+            raise BadImageError("<bytes>: empty data (0 bytes)")
+        return _decode(io.BytesIO(data), "<bytes>", limit)
+    if isinstance(src, (str, os.PathLike)):
+        return _from_path(src, limit)
+    if callable(getattr(src, "read", None)):
+        name = getattr(src, "name", None)
+        name = name if isinstance(name, str) and name else "<file>"
+        if isinstance(src, io.TextIOBase):
+            raise BadImageError(f"{name}: file object is in text mode; open it with 'rb'")
+        return _decode(src, name, limit)
+    raise BadImageError(
+        f"<{type(src).__name__}>: cannot load an image from a {type(src).__qualname__} object; "
+        "pass a path, bytes, a file object, a PIL image, a numpy array or a torch tensor"
+    )
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+
+def _resolve_limit(max_pixels: int | None) -> int:
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
+        raise BadParameterError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    return int(limit)
+
+
+def _from_path(src: str | os.PathLike, limit: int) -> Image.Image:
+    path = os.fsdecode(os.fspath(src))
+    if os.path.isdir(path):
+        raise BadImageError(f"{path}: is a directory, not an image file")
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with-block below
+    except FileNotFoundError as exc:
+        raise BadImageError(f"{path}: no such file{_sample_hint(path)}") from exc
+    except OSError as exc:  # permission denied, a directory on Windows, ...
+        raise BadImageError(f"{path}: cannot open file ({exc.strerror or exc})") from exc
+    with fh:
+        info = os.fstat(fh.fileno())
+        if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+            raise BadImageError(f"{path}: empty file (0 bytes)")
+        return _decode(fh, path, limit)
+
+
+def _sample_hint(path: str) -> str:
+    """Point a user who typed a sample name as a path to :func:`load_sample`."""
+    try:
+        from zfwidgets.data.samples import sample_images
+
+        if path in sample_images():
+            return f"; to load the bundled sample use load_sample({path!r})"
+    except Exception:  # the hint is a courtesy; never let it mask the real error
+        pass
+    return ""
+
+
+def _pil_name(im: Image.Image) -> str:
+    filename = getattr(im, "filename", None)
+    return filename if isinstance(filename, str) and filename else "<PIL image>"
+
+
+def _from_tensor(src: Any, limit: int) -> Image.Image:
+    import torch  # only reached when the caller already uses torch
+
+    if not isinstance(src, torch.Tensor):
+        raise BadImageError(f"<{type(src).__name__}>: not a tensor; cannot load it as an image")
+    shape = list(src.shape)
+    if src.ndim == 4 and shape[0] == 1:
+        raise BadImageError(f"<tensor>: got a batch of shape {shape}; pass tensor[0] instead")
+    if src.ndim == 3 and shape[0] in (1, 3, 4):
+        src = src.permute(1, 2, 0)
+    elif src.ndim != 2:
+        raise BadImageError(
+            f"<tensor>: unsupported shape {shape}; expected [3,H,W], [1,H,W], [4,H,W] or [H,W]"
+        )
+    src = src.detach().cpu()
+    if src.is_floating_point() and src.dtype not in (torch.float32, torch.float64):
+        src = src.float()  # float16 / bfloat16 have no (or no exact) numpy equivalent
+    try:
+        arr = src.numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise BadImageError(f"<tensor>: unsupported dtype {src.dtype} with shape {shape}") from exc
+    return _from_array(arr, "<tensor>", limit)
+
+
+def _from_array(arr: np.ndarray, name: str, limit: int) -> Image.Image:
+    shape = tuple(arr.shape)
+    if arr.ndim == 3 and shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise BadImageError(
+            f"{name}: unsupported shape {shape} (dtype {arr.dtype}); "
+            "expected HxW, HxWx1, HxWx3 or HxWx4"
+        )
+    height, width = arr.shape[:2]
+    _check_size(width, height, name, limit)
+
+    kind = arr.dtype.kind
+    if arr.dtype == np.uint8:
+        out = arr  # _to_rgb always returns a new image, so nothing is shared with the caller
+    elif arr.dtype == np.uint16:
+        out = _scale_uint16(arr)
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * np.uint8(255)
+    elif kind == "f":
+        out = _scale_unit_float(arr, name, shape)
+    else:
+        raise BadImageError(
+            f"{name}: unsupported dtype {arr.dtype} with shape {shape}; expected uint8, uint16, "
+            "bool or float in [0, 1] (convert with e.g. arr.astype(np.uint8))"
+        )
+    # uint8 HxW / HxWx3 / HxWx4 -> PIL picks "L" / "RGB" / "RGBA".
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(out)), name)
+
+
+def _scale_uint16(arr: np.ndarray) -> np.ndarray:
+    """Map the full 16-bit range 0..65535 onto 0..255 with rounding (65535 -> 255)."""
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _scale_unit_float(arr: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    if arr.size and not np.isfinite(arr).all():
+        raise BadImageError(f"{name}: float data contains NaN or infinity (shape {shape})")
+    lo = float(arr.min()) if arr.size else 0.0
+    hi = float(arr.max()) if arr.size else 0.0
+    if lo < -_FLOAT_TOLERANCE or hi > 1 + _FLOAT_TOLERANCE:
+        hint = ""
+        if lo < 0:
+            hint = " (it looks mean/std-normalised; undo the normalisation first)"
+        raise BadImageError(
+            f"{name}: float values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}] "
+            f"(dtype {arr.dtype}, shape {shape}){hint}"
+        )
+    return np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+def _check_size(width: int, height: int, name: str, limit: int) -> None:
+    if width <= 0 or height <= 0:
+        raise BadImageError(f"{name}: image has zero size ({width}x{height})")
+    pixels = width * height
+    if pixels > limit:
+        raise BadImageError(
+            f"{name}: {width}x{height} = {pixels} pixels exceeds the limit of {limit} "
+            "(decompression bomb?)"
+        )
+
+
+def _decode(fp: Any, name: str, limit: int) -> Image.Image:
+    """Open ``fp`` lazily, check the header, then decode the first frame and convert it."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns above its own global threshold; our explicit limit replaces it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fp)
+            _check_size(im.width, im.height, name, limit)  # header only: nothing decoded yet
+            im.load()
+        return _from_pil(im, name, limit, checked=True)
+    except ZFError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(_pil_bomb_message(exc, name, limit)) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise BadImageError(f"{name}: not a recognised image format") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # OSError, SyntaxError, zlib/struct errors, ... from the decoders
+        detail = str(exc) or type(exc).__name__
+        raise BadImageError(f"{name}: truncated or corrupt image data ({detail})") from exc
+
+
+def _pil_bomb_message(exc: Exception, name: str, limit: int) -> str:
+    """Say what PIL's own (global, hard) bomb check refused, with the dimensions if we can."""
+    size = None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:  # the innermost frame is PIL's check, whose argument is the size
+        candidate = tb.tb_frame.f_locals.get("size")
+        if isinstance(candidate, tuple) and len(candidate) == 2:
+            size = candidate
+    if size is not None:
+        width, height = int(size[0]), int(size[1])
+        pixels = width * height
+        what = f"{width}x{height} = {pixels} pixels"
+    else:
+        match = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(match.group(1)) if match else None
+        what = f"{pixels} pixels" if pixels is not None else "the image"
+    if pixels is None or pixels > limit:
+        return f"{name}: {what} exceeds the limit of {limit} (decompression bomb?)"
+    return (
+        f"{name}: {what} exceeds PIL's hard limit of 2 * PIL.Image.MAX_IMAGE_PIXELS = "
+        f"{2 * (Image.MAX_IMAGE_PIXELS or 0)} (decompression bomb?); raise "
+        "PIL.Image.MAX_IMAGE_PIXELS to load it"
+    )
+
+
+def _from_pil(im: Image.Image, name: str, limit: int, *, checked: bool = False) -> Image.Image:
+    if not checked:
+        try:
+            _check_size(im.width, im.height, name, limit)
+            im.load()  # a lazily opened user image: decode it (errors say so below)
+        except ZFError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:
+            detail = str(exc) or type(exc).__name__
+            raise BadImageError(f"{name}: truncated or corrupt image data ({detail})") from exc
+    im = _apply_orientation(im)
+    return _to_rgb(im, name)
+
+
+def _apply_orientation(im: Image.Image) -> Image.Image:
+    """Apply the EXIF (or XMP) orientation; a malformed EXIF block is ignored, not fatal."""
+    try:
+        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # broken EXIF must not make an otherwise good image unreadable
+        return im
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        try:
+            return ImageOps.exif_transpose(im)
+        except Exception:
+            return im
+    return im
+
+
+def _to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """Convert any PIL mode to a new 8-bit RGB image (transparency over white)."""
+    mode = im.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        return _integer_to_rgb(im)
+    if mode == "F":
+        return _float_to_rgb(im)
+    if mode in _ALPHA_MODES or "transparency" in im.info or _has_alpha_palette(im):
+        if mode == "La":  # premultiplied gray: PIL converts it only via LA
+            im = im.convert("LA")
+        return _over_white(im.convert("RGBA"))
+    try:
+        # RGB -> a copy, so the result never shares state with the input; L, 1, P, CMYK,
+        # YCbCr, LAB, HSV, RGBX -> PIL's own (correct, non-clipping) colour conversions.
+        return im.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise BadImageError(f"{name}: unsupported image mode {mode!r}") from exc
+
+
+def _has_alpha_palette(im: Image.Image) -> bool:
+    palette = im.palette if im.mode == "P" else None
+    return palette is not None and palette.mode == "RGBA"
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _integer_to_rgb(im: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit "I") gray: scale by the true range, not PIL's clipping convert."""
+    arr = np.asarray(im)
+    if im.mode == "I":
+        arr = arr.astype(np.int64)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:  # genuinely 32-bit data: stretch its own range
+            span = max(hi - lo, 1)
+            gray = ((arr - lo) * 255 + span // 2) // span
+            gray = gray.astype(np.uint8)
+        else:
+            gray = _scale_uint16(arr.astype(np.uint16))
+    else:
+        arr = arr.astype(np.uint16)
+        gray = _scale_uint16(arr)
+    out = Image.fromarray(gray)
+    transparency = im.info.get("transparency")
+    if isinstance(transparency, int) and not isinstance(transparency, bool):
+        alpha = np.where(np.asarray(im) == transparency, 0, 255).astype(np.uint8)
+        rgba = out.convert("RGB").convert("RGBA")
+        rgba.putalpha(Image.fromarray(alpha))
+        return _over_white(rgba)
+    return out.convert("RGB")
+
+
+def _float_to_rgb(im: Image.Image) -> Image.Image:
+    """Float gray: [0, 1] if the maximum is at most 1, otherwise scaled by the maximum."""
+    arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    hi = float(arr.max()) if arr.size else 0.0
+    scale = 1.0 if hi <= 1.0 else hi
+    gray = np.rint(np.clip(arr / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
