@@ -78,11 +78,11 @@ def reference(net: TinyZF, x: torch.Tensor, signal: torch.Tensor, rule: str,
         h = a
 
     def gate(s, z):
-        deriv = ((z > 0) & (z < hi)).to(s.dtype) if hi is not None else (z > 0).to(s.dtype)
         if rule == "deconvnet":
             return s.clamp(min=0)
-        if rule == "guided":
-            return s.clamp(min=0) * deriv
+        if rule == "guided":  # "was the unit active": saturated ReLU6 units count as active
+            return s.clamp(min=0) * (z > 0).to(s.dtype)
+        deriv = ((z > 0) & (z < hi)).to(s.dtype) if hi is not None else (z > 0).to(s.dtype)
         return s * deriv
 
     s = signal
@@ -171,13 +171,15 @@ def _pre_last(net, x):
 
 
 def test_relu6_saturation_is_respected():
-    """ReLU6: guided/gradient must gate units above 6; deconvnet must not."""
+    """ReLU6: the gradient gates units above 6; deconvnet and guided do not."""
     net, x = _net("relu6")
     x = x * 30
     assert (net.conv1(x) > 6).float().mean() > 0.05, "test input must saturate some units"
     g = project(net, x, "relu3", [Target(0, 0)], "gradient")
     d = project(net, x, "relu3", [Target(0, 0)], "deconvnet")
+    gb = project(net, x, "relu3", [Target(0, 0)], "guided")
     assert not torch.allclose(g, d)
+    assert not torch.allclose(g, gb)
 
 
 def test_batched_equals_one_by_one():

@@ -11,7 +11,8 @@ rule           backward signal at a rectifier ``y = act(x)``
 =============  ==============================================================
 ``gradient``   ``g * act'(x)``
 ``deconvnet``  ``max(g, 0)`` (the forward pass does not gate the signal)
-``guided``     ``max(g, 0) * act'(x)``  (Springenberg et al. 2015)
+``guided``     ``max(g, 0) * (x > 0)``  (Springenberg et al. 2015; for ReLU6 a unit
+               saturated at 6 counts as active, see :class:`_Rectifier`)
 =============  ==============================================================
 
 The rules are applied by :class:`RuleMode`, a :class:`torch.overrides.TorchFunctionMode` active
@@ -56,9 +57,12 @@ class _Rectifier(torch.autograd.Function):
         if slope:
             y = torch.where(x < lo, x * slope, y)
         if rule != "deconvnet":
-            # act'(x): 1 inside (lo, hi), `slope` below lo, 0 above hi
+            # gradient: act'(x) = 1 inside (lo, hi), `slope` below lo, 0 above hi.
+            # guided: the forward gate asks "was the unit active?", so a unit saturated at the
+            # top of ReLU6 counts as active (the exact derivative there is 0, which would blank
+            # every projection through a saturated unit).
             inside = x > lo
-            if hi is not None:
+            if hi is not None and rule == "gradient":
                 inside = inside & (x < hi)
             deriv = inside.to(x.dtype)
             if slope:
