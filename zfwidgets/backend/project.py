@@ -49,7 +49,12 @@ def _signal(acts: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
 def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequence[Target],
             rule: str = "deconvnet", *, batch_size: int = 16, known: list[str] | None = None,
             ) -> torch.Tensor:
-    """Project activations of ``layer`` to input space with one batched forward/backward.
+    """Project activations of ``layer`` to input space, batched.
+
+    Each distinct image is run forward once (up to ``layer`` only). The targets are then arranged
+    in *rounds* holding at most one target per image, and all rounds go down in one vectorized
+    backward pass (``is_grads_batched``): 9 units of one image cost one forward and 9 batched
+    backward passes; the top units of 9 images cost one batch-9 forward and one backward.
 
     Parameters
     ----------
@@ -63,7 +68,7 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
         One row per projection; ``index`` picks the image in ``inputs``.
     rule : {"deconvnet", "guided", "gradient"}
     batch_size : int
-        At most this many projections share one forward/backward pass.
+        At most this many targets are projected per forward/backward pass (bounds memory).
     known : list of str, optional
         Valid layer ids, for error messages.
 
@@ -73,19 +78,38 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
         ``[N, 3, H, W]`` projections, in input (normalized) space, one per target.
     """
     check_rule(rule)
+    targets = [Target(*t) for t in targets]
     out = []
     for start in range(0, len(targets), batch_size):
-        chunk = list(targets[start:start + batch_size])
-        x = inputs[[t.index for t in chunk]].detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            with RuleMode(rule):
-                acts = forward_to(model, x, layer, known)
-            sig = _signal(acts.detach(), chunk)
-            (grad,) = torch.autograd.grad(acts, x, sig)
-        out.append(grad.detach())
+        out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size], rule,
+                                  known))
     if not out:
         return inputs.new_zeros((0,) + tuple(inputs.shape[1:]))
     return torch.cat(out)
+
+
+def _project_chunk(model, inputs, layer, targets, rule, known):
+    images = sorted({t.index for t in targets})
+    slot = {b: i for i, b in enumerate(images)}
+    rounds: list[int] = []            # round of each target
+    seen: dict[int, int] = {}
+    for t in targets:
+        rounds.append(seen.get(t.index, 0))
+        seen[t.index] = rounds[-1] + 1
+    n_rounds = max(rounds) + 1
+    x = inputs[images].detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        with RuleMode(rule):
+            acts = forward_to(model, x, layer, known)
+        a = acts.detach()
+        sig = torch.zeros((n_rounds,) + tuple(a.shape), dtype=a.dtype, device=a.device)
+        for t, r in zip(targets, rounds):
+            sig[r, slot[t.index]] = _signal(a[slot[t.index]][None], [Target(0, t.channel, t.y, t.x)])[0]
+        if n_rounds == 1:
+            grads = torch.autograd.grad(acts, x, sig[0])[0][None]
+        else:
+            grads = torch.autograd.grad(acts, x, sig, is_grads_batched=True)[0]
+    return torch.stack([grads[r, slot[t.index]] for t, r in zip(targets, rounds)]).detach()
 
 
 def projection_to_rgb(projection: torch.Tensor | np.ndarray) -> np.ndarray:
