@@ -1,0 +1,370 @@
+"""OcclusionExplorer: slide a gray square over the image (the paper's Fig. 7), live.
+
+Two kinds of reaction:
+
+* moving the occluder (``y`` / ``x`` sliders, or a click on any panel) costs one forward pass:
+  panel (a) shows the occluded input and the top-5 list its prediction;
+* changing the occluder ``size`` or ``stride`` (or the layer, or the image) recomputes the maps
+  (b), (d), (e) with an occlusion sweep. Inside a running kernel the sweep advances one batch
+  per event-loop turn, so the widget stays responsive: the progress bar moves, and a newer
+  request (another size, a new image) supersedes a sweep still running, which is dropped.
+  Without an event loop (tests, scripts) the sweep runs to the end at once.
+
+Changing the channel only swaps which of the recorded per-channel totals panel (b) shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from collections import OrderedDict
+
+import ipywidgets as W
+import traitlets as T
+
+from ..backend.occlusion import (Cancelled, default_layer, fill_rgb, occluded_prediction,
+                                 occlusion_sweep)
+from ..errors import BadParameterError
+from ..plots.figures import projection_image
+from ..plots.occlusion import (occluded_image, occlusion_figure, update_occluder,
+                               update_occlusion_maps)
+from .base import ErrorBox, Requests, SessionView, canvas_figure
+
+__all__ = ["OcclusionExplorer"]
+
+
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class OcclusionExplorer(SessionView, W.VBox):
+    """Occlusion sensitivity of the session's image: Fig. 7 (a)-(e) with an occluder you move.
+
+    Parameters
+    ----------
+    session : zfwidgets.Session
+    layer : str, optional
+        Layer of the feature map in (b) and (c); defaults to the model's top conv layer
+        (``default_layer``), the paper's layer 5.
+    channel : int, optional
+        Defaults to the layer's strongest channel on the unoccluded image.
+    size, stride : int
+        Occluder side and step, input pixels.
+    fill : {"gray", "mean", "black", "white"} or float
+        Occluder colour (see :meth:`zfwidgets.Session.occlusion`).
+    background : bool, optional
+        Step sweeps from the kernel's event loop (``True``) or run them at once (``False``);
+        default: step when an event loop is running.
+    figsize : (width, height) in inches
+    dpi : float
+
+    Attributes
+    ----------
+    layer, channel, size, stride, y, x : traits
+        ``y`` / ``x`` are the occluder's top-left corner in input pixels.
+    result : OcclusionResult or None
+        The maps shown.
+    prediction : list of (class_id, label, probability)
+        Top-5 with the occluder at ``(y, x)``.
+    fig : matplotlib.figure.Figure
+        Drawn by an ipympl canvas.
+    panels : zfwidgets.plots.occlusion.OcclusionPanels
+    """
+
+    layer = T.Unicode("")
+    channel = T.Int(0)
+    size = T.Int(32)
+    stride = T.Int(8)
+    y = T.Int(0)
+    x = T.Int(0)
+
+    def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
+                 size: int = 32, stride: int = 8, fill: str | float = "gray",
+                 background: bool | None = None, figsize: tuple[float, float] = (11.0, 3.1),
+                 dpi: float = 90, **kwargs):
+        super().__init__(**kwargs)
+        self.session = session
+        self.fill = fill
+        self.background = background
+        self.errors = ErrorBox()
+        self._requests = Requests(session)
+        self._cache: OrderedDict = OrderedDict()
+        self._projections: OrderedDict = OrderedDict()
+        self._sweep = None
+        self.result = None
+        self.prediction: list = []
+        self.panels = None
+        self.fig = canvas_figure(*figsize, dpi=dpi)
+        self._figures = [self.fig]
+        self.sweeps = 0  # sweeps started (tests and curious users)
+
+        H, W_ = self._input_size()
+        slider = dict(continuous_update=False, style={"description_width": "52px"},
+                      layout=W.Layout(width="250px"))
+        self.y_slider = W.IntSlider(description="occluder y", min=0, max=H - size, **slider)
+        self.x_slider = W.IntSlider(description="x", min=0, max=W_ - size, **slider)
+        self.size_slider = W.IntSlider(description="size", min=4, max=min(H, W_), value=size,
+                                       **slider)
+        self.stride_slider = W.IntSlider(description="stride", min=2, max=64, value=stride,
+                                         **slider)
+        for s in (self.y_slider, self.x_slider, self.size_slider, self.stride_slider):
+            s.add_class("zf-occlusion-slider")
+        self.progress = W.IntProgress(value=0, min=0, max=1, bar_style="info",
+                                      layout=W.Layout(width="160px", visibility="hidden"))
+        self.status = W.HTML(layout=W.Layout(min_width="120px"))
+        self.top5 = W.HTML(layout=W.Layout(min_width="230px"))
+        self.top5.add_class("zf-occlusion-top5")
+
+        with self.held():
+            self.layer = layer or default_layer(session)
+            self.channel = session.strongest_channel(self.layer) if channel is None else channel
+            self.size = size
+            self.stride = stride
+            self.y = max(0, (H - size) // 2)
+            self.x = max(0, (W_ - size) // 2)
+        for name, s in (("y", self.y_slider), ("x", self.x_slider), ("size", self.size_slider),
+                        ("stride", self.stride_slider)):
+            s.value = getattr(self, name)
+            T.link((s, "value"), (self, name))
+        self.fig.canvas.mpl_connect("button_press_event", self._on_click)
+
+        controls = W.VBox([W.HBox([self.y_slider, self.x_slider]),
+                           W.HBox([self.size_slider, self.stride_slider]),
+                           W.HBox([self.progress, self.status],
+                                  layout=W.Layout(align_items="center"))])
+        self.children = [W.HBox([controls, self.top5],
+                                layout=W.Layout(flex_flow="row wrap", grid_gap="12px")),
+                         self.fig.canvas, self.errors]
+        self.add_class("zf-occlusion")
+        self.request_refresh()
+        self._listen()
+
+    # ------------------------------------------------------------------ traits
+    def _input_size(self) -> tuple[int, int]:
+        x = self.session.input_tensor
+        return int(x.shape[2]), int(x.shape[3])
+
+    @T.validate("size")
+    def _check_size(self, proposal):
+        value = int(proposal["value"])
+        H, W_ = self._input_size()
+        if not 1 <= value <= min(H, W_):
+            raise BadParameterError(f"occluder size {value} must be between 1 and "
+                                    f"{min(H, W_)} (the {H}x{W_} input)")
+        return value
+
+    @T.validate("stride")
+    def _check_stride(self, proposal):
+        value = int(proposal["value"])
+        if value < 1:
+            raise BadParameterError(f"occluder stride must be at least 1, got {value}")
+        return value
+
+    @T.validate("y", "x")
+    def _check_position(self, proposal):
+        H, W_ = self._input_size()
+        side = H if proposal["trait"].name == "y" else W_
+        return int(min(max(0, int(proposal["value"])), max(0, side - self.size)))
+
+    @T.observe("size")
+    def _size_changed(self, change):
+        H, W_ = self._input_size()
+        with self.held():
+            self.y_slider.max = max(0, H - self.size)
+            self.x_slider.max = max(0, W_ - self.size)
+            self.y = min(self.y, H - self.size)
+            self.x = min(self.x, W_ - self.size)
+            self.request_refresh()
+
+    @T.observe("layer")
+    def _layer_changed(self, change):
+        with self.held():
+            try:
+                self.channel = self.session.strongest_channel(change["new"])
+            except Exception as exc:
+                self.errors.show(exc)
+            self.request_refresh()
+
+    @T.observe("channel", "stride", "y", "x")
+    def _changed(self, change):
+        self.request_refresh()
+
+    # ------------------------------------------------------------------ drawing
+    def _key(self):
+        return (self.session.version, self.layer, self.size, self.stride, repr(self.fill))
+
+    def refresh(self) -> None:
+        """Bring the figure up to date: the occluder, the top-5, and (if needed) the maps."""
+        self._refresh_position()
+        key = self._key()
+        if self.result is not None and self._shown_key == key:
+            if self.result.channel != self.channel:
+                self._show(self.result.for_channel(self.channel), key)
+            return
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cancel_sweep()
+            self._show(cached.for_channel(self.channel), key)
+            return
+        if self._sweep is not None and self._sweep[1] == key:
+            return  # already computing exactly this
+        self._start_sweep(key)
+
+    _shown_key = None
+
+    def _refresh_position(self) -> None:
+        session = self.session
+        self.prediction = occluded_prediction(session, self.y, self.x, self.size, self.fill)
+        rows = "".join(
+            f"<tr><td style='padding:0 6px 0 0'>{html.escape(label)}</td>"
+            f"<td style='text-align:right'>{p:.3f}</td></tr>"
+            for _, label, p in self.prediction)
+        base = session.predict(1)[0]
+        self.top5.value = (
+            "<div style='font-size:12px'><b>top-5 with the occluder</b>"
+            f"<table style='font-size:12px'>{rows}</table>"
+            f"<span style='color:#666'>unoccluded: {html.escape(base[0])} {base[1]:.3f}</span>"
+            "</div>")
+        if self.panels is not None:
+            image = occluded_image(session.display_image, self.y, self.x, self.size,
+                                   fill_rgb(session, self.fill))
+            update_occluder(self.panels, self.y, self.x, image=image)
+
+    def _cancel_sweep(self) -> None:
+        self._sweep = None
+        self.progress.layout.visibility = "hidden"
+        self.status.value = ""
+
+    def _start_sweep(self, key) -> None:
+        token = self._requests.new()
+        sweep = occlusion_sweep(self.session, self.size, self.stride, layer=self.layer,
+                                channel=self.channel, fill=self.fill)
+        self.sweeps += 1
+        self._sweep = (token, key, sweep)
+        self.progress.max = max(1, sweep.total)
+        self.progress.value = 0
+        self.progress.layout.visibility = "visible"
+        self.status.value = (f"<span style='font-size:12px;color:#555'>occluding "
+                             f"{sweep.total} positions&hellip;</span>")
+        background = self.background if self.background is not None else \
+            _running_loop() is not None
+        loop = _running_loop() if background else None
+        if loop is None:
+            while self._step(token):
+                pass
+        else:
+            loop.call_soon(self._step_later, token)
+
+    def _step_later(self, token) -> None:
+        if self._step(token):
+            loop = _running_loop()
+            if loop is None:  # pragma: no cover - the loop went away
+                while self._step(token):
+                    pass
+            else:
+                loop.call_soon(self._step_later, token)
+
+    def _step(self, token) -> bool:
+        """Advance the current sweep by one batch; whether more steps are wanted."""
+        current = self._sweep
+        if current is None or current[0] != token:
+            return False  # superseded
+        if not self._requests.current(token):
+            self._cancel_sweep()  # the session changed under it: a newer request redraws
+            return False
+        _, key, sweep = current
+        try:
+            sweep.step()
+            self.progress.value = sweep.done_count
+            if not sweep.done:
+                return True
+            result = sweep.result()
+        except Cancelled:
+            self._cancel_sweep()
+            return False
+        except Exception as exc:
+            self._cancel_sweep()
+            self.errors.show(exc)
+            return False
+        self._cancel_sweep()
+        self._cache[key] = result
+        while len(self._cache) > 8:
+            self._cache.popitem(last=False)
+        try:
+            self._show(result.for_channel(self.channel), key)
+        except Exception as exc:
+            self.errors.show(exc)
+        return False
+
+    def _projection(self):
+        key = (self.session.version, self.layer, self.channel)
+        hit = self._projections.get(key)
+        if hit is None:
+            hit = projection_image(self.session.project(self.layer, self.channel))
+            self._projections[key] = hit
+            while len(self._projections) > 16:
+                self._projections.popitem(last=False)
+        return hit
+
+    def _show(self, result, key) -> None:
+        session = self.session
+        image = occluded_image(session.display_image, self.y, self.x, self.size,
+                               fill_rgb(session, self.fill))
+        title = "(c) projection"
+        if self.panels is None:
+            _, self.panels = occlusion_figure(session.display_image, result, self._projection(),
+                                              occluder=(self.y, self.x),
+                                              fill_color=fill_rgb(session, self.fill),
+                                              projection_title=title, fig=self.fig)
+            self.fig.canvas.draw_idle()
+        else:
+            update_occlusion_maps(self.panels, result, projection=self._projection(),
+                                  image=image, occluder=(self.y, self.x), projection_title=title)
+        self.result = result
+        self._shown_key = key
+        self.errors.clear()
+
+    # ------------------------------------------------------------------ events
+    def _on_click(self, event) -> None:
+        try:
+            if self.panels is None or event.inaxes not in self.panels.axes or event.xdata is None:
+                return
+            i, j = self.panels.result.index_of(event.ydata, event.xdata)
+            top, left = self.panels.result.corner(i, j)
+            with self.held():
+                self.y, self.x = top, left
+        except Exception as exc:
+            self.errors.show(exc)
+
+    def move_to(self, y: float, x: float) -> None:
+        """Put the occluder on the map cell nearest to input pixel ``(y, x)`` (like a click)."""
+        if self.result is None:
+            raise BadParameterError("no occlusion maps yet")
+        top, left = self.result.corner(*self.result.index_of(y, x))
+        with self.held():
+            self.y, self.x = top, left
+
+    def close(self) -> None:
+        """Drop any running sweep, stop listening to the session, close the figure."""
+        self._sweep = None
+        super().close()
+
+    def _on_session(self, what: str) -> None:
+        H, W_ = self._input_size()
+        with self.held():
+            self._cache.clear()
+            self._projections.clear()
+            if what == "model":
+                if self.layer not in self.session.layers:
+                    self.layer = default_layer(self.session)
+                self.size_slider.max = min(H, W_)
+                if self.size > min(H, W_):
+                    self.size = min(H, W_)
+                self.y_slider.max = max(0, H - self.size)
+                self.x_slider.max = max(0, W_ - self.size)
+                self.y, self.x = min(self.y, H - self.size), min(self.x, W_ - self.size)
+            self.channel = self.session.strongest_channel(self.layer)
+            self.request_refresh()
