@@ -1,0 +1,413 @@
+"""PatchGallery: the top-9 patches of a feature map over a data set, beside their projections.
+
+The paper's Fig. 2 as a widget. For the selected layer and channel it shows the receptive-field
+crops of the nine strongest activations found in a data set (each from a different image by
+default) beside the deconvnet projections of those activations; a click on a patch shows the
+whole image it came from with the box. The data is mined on demand (button "Mine", or on its
+own for the offline sample collection) with a progress bar, once per layer, and kept in memory
+(and on disk with ``cache_dir``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as W
+import traitlets as T
+
+from ..backend.rules import RULES, check_rule
+from ..backend.topk import MiningResult, gallery, gallery_layers, mine_steps
+from ..data.datasets import SampleCollection, as_source
+from ..plots.figures import default_layer
+from ..plots.gallery import gallery_figure, show_source, tile_index, update_gallery
+from .base import ErrorBox, Requests, SessionView, canvas_figure
+from .selector import LayerSelector
+
+__all__ = ["PatchGallery"]
+
+
+_RUNNING = object()  # a mining step's outcome while the run goes on
+
+
+def _has_loop() -> bool:
+    """Whether we run inside an event loop (a Jupyter kernel), where mining can be a task."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class PatchGallery(SessionView, W.VBox):
+    """Top-9 image patches of a feature map beside their deconvnet projections (Fig. 2).
+
+    Parameters
+    ----------
+    session : zfwidgets.Session
+    images : None, folder, list of images, torch Dataset or ImageSource
+        The data to mine (see :func:`zfwidgets.data.as_source`); ``None``: the offline sample
+        collection (the sample photos and their crops).
+    layer : str, optional
+        Defaults to the model's middle layer.
+    channel : int
+    layers : sequence of str, optional
+        Layers mined together with the selected one on the first pass (one pass over the data
+        for all of them); default :func:`zfwidgets.backend.topk.gallery_layers`.
+    k : int
+        Hits per channel (a ``rows x cols`` grid shows the first ``rows * cols``).
+    per_image : int or None
+        Hits per image and channel (1: nine different images, as in the paper).
+    cache_dir : path, optional
+        Disk cache of mining results (see :func:`zfwidgets.mine`).
+    batch_size : int
+    auto : bool, optional
+        Mine without waiting for the button whenever the selected layer is not mined yet, as a
+        task on the kernel's event loop (one batch per turn, so the page stays live). Outside an
+        event loop (plain Python, tests) nothing starts on its own: call :meth:`mine_now`.
+        Default: ``True`` for the sample collection (quick), ``False`` for your own data.
+    rule : {"deconvnet", "guided", "gradient"}
+    tile : int
+        Pixels per tile.
+    result : MiningResult, optional
+        Already mined layers (from :func:`zfwidgets.mine`, same session model); its source is
+        used when ``images`` is not given.
+
+    Attributes
+    ----------
+    layer, channel, selected, rule : traits
+        ``channel`` can be linked to a feature-map grid's (a click there selects the map here);
+        ``selected`` is the hit (0-based) whose source image is shown, ``-1`` for none.
+    result : MiningResult or None
+        What has been mined so far (the mined layers accumulate).
+    current : Gallery or None
+        What the figure shows.
+    fig : matplotlib.figure.Figure
+        Drawn by an ipympl canvas (``fig.canvas``).
+    """
+
+    layer = T.Unicode("")
+    channel = T.Int(0)
+    selected = T.Int(-1)
+    rule = T.Unicode("deconvnet")
+
+    def __init__(self, session, images: Any = None, *, layer: str | None = None,
+                 channel: int = 0, layers: Sequence[str] | None = None, k: int = 9,
+                 per_image: int | None = 1, cache_dir=None, batch_size: int = 32,
+                 auto: bool | None = None, rule: str = "deconvnet", tile: int = 80,
+                 result: MiningResult | None = None, size: tuple[float, float] = (9.6, 3.6),
+                 dpi: float = 100, **kwargs):
+        super().__init__(**kwargs)
+        self.session = session
+        self.errors = ErrorBox()
+        self._requests = Requests(session)
+        if images is None and result is not None and result.source is not None:
+            images = result.source
+        self.source = as_source(images)
+        self.auto = isinstance(self.source, SampleCollection) if auto is None else bool(auto)
+        self.k = k
+        self.per_image = per_image
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self._mine_layers = list(layers) if layers is not None else None
+        self.result: MiningResult | None = None
+        if result is not None:  # more layers are mined with the same k / per_image
+            self.k, self.per_image = result.k, result.per_image
+            self.result = MiningResult(dict(result.layers), **{
+                name: getattr(result, name) for name in (
+                    "k", "per_image", "n_images", "n_skipped", "skipped", "source",
+                    "source_spec", "model", "preprocessing", "data", "shard")})
+        self.current = None
+        self._mining = False
+        self._task = None  # the running mining task (a strong reference keeps it alive)
+
+        self.fig = canvas_figure(*size, dpi=dpi)
+        self._figures = [self.fig]
+        _, self.artists = gallery_figure(None, tile=tile, fig=self.fig)
+        self.fig.canvas.mpl_connect("button_press_event", self._clicked)
+
+        self.selector = LayerSelector(session, layer or default_layer(session))
+        self.channel_slider = W.IntSlider(value=0, min=0, max=1, description="channel",
+                                          continuous_update=False,
+                                          layout=W.Layout(width="360px"),
+                                          style={"description_width": "55px"})
+        self.rule_dropdown = W.Dropdown(options=list(RULES), value=check_rule(rule),
+                                        description="rule", layout=W.Layout(width="170px"),
+                                        style={"description_width": "35px"})
+        self.mine_button = W.Button(description="Mine", icon="search", button_style="primary",
+                                    tooltip="find the strongest activations over the data set",
+                                    layout=W.Layout(width="90px"))
+        self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="240px",
+                                                                              display="none"))
+        self.status = W.HTML()
+        self.hits = W.HTML()
+        self.data_label = W.HTML(f"<span style='font-size:12px;color:#555'>data: "
+                                 f"{html.escape(repr(self.source))}</span>")
+
+        with self.held():
+            self.layer = self.selector.layer
+            self.channel = int(channel)
+            self.rule = rule
+        self._links = [T.link((self.selector, "layer"), (self, "layer")),
+                       T.link((self.rule_dropdown, "value"), (self, "rule"))]
+        self.channel_slider.observe(self._slider_changed, names="value")
+        self.mine_button.on_click(lambda _: self.start_mining())
+
+        self.children = [
+            self.selector,
+            W.HBox([self.channel_slider, self.rule_dropdown, self.mine_button, self.progress],
+                   layout=W.Layout(align_items="center", flex_flow="row wrap")),
+            self.status, self.fig.canvas, self.hits, self.data_label, self.errors]
+        self._sync_slider()
+        if self.current is None and not self._mining:
+            self.request_refresh()
+        self._listen()
+
+    # ------------------------------------------------------------------ traits
+    @T.validate("layer")
+    def _check_layer(self, proposal):
+        name = proposal["value"]
+        self.session.layer_info(name)  # UnknownLayerError with suggestions
+        return name
+
+    @T.validate("channel")
+    def _check_channel(self, proposal):
+        value = int(proposal["value"])
+        if value < 0:
+            raise T.TraitError(f"channel must be >= 0, got {value}")
+        return value
+
+    @T.validate("rule")
+    def _check_rule(self, proposal):
+        return check_rule(proposal["value"])
+
+    @T.observe("layer")
+    def _layer_changed(self, change) -> None:
+        self._sync_slider()
+        self.request_refresh()
+
+    @T.observe("channel", "rule")
+    def _changed(self, change) -> None:
+        self._sync_slider()
+        self.request_refresh()
+
+    @T.observe("selected")
+    def _selected_changed(self, change) -> None:
+        index = change["new"]
+        show_source(self.artists, self.current, index if index >= 0 else None)
+
+    def _sync_slider(self) -> None:
+        try:
+            count = self.session.layer_info(self.layer).shape[0]
+        except Exception:
+            return
+        slider = self.channel_slider
+        slider.unobserve(self._slider_changed, names="value")
+        try:
+            slider.max = max(count - 1, 0)
+            if 0 <= self.channel < count:
+                slider.value = self.channel
+        finally:
+            slider.observe(self._slider_changed, names="value")
+
+    def _slider_changed(self, change) -> None:
+        self.channel = int(change["new"])
+
+    # ------------------------------------------------------------------ mining
+    def mined(self, layer: str | None = None) -> bool:
+        """Whether ``layer`` (default: the selected one) has been mined for the current model."""
+        return self.result is not None and (layer or self.layer) in self.result.layers
+
+    def mine_now(self, layers: Sequence[str] | None = None) -> MiningResult | None:
+        """Mine now, blocking until done (progress shown in the widget), and redraw.
+
+        Parameters
+        ----------
+        layers : sequence of str, optional
+            Default: the selected layer, plus (on the first pass) the default layer set.
+
+        Returns
+        -------
+        MiningResult or None
+            ``None`` when mining failed (the error is shown in the widget) or was superseded.
+        """
+        run = self._begin(layers)
+        if run is None:
+            return self.result if not self._mining else None
+        while True:
+            outcome = self._step(run)
+            if outcome is not _RUNNING:
+                return outcome
+
+    def start_mining(self, layers: Sequence[str] | None = None) -> None:
+        """Mine without blocking the kernel: one batch per turn of its event loop.
+
+        Between batches the kernel handles other messages, so the page stays live (and
+        ipympl's canvases can finish connecting). Without a running event loop (plain Python),
+        this is :meth:`mine_now`.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.mine_now(layers)
+            return
+        run = self._begin(layers)
+        if run is not None:
+            self._task = loop.create_task(self._drive(run))
+
+    async def _drive(self, run) -> None:
+        while self._step(run) is _RUNNING:
+            await asyncio.sleep(0)
+
+    def _begin(self, layers):
+        """Start a run: the steps generator and its bookkeeping (None: nothing to do)."""
+        if self._mining:
+            return None
+        if layers is None:
+            layers = [self.layer]
+            if self.result is None:
+                extra = self._mine_layers
+                if extra is None:
+                    try:
+                        extra = gallery_layers(self.session)
+                    except Exception:
+                        extra = []
+                layers += [name for name in extra if name != self.layer]
+        layers = [name for name in dict.fromkeys(layers) if not self.mined(name)]
+        if not layers:
+            self.request_refresh()
+            return None
+        self.errors.clear()
+        self._mining = True
+        self.mine_button.disabled = True
+        self.progress.layout.display = None
+        self.progress.value, self.progress.max = 0, max(len(self.source), 1)
+        what = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
+        self.status.value = f"<i>mining {html.escape(what)}&hellip;</i>"
+        steps = mine_steps(self.session, self.source, layers, k=self.k, per_image=self.per_image,
+                           batch_size=self.batch_size, cache_dir=self.cache_dir, progress=False)
+        return {"steps": steps, "what": what, "started": time.monotonic(),
+                "version": self.session.version}
+
+    def _step(self, run):
+        """Advance ``run`` by one batch: ``_RUNNING``, or the outcome (result or None)."""
+        if self.session.version != run["version"]:  # the model changed: stop, stale
+            run["steps"].close()
+            self._end()
+            self.request_refresh()
+            return None
+        try:
+            done, total, skipped = next(run["steps"])
+        except StopIteration as stop:
+            self._end()
+            result = stop.value
+            if self.result is None or self.result.model != result.model:
+                self.result = result
+            else:
+                self.result.layers.update(result.layers)
+            self.request_refresh()
+            return self.result
+        except Exception as exc:
+            self._end()
+            self.status.value = ""
+            self.errors.show(exc)
+            return None
+        rate = done / max(time.monotonic() - run["started"], 1e-6)
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+        extra = f", {skipped} skipped" if skipped else ""
+        self.status.value = (f"<i>mining {html.escape(run['what'])}: {done}/{total} images "
+                             f"({rate:.0f} img/s{extra})</i>")
+        return _RUNNING
+
+    def _end(self) -> None:
+        self._mining = False
+        self.mine_button.disabled = False
+        self.progress.layout.display = "none"
+
+    # ------------------------------------------------------------------ drawing
+    def refresh(self) -> None:
+        """Redraw for the current layer, channel and rule (starting to mine if ``auto``)."""
+        token = self._requests.new()
+        info = self.session.layer_info(self.layer)
+        count = info.shape[0]
+        if not self.mined():
+            self.current = None
+            self.hits.value = ""
+            self.errors.clear()
+            if self.auto and not self._mining and _has_loop():
+                self.start_mining()  # a task on the kernel's event loop: the page stays live
+            waiting = self._mining
+            update_gallery(self.artists, None, title=f"{self.layer}: not mined yet" +
+                           (" (mining…)" if waiting else " — press Mine"))
+            if not waiting:
+                self.status.value = (f"<span style='font-size:12px'>{html.escape(self.layer)} "
+                                     f"has not been mined over the {len(self.source)} images "
+                                     f"yet: press <b>Mine</b>.</span>")
+            return
+        if not 0 <= self.channel < count:
+            self.current = None
+            update_gallery(self.artists, None, title=f"{self.layer}: no channel {self.channel}")
+            self.hits.value = ""
+            self.errors.show(f"channel {self.channel} is out of range for layer {self.layer!r} "
+                             f"({count} channels: 0..{count - 1})")
+            return
+        g = gallery(self.session, self.result, self.layer, self.channel, self.rule,
+                    k=self.artists.rows * self.artists.cols, source=self.source)
+        if not self._requests.current(token):
+            return
+        self.current = g
+        update_gallery(self.artists, g)
+        if self.selected != -1:
+            self.selected = -1
+        self.errors.clear()
+        r = self.result
+        skipped = f", {r.n_skipped} unreadable skipped" if r.n_skipped else ""
+        self.status.value = (f"<span style='font-size:12px'>top {len(g)} of channel "
+                             f"<b>{self.channel}</b> over {r.n_images} images{skipped} "
+                             f"&middot; click a patch to see its image</span>")
+        rows = "".join(
+            f"<tr><td>{j + 1}</td><td>{v:.3g}</td><td>{html.escape(name)}</td>"
+            f"<td>({y}, {x})</td></tr>"
+            for j, (v, name, (y, x)) in enumerate(zip(g.values.tolist(), g.names, g.positions)))
+        self.hits.value = ("<details><summary style='font-size:12px'>hits</summary>"
+                           "<table style='font-size:11px'><tr><th>#</th><th>value</th>"
+                           f"<th>image</th><th>unit</th></tr>{rows}</table></details>")
+
+    # ------------------------------------------------------------------ clicks
+    def _clicked(self, event) -> None:
+        try:
+            a = self.artists
+            if event.inaxes not in (a.ax_patches, a.ax_projections) or self.current is None:
+                return
+            index = tile_index(a, event.xdata, event.ydata)
+            if index is not None and index < len(self.current):
+                self.selected = index
+        except Exception as exc:  # ipympl would swallow it
+            self.errors.show(exc)
+
+    def select(self, index: int) -> None:
+        """Show the source image of hit ``index`` (as a click on its patch does)."""
+        self.selected = int(index)
+
+    # ------------------------------------------------------------------ session
+    def _on_session(self, what: str) -> None:
+        if what != "model":
+            return  # the data set does not depend on the current image
+        self.result = None
+        self.current = None
+        with self.held():
+            if self.layer not in self.session.layers:
+                self.layer = default_layer(self.session)
+            self._sync_slider()
+            self.request_refresh()
+
+    def close(self) -> None:
+        """Unlink, stop listening to the session and close the figure."""
+        for link in getattr(self, "_links", []):
+            link.unlink()
+        self._links = []
+        super().close()
