@@ -1,23 +1,47 @@
 """zfwidgets: Zeiler & Fergus (ECCV 2014) visualizations as live Jupyter widgets over any CNN.
 
 The public API is what this module exports. Layers: ``backend`` (torch only) ->
-``plots`` (matplotlib) -> ``widgets`` (ipywidgets + ipympl); widgets are imported lazily so that
-``import zfwidgets`` stays light and never pulls in a GUI stack.
+``plots`` (matplotlib) -> ``widgets`` (ipywidgets + ipympl). Widgets are imported lazily (on first
+use of their name), so ``import zfwidgets`` stays light and never pulls in a GUI stack.
 """
 
 from .backend import RULES, Geometry, LayerInfo, RuleMode, Session, Target, project, projection_to_rgb
+from .backend.occlusion import OcclusionResult
+from .backend.topk import Gallery, LayerTopK, MiningResult, gallery, load_result, merge, mine
 from .data import DEFAULT_SAMPLE, load_image, load_sample, sample_images
+from .data.datasets import ImageFolder, ImageList, sample_collection
 from .errors import (BadImageError, BadParameterError, DataError, OutOfRangeError, UnknownLayerError,
                      UnsupportedModelError, WeightsUnavailableError, ZFError)
 from .models import LoadedModel, Preprocessing, get_model, list_models, register_model, wrap_model
 
 __version__ = "0.1.0"
 
+_WIDGETS = ("Explorer", "explore", "LayerSelector", "FeatureMapGrid", "DeconvView", "ImageChooser",
+            "TopPredictions", "OcclusionExplorer", "PatchGallery")
+
 __all__ = [
     "RULES", "Geometry", "LayerInfo", "RuleMode", "Session", "Target", "project",
-    "projection_to_rgb",
+    "projection_to_rgb", "OcclusionResult",
+    "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
     "DEFAULT_SAMPLE", "load_image", "load_sample", "sample_images",
+    "ImageFolder", "ImageList", "sample_collection",
     "BadImageError", "BadParameterError", "DataError", "OutOfRangeError", "UnknownLayerError",
     "UnsupportedModelError", "WeightsUnavailableError", "ZFError",
     "LoadedModel", "Preprocessing", "get_model", "list_models", "register_model", "wrap_model",
+    *_WIDGETS,
 ]
+
+
+def __getattr__(name: str):
+    if name in _WIDGETS:
+        from . import widgets
+
+        if name == "OcclusionExplorer":
+            from .widgets.occlusion import OcclusionExplorer as value
+        elif name == "PatchGallery":
+            from .widgets.gallery import PatchGallery as value
+        else:
+            value = getattr(widgets, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'zfwidgets' has no attribute {name!r}")
