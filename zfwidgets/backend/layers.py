@@ -377,18 +377,30 @@ def forward_to(model: nn.Module, x: torch.Tensor, layer: str, known: list[str] |
     """
     _check_scriptable(model)
     name, want = split_layer_id(layer)
+    try:
+        target = model.get_submodule(name) if name else None
+    except AttributeError:
+        target = None
+    if target is None:
+        raise UnknownLayerError(layer, known or [])
     found: list[torch.Tensor] = []
+    calls = [0]
 
-    def on_output(n, call, module, output):
-        if n == name and call == want:
+    def hook(module, inputs, output):  # only the target module is hooked
+        calls[0] += 1
+        if calls[0] - 1 == want:
             found.append(output)
             raise _Stop
 
-    with scoped_eval(model), _hooks(model, on_output):
-        try:
-            model(x)
-        except _Stop:
-            pass
+    handle = target.register_forward_hook(hook)
+    try:
+        with scoped_eval(model):
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
     if not found or not isinstance(found[0], torch.Tensor) or found[0].dim() != 4:
         raise UnknownLayerError(layer, known or [])
     return found[0]
