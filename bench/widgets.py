@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--note", default="", help="a line added to the results file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,8 +190,12 @@ def main(argv=None) -> int:
         md.append(f"| {name.strip()} | {med:.1f} | {p90:.1f} | {goal_text} | {met} |")
     md += ["", "Machine:", ""] + [f"- {k}: {v}" for k, v in info.items()]
     md += ["", "Note: run on a shared 2-core machine while other jobs were running; the lead may "
-           "re-run it on a quiet machine. The click cost is dominated by `Session.project` (one "
-           "forward to the layer plus one backward pass on the CPU).", ""]
+           "re-run it on a quiet machine. The click cost is `Session.project` (one forward to "
+           "the layer and one backward pass on the CPU) plus redrawing the grid and the three "
+           "deconv panels."]
+    if args.note:
+        md += ["", args.note]
+    md.append("")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(md))
     print(f"wrote {RESULTS}")

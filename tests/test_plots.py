@@ -245,3 +245,34 @@ def test_cli_errors_and_help(tmp_path, capsys):
     text = capsys.readouterr().out
     for cmd in ("explore", "render", "mine"):
         assert cmd in text
+
+
+def test_cli_explore_refuses_bad_input_before_starting(tmp_path, capsys):
+    import socket
+
+    from zfwidgets.cli import main
+
+    assert main(["explore", "--no-browser", "--model", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["explore", "--no-browser", "--image", str(tmp_path / "missing.jpg")]) == 2
+    assert "missing.jpg" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["explore", "--no-browser", "--port", str(port)]) == 2
+    assert f"port {port}" in capsys.readouterr().err
+
+
+def test_cli_explorer_notebook_and_sample_images(tmp_path):
+    import json
+
+    from zfwidgets.cli import explorer_notebook, open_session
+
+    path = explorer_notebook(tmp_path / "x.ipynb")
+    cells = json.loads(path.read_text())["cells"]
+    source = "".join(cells[0]["source"])
+    assert len(cells) == 1 and "ZFWIDGETS_MODEL" in source and "ZFWIDGETS_IMAGE" in source
+    compile(source, "explorer", "exec")
+    session = open_session("zfnet_small", "coffee")        # a sample name, not a file
+    assert session.image_name == "coffee"

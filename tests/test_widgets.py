@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfwidgets import Session, projection_to_rgb
+from zfwidgets import Session
 from zfwidgets.errors import BadParameterError, UnknownLayerError, UnsupportedModelError
 from zfwidgets.plots.figures import filters_to_rgb, projection_image
 from zfwidgets.widgets import (DeconvView, Explorer, FeatureMapGrid, ImageChooser, LayerSelector,
@@ -158,6 +158,32 @@ def test_grid_click_selects_the_map_under_the_mouse(shared):
     click(grid.fig, grid.mosaic.ax, *grid.mosaic.layout.shape[::-1])  # outside the mosaic
     assert grid.channel == 12 and not grid.errors.message
     grid.close()
+
+
+def test_clicks_in_a_burst_collapse_into_the_last(shared, monkeypatch):
+    """In a kernel (an event loop runs), clicks queued while the kernel was busy: only the
+    newest is acted on."""
+    import asyncio
+
+    grid = FeatureMapGrid(shared, MID)
+    view = DeconvView(shared, MID)
+    import traitlets
+
+    traitlets.link((grid, "channel"), (view, "channel"))
+    real, calls = shared.project, []
+    monkeypatch.setattr(shared, "project", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+
+    async def burst():
+        for k in (3, 4, 5, 6):
+            click_map(grid, k)
+        assert grid.channel != 6 and not calls        # nothing happened yet
+        await asyncio.sleep(0.2)
+
+    asyncio.run(burst())
+    assert grid.channel == view.channel == 6
+    assert calls == [6]                               # one projection, for the last click
+    for w in (grid, view):
+        w.close()
 
 
 # ----------------------------------------------------------------------------- deconv view
@@ -329,15 +355,19 @@ def test_explorer_model_change_and_model_error(session, monkeypatch):
     ex.close()
 
 
-def test_no_figure_or_canvas_leak(shared):
+def test_no_figure_or_canvas_leak():
+    small = Session("zfnet_small")                     # the leak does not depend on the model
+    layers = ["features.relu1", "features.relu2", "features.relu3"]
     figs, start = plt.get_fignums(), canvases()
-    ex = Explorer(shared)
+    ex = Explorer(small)
     assert canvases() == start + 3
-    for i in range(8):
-        ex.layer = [MID, TOP, EARLY][i % 3]
+    for i in range(9):
+        ex.layer = layers[i % 3]
         ex.channel = i
         ex.rule = ["deconvnet", "guided", "gradient"][i % 3]
         ex.grid.mode = "weights" if i % 4 == 0 else "activations"
+        ex.images.choose_sample(["coffee", "chelsea"][i % 2])
+    assert not any(w.errors.message for w in (ex, ex.grid, ex.deconv, ex.images))
     assert canvases() == start + 3 and plt.get_fignums() == figs
     ex.close()
     assert canvases() == start and plt.get_fignums() == figs

@@ -583,12 +583,12 @@ def topk_figure(predictions: Sequence[tuple[str, float]], *, title: str = "top-5
     fig = _new_figure(fig, size, dpi)
     k = max(1, k or len(predictions))
     ax = fig.add_axes((0.02, 0.03, 0.96, 0.80))
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, 1.22)            # bars end by 1.0; the values sit to their right
     ax.set_ylim(k - 0.5, -0.5)
     ax.set_axis_off()
     bars = list(ax.barh(range(k), [0.0] * k, height=0.78, color="#9ec5e8"))
     labels = [ax.text(0.01, i, "", va="center", ha="left", fontsize=9) for i in range(k)]
-    values = [ax.text(0.99, i, "", va="center", ha="right", fontsize=9, color="#333333")
+    values = [ax.text(1.21, i, "", va="center", ha="right", fontsize=9, color="#333333")
               for i in range(k)]
     text = ax.set_title(title, fontsize=9, loc="left")
     handle = TopKBars(fig, ax, bars, labels, values, text)

@@ -15,7 +15,8 @@ import traceback
 import ipywidgets as W
 from matplotlib.figure import Figure
 
-__all__ = ["canvas_figure", "close_figure", "close_tree", "ErrorBox", "Requests", "SessionView"]
+__all__ = ["canvas_figure", "close_figure", "close_tree", "ErrorBox", "Latest", "Requests",
+           "SessionView"]
 
 _numbers = itertools.count(10_000)
 
@@ -165,6 +166,31 @@ class Requests:
     def current(self, token: tuple[int, int]) -> bool:
         """Whether ``token`` is still the newest request for the current session state."""
         return token == (self._count, self.session.version)
+
+
+class Latest:
+    """Run only the newest of quickly repeated UI requests (clicks arriving in a burst).
+
+    Inside a running kernel the call waits ``delay`` seconds on the event loop and is
+    cancelled by a newer one: clicks that queued up while a projection was computing collapse
+    into the last one. Without an event loop (scripts, tests) the call runs at once.
+    """
+
+    def __init__(self, delay: float = 0.03):
+        self.delay = delay
+        self._handle = None
+
+    def __call__(self, fn) -> None:
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            fn()
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = loop.call_later(self.delay, fn)
 
 
 class SessionView:

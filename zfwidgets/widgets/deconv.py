@@ -70,12 +70,12 @@ class DeconvView(SessionView, W.VBox):
                       "Springenberg et al.: forward mask and ReLU on the backward signal",
                       "plain gradient (Simonyan et al.): forward mask only"],
             layout=W.Layout(margin="0 18px 0 0"),
-            style={"button_width": "82px"})
+            style={"button_width": "92px"})
         self.scope_buttons = W.ToggleButtons(
             options=[("strongest unit", "strongest"), ("whole map", "map")],
             tooltips=["project only the map's strongest activation (the box)",
                       "project every activation of the map"],
-            style={"button_width": "105px"})
+            style={"button_width": "120px"})
         self.status = W.HTML()
         self.header = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
         column = W.Layout(width=f"{size[0] * dpi * 0.98 / 3:.0f}px")

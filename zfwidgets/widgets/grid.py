@@ -10,7 +10,7 @@ import traitlets as T
 from ..errors import BadParameterError
 from ..plots.figures import (default_layer, feature_mosaic_figure, filters_to_rgb,
                              first_rgb_conv, update_feature_mosaic)
-from .base import ErrorBox, Requests, SessionView, canvas_figure
+from .base import ErrorBox, Latest, Requests, SessionView, canvas_figure
 
 __all__ = ["FeatureMapGrid"]
 
@@ -57,6 +57,7 @@ class FeatureMapGrid(SessionView, W.VBox):
         self.session = session
         self.errors = ErrorBox()
         self._requests = Requests(session)
+        self._latest_click = Latest()
         self._maps_key = None
         self._drawn = None
         self._maps = None
@@ -194,8 +195,14 @@ class FeatureMapGrid(SessionView, W.VBox):
                 return
             k = self.channel_at(event.xdata, event.ydata)
             if k is not None:
-                self.channel = k
+                self._latest_click(lambda: self._select(k))
         except Exception as exc:  # ipympl would swallow it
+            self.errors.show(exc)
+
+    def _select(self, k: int) -> None:
+        try:
+            self.channel = k
+        except Exception as exc:
             self.errors.show(exc)
 
     def _on_session(self, what: str) -> None:
