@@ -204,6 +204,8 @@ def run(args) -> str:
         R = len(range(0, 224 - size + 1, stride))
         say(f"## {title}: size {size}, stride {stride} ({R} x {R} = {R * R} positions)")
         say()
+        say("Load average at the start of this section: %.2f %.2f %.2f." % os.getloadavg())
+        say()
         results, timings = {}, []
         for name, fn in methods:
             t, c, out = timer(fn)
