@@ -26,11 +26,9 @@ Results go to ``bench/results/mining.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import load_note, load_text, machine_info, machine_table, wait_for_quiet
 
 from zfwidgets import Session
 from zfwidgets.backend.layers import scoped_eval
@@ -51,41 +50,6 @@ BATCH = 32
 
 
 # --------------------------------------------------------------------------- helpers
-
-def machine_info() -> dict[str, str]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu or "unknown",
-        "os.cpu_count()": str(os.cpu_count()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch threads (intra / inter-op)":
-            f"{torch.get_num_threads()} / {torch.get_num_interop_threads()} (torch defaults)",
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-    }
-
-
-def load_text() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
-def wait_for_quiet(threshold: float | None, max_wait: float) -> None:
-    start = time.monotonic()
-    while threshold is not None and os.getloadavg()[0] >= threshold \
-            and time.monotonic() - start < max_wait:
-        time.sleep(5)
-    print(f"# load average before measuring: {load_text()} "
-          f"(waited {time.monotonic() - start:.0f} s)", flush=True)
-
 
 def write_folder(folder: Path, n: int) -> Path:
     """``n`` JPEG files: the sample collection's images, repeated with flips if needed."""
@@ -291,11 +255,9 @@ def main(argv=None) -> int:
              "EfficientNet-Lite0 (real weights), 224x224 inputs, batches of 32, default torch "
              "threads. Core: per-batch medians, methods interleaved batch by batch. End to end: "
              "medians of interleaved rounds.", "",
-             "| machine | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in info.items()]
-    lines += [f"| load average (1/5/15 min) before / after | {load_before} / {load_after} |",
-              "", "**The machine was shared with other jobs while this ran (2 cores); absolute "
-              "numbers are noisy, the interleaved ratios less so.**", "",
+             *machine_table(info),
+             f"| load average (1/5/15 min) before / after | {load_before} / {load_after} |",
+             "", load_note(load_before, load_after), "",
               f"## Core: {n} preloaded images, mining vs the bare forward pass", "",
               "| method | images/s | time vs bare forward |", "|---|---:|---:|"]
     for name, t in med.items():

@@ -48,8 +48,6 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import copy  # noqa: E402
 import ctypes  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -57,6 +55,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import load_note, load_text, machine_info, machine_table  # noqa: E402
 
 import zfwidgets  # noqa: E402
 from zfwidgets.backend.occlusion import occlude, occlusion_grid, occlusion_maps  # noqa: E402
@@ -66,36 +65,6 @@ IMAGE = "chelsea"
 
 
 # --------------------------------------------------------------------------- helpers
-
-def machine_info() -> dict[str, str]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import captum
-
-    try:
-        load = "%.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        load = "unknown"
-    return {
-        "cpu": cpu or "unknown",
-        "os.cpu_count()": str(os.cpu_count()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "captum": captum.__version__,
-        "zfwidgets": zfwidgets.__version__,
-        "torch threads": str(torch.get_num_threads()),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset: spin)"),
-        "load average at start (1/5/15 min)": load,
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-    }
-
 
 def tune_allocator() -> bool:
     """Keep freed memory in glibc's heap (no mmap / trim churn); False if not glibc."""
@@ -173,7 +142,10 @@ def run(args) -> str:
     layer = session.entry.default_layer
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     timer = Timer(args.repeats)
-    info = machine_info()
+    import captum
+
+    info = machine_info(captum=captum.__version__)
+    load_before = info["load average (1/5/15 min) at start"]
     lines = []
 
     def say(text=""):
@@ -187,15 +159,10 @@ def run(args) -> str:
         f"({session.label(target)!r}). Wall time per map and process CPU time (all threads), "
         f"median of {args.repeats} run(s); ratios are to Captum's best in the same section.")
     say()
-    say("| machine | |")
-    say("|---|---|")
-    for k, v in info.items():
-        say(f"| {k} | {v} |")
+    for line in machine_table(info):
+        say(line)
     say()
-    say("**The machine was shared** with other engineers' test runs (2 cores, load average "
-        f"{info['load average at start (1/5/15 min)']} at start): absolute times are noisy and "
-        "pessimistic (CPU time is less affected than wall time); all methods ran one after the "
-        "other in this one process under the same conditions.")
+    header_at = len(lines)  # the load note goes here once the run is over
     say()
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     summary = []
@@ -204,7 +171,7 @@ def run(args) -> str:
         R = len(range(0, 224 - size + 1, stride))
         say(f"## {title}: size {size}, stride {stride} ({R} x {R} = {R * R} positions)")
         say()
-        say("Load average at the start of this section: %.2f %.2f %.2f." % os.getloadavg())
+        say(f"Load average at the start of this section: {load_text()}.")
         say()
         results, timings = {}, []
         for name, fn in methods:
@@ -281,6 +248,7 @@ def run(args) -> str:
         say(f"| {key} | {size} px, stride {stride} | {n} | {c:.2f} | {p:.2f} | {o:.2f} | "
             f"{o / c:.2f} | {cpu_ratio:.2f} | {dp:.1e} |")
     say()
+    lines[header_at] = load_note(load_before, load_text()) + "\n"
     return "\n".join(lines) + "\n"
 
 

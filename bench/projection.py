@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
-import datetime
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -41,6 +39,7 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep torch.profiler quiet on stderr
 
 import torch  # noqa: E402
+from _common import load_note, load_text, machine_info, wait_for_quiet  # noqa: E402
 
 import zfwidgets  # noqa: E402
 from zfwidgets.backend.layers import forward_to, split_layer_id  # noqa: E402
@@ -55,45 +54,6 @@ N_UNITS = 9
 
 
 # --------------------------------------------------------------------------- helpers
-
-def machine_info() -> dict[str, str]:
-    """CPU model, core count, versions, threads and load."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import captum
-
-    return {
-        "cpu": cpu or "unknown",
-        "os.cpu_count()": str(os.cpu_count()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "captum": captum.__version__,
-        "torch threads (intra / inter-op)":
-            f"{torch.get_num_threads()} / {torch.get_num_interop_threads()} (torch defaults)",
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-    }
-
-
-def load_text() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
-def wait_for_quiet(threshold: float, max_wait: float) -> None:
-    """Wait (at most ``max_wait`` s) until the 1-minute load average drops below ``threshold``."""
-    start = time.monotonic()
-    while os.getloadavg()[0] >= threshold and time.monotonic() - start < max_wait:
-        time.sleep(5)
-    print(f"# load average before measuring: {load_text()} "
-          f"(waited {time.monotonic() - start:.0f} s)", flush=True)
-
 
 def pick_units(session: zfwidgets.Session, layer: str, n: int) -> list[tuple[int, int, int]]:
     """The ``n`` strongest activations of ``layer``, one per channel: ``(channel, y, x)``.
@@ -444,7 +404,9 @@ def main(argv=None) -> int:
     if args.wait_load is not None:
         wait_for_quiet(args.wait_load, args.max_wait)
     started = time.perf_counter()
-    info = machine_info()
+    import captum
+
+    info = machine_info(captum=captum.__version__)
     load_before = load_text()
 
     timing_rows, ratio_rows, checks, where, setups = [], [], [], [], []
@@ -497,10 +459,7 @@ def main(argv=None) -> int:
         md_table(["", ""], list(info.items()) +
                  [("load average (1/5/15 min) before / after", f"{load_before} -> {load_after}")]),
         "",
-        "**The machine was shared**: other engineers ran tests concurrently on the same "
-        f"{os.cpu_count()} cores, so absolute times are noisy (a busy core slows torch's "
-        "OpenMP threads a lot); the ratios, taken from interleaved rounds, are more reliable. "
-        "The lead may re-run this on a quiet machine.",
+        load_note(load_before, load_after),
         "",
         "## Setup",
         "",

@@ -25,36 +25,19 @@ Goals (issue 3): grid <= 50 ms, click -> projection <= 150 ms. Results go to
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import load_note, load_text, machine_info
 
-warnings.filterwarnings("ignore", message="Passing unrecognized arguments")
 
 RESULTS = Path(__file__).resolve().parent / "results" / "widgets.md"
 MID, TOP = "blocks.7.depthwise.act", "head.act"
 GOALS = {"grid": 50.0, "click": 150.0}
-
-
-def machine_info() -> dict[str, str]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": str(os.cpu_count()),
-        "torch threads": str(torch.get_num_threads()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "load average (1/5/15 min) at start": " / ".join(f"{v:.2f}" for v in load),
-    }
 
 
 def click(fig, ax, x, y) -> None:
@@ -167,7 +150,7 @@ def main(argv=None) -> int:
     rows.append(("click -> projection drawn (guided)", *stats(samples), GOALS["click"]))
     ex.close()
 
-    info["load average (1/5/15 min) at end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    info["load average (1/5/15 min) at end"] = load_text()
     width = max(len(r[0]) for r in rows)
     lines = [f"{'what':<{width}}  median ms   p90 ms   goal ms  met"]
     for name, med, p90, goal in rows:
@@ -189,8 +172,9 @@ def main(argv=None) -> int:
         goal_text = "" if goal is None else f"{goal:g}"
         md.append(f"| {name.strip()} | {med:.1f} | {p90:.1f} | {goal_text} | {met} |")
     md += ["", "Machine:", ""] + [f"- {k}: {v}" for k, v in info.items()]
-    md += ["", "Note: run on a shared 2-core machine while other jobs were running; the lead may "
-           "re-run it on a quiet machine. The click cost is `Session.project` (one forward to "
+    md += ["", load_note(info["load average (1/5/15 min) at start"],
+                         info["load average (1/5/15 min) at end"]),
+           "", "The click cost is `Session.project` (one forward to "
            "the layer and one backward pass on the CPU) plus redrawing the grid and the three "
            "deconv panels."]
     if args.note:

@@ -16,7 +16,6 @@ from zfwidgets.plots.gallery import fig2_figure, fit_tile, mosaic, tile_index
 from zfwidgets.widgets.gallery import PatchGallery
 from zfwidgets.widgets.grid import FeatureMapGrid
 
-pytestmark = pytest.mark.filterwarnings("ignore:Passing unrecognized arguments:DeprecationWarning")
 
 MID = "blocks.7.depthwise.act"   # 480 maps 14x14, RF 147
 EARLY = "blocks.1.expand.act"    # 96 maps 112x112, RF 7

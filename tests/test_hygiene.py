@@ -70,6 +70,8 @@ def exercise(s: zf.Session):
         s.project(layer, 0, rule=rule)
         s.project_many(layer, [(1, 0, 0), (2, 1, 1)], rule=rule)
     s.receptive_field(layer, 0, 0)
+    s.occlusion(size=112, stride=112, layer=layer, progress=False)  # 2 x 2 positions
+    zf.mine(s, [s.image], layers=[layer], k=2, progress=False)
 
 
 def test_session_leaves_the_users_model_alone(user_alexnet):

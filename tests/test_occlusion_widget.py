@@ -173,3 +173,26 @@ def test_event_loop_steps_and_newer_request_supersedes(session):
             w.close()
 
     asyncio.run(scenario())
+
+
+def test_explorer_tab_sweeps_once_for_the_shared_layer(session):
+    """The explorer builds its Occlusion view with its own layer and channel: linking them
+    afterwards must not start a second sweep, and the view follows the shared traits."""
+    from zfwidgets.widgets.explorer import Explorer
+
+    layer = "blocks.10.expand.act"
+    ex = Explorer(session, layer=layer, channel=5)
+    ex._tab_specs = [(t, (OcclusionExplorer, SMALL) if t == "Occlusion" else spec)
+                     for t, spec in ex._tab_specs]
+    view = ex.open_tab("Occlusion")
+    assert view.sweeps == 1 and view.result.layer == layer
+    assert (view.layer, view.channel) == (layer, 5) and view.result.channel == 5
+    ex.channel = 9                                     # another map of the same layer: free
+    assert view.sweeps == 1 and view.result.channel == 9
+    ex.layer = "head.act"                              # another layer: one new sweep
+    assert view.sweeps == 2 and view.result.layer == "head.act"
+    assert view.channel == ex.channel == session.strongest_channel("head.act")
+    gallery = ex.open_tab("Top-9 patches")             # driven by the explorer's selector
+    assert gallery.selector is None and ex.selector in ex.children[1].children[0].children
+    assert gallery.layer == "head.act" and gallery.channel == ex.channel
+    ex.close()

@@ -15,7 +15,6 @@ from zfwidgets.widgets import (DeconvView, Explorer, FeatureMapGrid, ImageChoose
                                TopPredictions, explore)
 
 # ipympl's own Toolbar construction warns under traitlets 5; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:Passing unrecognized arguments:DeprecationWarning")
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 MID = "blocks.7.depthwise.act"      # 480 maps 14x14
@@ -388,16 +387,19 @@ def test_explore_one_liner_and_optional_tabs(shared):
         layer = T.Unicode("")
         channel = T.Int(0)
 
-        def __init__(self, session):
+        def __init__(self, session, *, layer, channel, flag=None):
             super().__init__()
             self.session = session
+            self.built_with = (layer, channel, flag)   # the explorer's view, before linking
 
-    ex._tab_specs = [("Occlusion", Fake), ("Broken", lambda s: 1 / 0)]
+    ex._tab_specs = [("Occlusion", (Fake, {"flag": 1})),
+                     ("Broken", (lambda s, **kw: 1 / 0, {}))]
     ex.tabs.children = list(ex.tabs.children[:1]) + [W.VBox(), W.VBox()]
     ex.tabs.titles = [titles[0], "Occlusion", "Broken"]
     ex.tabs.selected_index = 1                         # opening the tab builds the view once
     view = ex.extra["Occlusion"]
     assert isinstance(view, Fake) and ex.tabs.children[1].children == (view,)
+    assert view.built_with == (EARLY, 3, 1)
     assert (view.layer, view.channel) == (EARLY, 3)
     view.channel = 7                                   # linked both ways
     assert ex.channel == ex.grid.channel == ex.deconv.channel == 7

@@ -6,12 +6,12 @@ use of their name), so ``import zfwidgets`` stays light and never pulls in a GUI
 """
 
 from .backend import RULES, Geometry, LayerInfo, RuleMode, Session, Target, project, projection_to_rgb
-from .backend.occlusion import OcclusionResult
+from .backend.occlusion import OcclusionResult, occlusion_maps
 from .backend.topk import Gallery, LayerTopK, MiningResult, gallery, load_result, merge, mine
 from .data import DEFAULT_SAMPLE, load_image, load_sample, sample_images
 from .data.datasets import ImageFolder, ImageList, sample_collection
-from .errors import (BadImageError, BadParameterError, DataError, OutOfRangeError, UnknownLayerError,
-                     UnsupportedModelError, WeightsUnavailableError, ZFError)
+from .errors import (BadImageError, BadParameterError, Cancelled, DataError, OutOfRangeError,
+                     UnknownLayerError, UnsupportedModelError, WeightsUnavailableError, ZFError)
 from .models import LoadedModel, Preprocessing, get_model, list_models, register_model, wrap_model
 
 __version__ = "0.1.0"
@@ -21,11 +21,11 @@ _WIDGETS = ("Explorer", "explore", "LayerSelector", "FeatureMapGrid", "DeconvVie
 
 __all__ = [
     "RULES", "Geometry", "LayerInfo", "RuleMode", "Session", "Target", "project",
-    "projection_to_rgb", "OcclusionResult",
+    "projection_to_rgb", "OcclusionResult", "occlusion_maps",
     "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
     "DEFAULT_SAMPLE", "load_image", "load_sample", "sample_images",
     "ImageFolder", "ImageList", "sample_collection",
-    "BadImageError", "BadParameterError", "DataError", "OutOfRangeError", "UnknownLayerError",
+    "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError", "UnknownLayerError",
     "UnsupportedModelError", "WeightsUnavailableError", "ZFError",
     "LoadedModel", "Preprocessing", "get_model", "list_models", "register_model", "wrap_model",
     *_WIDGETS,

@@ -19,6 +19,7 @@ __all__ = [
     "UnsupportedModelError",
     "WeightsUnavailableError",
     "DataError",
+    "Cancelled",
 ]
 
 
@@ -68,3 +69,9 @@ class WeightsUnavailableError(ZFError, RuntimeError):
 
 class DataError(ZFError, ValueError):
     """A data set cannot be used (empty, no readable image ...)."""
+
+
+class Cancelled(ZFError):
+    """A long computation (an occlusion sweep) was stopped by its ``should_stop`` callback,
+    typically because a newer request from a widget superseded it. Nothing is left half-done:
+    the model and the session are as before the call."""

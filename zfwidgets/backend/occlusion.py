@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError, ZFError
+from ..errors import BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError, ZFError
 from .layers import scoped_eval, split_layer_id
 
 __all__ = [
@@ -64,10 +64,6 @@ __all__ = [
 
 #: Named occluder fills (see :func:`fill_tensor`); a float is a value in normalized input space.
 FILLS = ("gray", "mean", "black", "white")
-
-
-class Cancelled(ZFError):
-    """An occlusion sweep was stopped by its ``should_stop`` callback (a newer request won)."""
 
 
 # =========================================================================== geometry helpers

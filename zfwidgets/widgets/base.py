@@ -11,6 +11,7 @@ import contextlib
 import html
 import itertools
 import traceback
+import warnings
 
 import ipywidgets as W
 from matplotlib.figure import Figure
@@ -77,7 +78,12 @@ def canvas_figure(width: float, height: float, dpi: float = 100) -> Figure:
     fig = Figure(figsize=(width, height), dpi=dpi)
     fig.patch.set_facecolor("white")
     canvas = _canvas_class()(fig)
-    FigureManager(canvas, next(_numbers))
+    with warnings.catch_warnings():
+        # ipympl's Toolbar hands its canvas on to traitlets' constructor, which warns (a
+        # DeprecationWarning about ipympl's code, not ours or the user's).
+        warnings.filterwarnings("ignore", "Passing unrecognized arguments",
+                                DeprecationWarning)
+        FigureManager(canvas, next(_numbers))
     canvas.header_visible = False
     canvas.footer_visible = False
     canvas.toolbar_visible = False

@@ -19,10 +19,13 @@ from .selector import LayerSelector
 
 __all__ = ["Explorer", "explore", "OPTIONAL_TABS"]
 
-#: Tabs shown when their module can be imported: (title, module, class name).
+#: Tabs shown when their module can be imported: (title, module, class name, extra keyword
+#: arguments). Each view is built with the explorer's session, layer and channel, so that linking
+#: the shared traits afterwards changes nothing (no second computation); the explorer's own layer
+#: selector drives the gallery, which therefore hides its own.
 OPTIONAL_TABS = (
-    ("Occlusion", "zfwidgets.widgets.occlusion", "OcclusionExplorer"),
-    ("Top-9 patches", "zfwidgets.widgets.gallery", "PatchGallery"),
+    ("Occlusion", "zfwidgets.widgets.occlusion", "OcclusionExplorer", {}),
+    ("Top-9 patches", "zfwidgets.widgets.gallery", "PatchGallery", {"layer_selector": False}),
 )
 
 _SHARED = ("layer", "channel")
@@ -106,12 +109,12 @@ class Explorer(SessionView, W.VBox):
                         layout=W.Layout(flex_flow="row wrap", align_items="flex-start",
                                         grid_gap="12px"))]
         titles = ["Feature maps"]
-        for title, module, cls in OPTIONAL_TABS:
+        for title, module, cls, options in OPTIONAL_TABS:
             factory = self._optional(module, cls)
             if factory is None:
                 self.missing_tabs[title] = f"{module}.{cls} is not available"
                 continue
-            self._tab_specs.append((title, factory))
+            self._tab_specs.append((title, (factory, options)))
             pages.append(W.VBox([W.HTML(f"<i>{title}: opening&hellip;</i>")]))
             titles.append(title)
         self.tabs = W.Tab(children=pages, titles=titles)
@@ -202,10 +205,10 @@ class Explorer(SessionView, W.VBox):
             self.tabs.selected_index = index  # comes back here through _tab_selected
             return self.extra.get(title)
         if title not in self.extra:
-            factory = dict(self._tab_specs)[title]
+            factory, options = dict(self._tab_specs)[title]
             page = self.tabs.children[index]
             try:
-                view = factory(self.session)
+                view = factory(self.session, layer=self.layer, channel=self.channel, **options)
                 self._attach(view)
             except Exception as exc:
                 box = ErrorBox()

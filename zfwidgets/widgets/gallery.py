@@ -75,6 +75,9 @@ class PatchGallery(SessionView, W.VBox):
     result : MiningResult, optional
         Already mined layers (from :func:`zfwidgets.mine`, same session model); its source is
         used when ``images`` is not given.
+    layer_selector : bool
+        Show a layer selector (``selector``). The :class:`Explorer` passes ``False``: its own
+        selector drives the ``layer`` trait, and ``selector`` is then ``None``.
 
     Attributes
     ----------
@@ -99,7 +102,7 @@ class PatchGallery(SessionView, W.VBox):
                  per_image: int | None = 1, cache_dir=None, batch_size: int = 32,
                  auto: bool | None = None, rule: str = "deconvnet", tile: int = 80,
                  result: MiningResult | None = None, size: tuple[float, float] = (9.6, 3.6),
-                 dpi: float = 100, **kwargs):
+                 dpi: float = 100, layer_selector: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.session = session
         self.errors = ErrorBox()
@@ -129,7 +132,8 @@ class PatchGallery(SessionView, W.VBox):
         _, self.artists = gallery_figure(None, tile=tile, fig=self.fig)
         self.fig.canvas.mpl_connect("button_press_event", self._clicked)
 
-        self.selector = LayerSelector(session, layer or default_layer(session))
+        first = layer or default_layer(session)
+        self.selector = LayerSelector(session, first) if layer_selector else None
         self.channel_slider = W.IntSlider(value=0, min=0, max=1, description="channel",
                                           continuous_update=False,
                                           layout=W.Layout(width="360px"),
@@ -148,16 +152,17 @@ class PatchGallery(SessionView, W.VBox):
                                  f"{html.escape(repr(self.source))}</span>")
 
         with self.held():
-            self.layer = self.selector.layer
+            self.layer = first
             self.channel = int(channel)
             self.rule = rule
-        self._links = [T.link((self.selector, "layer"), (self, "layer")),
-                       T.link((self.rule_dropdown, "value"), (self, "rule"))]
+        self._links = [T.link((self.rule_dropdown, "value"), (self, "rule"))]
+        if self.selector is not None:
+            self._links.append(T.link((self.selector, "layer"), (self, "layer")))
         self.channel_slider.observe(self._slider_changed, names="value")
         self.mine_button.on_click(lambda _: self.start_mining())
 
         self.children = [
-            self.selector,
+            *([self.selector] if self.selector is not None else []),
             W.HBox([self.channel_slider, self.rule_dropdown, self.mine_button, self.progress],
                    layout=W.Layout(align_items="center", flex_flow="row wrap")),
             self.status, self.fig.canvas, self.hits, self.data_label, self.errors]
