@@ -98,6 +98,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: glibc malloc settings for the explorer's kernel (a variable already set is left alone): keep
+#: freed memory for reuse instead of returning every large tensor to the system and
+#: page-faulting it in again on the next forward pass. Measured on the 2-core development
+#: machine: EfficientNet-Lite0 forward passes 1.4-3x faster (batch 1: 31 -> 43 images/s, batch
+#: 32: 19 -> 56), at the price of the kernel keeping its peak memory. Other C libraries ignore
+#: these variables.
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(2 ** 31 - 1),
+    "MALLOC_TOP_PAD_": str(1 << 28),
+}
+
+
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -175,6 +188,8 @@ def _explore(args) -> int:
     folder = Path(tempfile.mkdtemp(prefix="zfwidgets-explore-"))
     notebook = explorer_notebook(folder / "zfwidgets explorer.ipynb")
     env = dict(os.environ)
+    for key, value in ALLOCATOR_ENV.items():  # the kernel's glibc reads them at start
+        env.setdefault(key, value)
     env[ENV_MODEL] = args.model
     image = args.image or ""
     env[ENV_IMAGE] = str(Path(image).resolve()) if image and not _is_sample(image) else image

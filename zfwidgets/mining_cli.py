@@ -44,7 +44,8 @@ def build_parser(prog: str = "zfwidgets mine") -> argparse.ArgumentParser:
     p.add_argument("--per-image", default="1",
                    help="at most this many hits per image and channel; 'all' for no limit "
                         "(default 1)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 8 on a CPU, 64 on a GPU)")
     p.add_argument("--workers", type=int, default=None,
                    help="image-loading threads per process (default: min(4, cpus - 1))")
     p.add_argument("--out", default="topk.pt", help="result file (written by rank 0)")

@@ -14,7 +14,7 @@ transposed convolution ...) gives ``geometry=None`` for everything downstream, n
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +24,9 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import UnknownLayerError, UnsupportedModelError
 
-__all__ = ["Geometry", "LayerInfo", "GeometryMode", "Record", "record_forward", "forward_to",
-           "scoped_eval", "split_layer_id"]
+__all__ = ["Geometry", "LayerInfo", "GeometryMode", "Record", "StopForward", "capture",
+           "forward_to", "record_forward", "resolve_layer", "run_captured", "scoped_eval",
+           "split_layer_id"]
 
 
 @dataclass(frozen=True)
@@ -262,10 +263,6 @@ def scoped_eval(model: nn.Module):
             m.training = flag
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the wanted layer has been computed."""
-
-
 @contextlib.contextmanager
 def _hooks(model: nn.Module, on_output) -> Iterator[None]:
     """Forward hooks on every submodule, calling ``on_output(name, call, module, output)``.
@@ -356,6 +353,98 @@ def record_forward(model: nn.Module, x: torch.Tensor) -> Record:
     return Record(out.detach(), layers, acts)
 
 
+def resolve_layer(model: nn.Module, layer: str, known: Sequence[str] | None = None
+                  ) -> tuple[nn.Module, int]:
+    """The module behind layer id ``layer`` and which of its calls is meant.
+
+    Parameters
+    ----------
+    model : nn.Module
+    layer : str
+        ``name`` (the module's first call) or ``name@k`` (its call ``k``, for a module that a
+        forward pass uses several times).
+    known : sequence of str, optional
+        The valid layer ids, for the error message.
+
+    Raises
+    ------
+    UnknownLayerError
+        When ``model`` has no submodule ``name``.
+    """
+    name, call = split_layer_id(layer)
+    try:
+        module = model.get_submodule(name) if name else None
+    except AttributeError:
+        module = None
+    if module is None:
+        raise UnknownLayerError(layer, list(known) if known is not None else
+                                [n for n, _ in model.named_modules() if n])
+    return module, call
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layers: Sequence[str],
+            on_output: Callable[[str, object], None], *, known: Sequence[str] | None = None,
+            stop: bool = False) -> Iterator[None]:
+    """Forward hooks on the modules of ``layers`` only, for the block.
+
+    ``on_output(layer, output)`` is called when a requested layer (module call) has been
+    computed. With ``stop=True`` the hook of the last requested layer raises
+    :class:`StopForward`, ending the forward pass there (run the model with
+    :func:`run_captured`). The hooks are removed in ``finally``: none outlives the block, even
+    after an error.
+
+    Raises
+    ------
+    UnknownLayerError
+        For a layer id that names no submodule.
+    """
+    wanted: dict[nn.Module, dict[int, str]] = {}
+    for layer in dict.fromkeys(layers):
+        module, call = resolve_layer(model, layer, known)
+        wanted.setdefault(module, {})[call] = layer
+    remaining = [sum(len(v) for v in wanted.values())]
+    handles = []
+
+    def make(calls_wanted: dict[int, str]):
+        calls = [0]
+
+        def hook(module, inputs, output):
+            k = calls[0]
+            calls[0] = k + 1
+            layer = calls_wanted.get(k)
+            if layer is not None:
+                on_output(layer, output)
+                remaining[0] -= 1
+                if stop and remaining[0] == 0:
+                    raise StopForward
+        return hook
+
+    try:
+        for module, calls_wanted in wanted.items():
+            handles.append(module.register_forward_hook(make(calls_wanted)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class StopForward(Exception):
+    """Raised by a :func:`capture` hook once every requested layer has been computed."""
+
+
+def run_captured(model: nn.Module, x, layers: Sequence[str],
+                 on_output: Callable[[str, object], None], *,
+                 known: Sequence[str] | None = None, stop: bool = True):
+    """``model(x)`` under :func:`capture`; returns the model's output, or ``None`` when the pass
+    was stopped after the last requested layer (``stop=True``)."""
+    with capture(model, layers, on_output, known=known, stop=stop):
+        try:
+            return model(x)
+        except StopForward:
+            return None
+
+
 def forward_to(model: nn.Module, x: torch.Tensor, layer: str, known: list[str] | None = None
                ) -> torch.Tensor:
     """Run ``model(x)`` (eval mode, autograd on) only until ``layer`` has been computed.
@@ -376,34 +465,13 @@ def forward_to(model: nn.Module, x: torch.Tensor, layer: str, known: list[str] |
         The layer's live output ``[N, C, H, W]`` (attached to the autograd graph).
     """
     _check_scriptable(model)
-    name, want = split_layer_id(layer)
-    try:
-        target = model.get_submodule(name) if name else None
-    except AttributeError:
-        target = None
-    if target is None:
+    found: dict[str, object] = {}
+    with scoped_eval(model):
+        run_captured(model, x, [layer], found.__setitem__, known=known)
+    out = found.get(layer)
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
         raise UnknownLayerError(layer, known or [])
-    found: list[torch.Tensor] = []
-    calls = [0]
-
-    def hook(module, inputs, output):  # only the target module is hooked
-        calls[0] += 1
-        if calls[0] - 1 == want:
-            found.append(output)
-            raise _Stop
-
-    handle = target.register_forward_hook(hook)
-    try:
-        with scoped_eval(model):
-            try:
-                model(x)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    if not found or not isinstance(found[0], torch.Tensor) or found[0].dim() != 4:
-        raise UnknownLayerError(layer, known or [])
-    return found[0]
+    return out
 
 
 def receptive_field_box(geometry: Geometry | None, y: int, x: int, height: int, width: int,

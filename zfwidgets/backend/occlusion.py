@@ -43,7 +43,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError, ZFError
-from .layers import scoped_eval, split_layer_id
+from .layers import capture, resolve_layer, scoped_eval
 
 __all__ = [
     "Cancelled",
@@ -1251,50 +1251,29 @@ class OcclusionResult:
         return out.astype(np.float32)
 
 
-def _module_of(model: nn.Module, layer: str, known: Sequence[str] | None = None
-               ) -> tuple[nn.Module, int]:
-    name, call = split_layer_id(layer)
-    modules = dict(model.named_modules())
-    if not name or name not in modules:
-        raise UnknownLayerError(layer, known if known is not None else [n for n in modules if n])
-    return modules[name], call
+@contextlib.contextmanager
+def _layer_totals(model: nn.Module, layer: str | None, reduce):
+    """For the block: ``box["value"] = reduce(output)`` for the 4-d output of ``layer`` (a
+    :func:`~zfwidgets.backend.layers.capture` hook; nothing when ``layer`` is ``None``)."""
+    box: dict = {"value": None}
+    if layer is None:
+        yield box
+        return
+
+    def on_output(_, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            box["value"] = reduce(output)
+
+    with capture(model, [layer], on_output):
+        yield box
 
 
-class _FeatureHook:
-    """Scoped forward hook: per-image total of one channel of one layer call."""
-
-    def __init__(self, module: nn.Module, call: int, channel: int | None, reduce):
-        self.module, self.call, self.channel, self.reduce = module, call, channel, reduce
-        self.value = None
-        self.shape = None
-        self._calls = 0
-        self._handle = None
-
-    def _hook(self, module, inputs, output):
-        k = self._calls
-        self._calls += 1
-        if k == self.call and isinstance(output, torch.Tensor):
-            self.shape = tuple(output.shape)
-            self.value = self.reduce(output, self.channel) if output.dim() == 4 else None
-
-    def __enter__(self):
-        self._calls = 0
-        self.value = None
-        self._handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.remove()
-        return False
+def _plain_total(t: torch.Tensor) -> torch.Tensor:
+    """Per-image total of every channel, ``[N, C]``."""
+    return t.detach().flatten(2).sum(2)
 
 
-def _plain_total(t: torch.Tensor, channel):
-    if channel is None:
-        return t.detach().flatten(2).sum(2)  # [N, C]
-    return t.detach()[:, channel].sum((1, 2))
-
-
-def default_batch_size(method: str) -> int:
+def occlusion_batch_size(method: str) -> int:
     """Positions per forward pass: 32 for the incremental engine, 16 for plain batches."""
     return 32 if method == "incremental" else 16
 
@@ -1337,7 +1316,7 @@ class OcclusionSweep:
             method = "incremental" if x.device.type == "cpu" and not _has_hooks(model) else "plain"
         self.method = method
         if batch_size is None:
-            batch_size = default_batch_size(method)
+            batch_size = occlusion_batch_size(method)
         batch_size = _check_int("batch_size", batch_size)
         if batch_size < 1:
             raise BadParameterError(f"batch_size must be at least 1, got {batch_size}")
@@ -1346,21 +1325,15 @@ class OcclusionSweep:
             fill = fill_tensor(fill, x)
         self.fill = fill.to(device=x.device, dtype=x.dtype).reshape(1, x.shape[1], 1, 1)
         self.model, self.x, self.layer, self.labels = model, x, layer, labels
-        self.module = self.call = None
         if layer is not None:
-            self.module, self.call = _module_of(model, layer, known_layers)
+            resolve_layer(model, layer, known_layers)  # UnknownLayerError before any work
         self._start = time.perf_counter()
         self._elapsed = 0.0
 
         # the unoccluded pass: base prediction, feature map, defaults
-        hook = None
-        with torch.inference_mode(), scoped_eval(model):
-            if self.module is not None:
-                hook = _FeatureHook(self.module, self.call, None, _plain_total)
-                with hook:
-                    base_logits = _logits(model(x))
-            else:
-                base_logits = _logits(model(x))
+        with torch.inference_mode(), scoped_eval(model), \
+                _layer_totals(model, layer, _plain_total) as hook:
+            base_logits = _logits(model(x))
         base_probs = torch.softmax(base_logits.float(), 1)[0]
         num_classes = base_probs.numel()
         self.base_class = int(base_probs.argmax())
@@ -1374,10 +1347,10 @@ class OcclusionSweep:
         self.base_prob = float(base_probs[target])
         self.base_feature = None
         self.base_features = None
-        if hook is not None:
-            if hook.value is None:
+        if layer is not None:
+            if hook["value"] is None:
                 raise UnknownLayerError(layer, known_layers or [])
-            totals = hook.value[0]
+            totals = hook["value"][0]
             self.base_features = totals.float().cpu().numpy()
             if channel is None:
                 channel = int(totals.argmax())
@@ -1395,7 +1368,7 @@ class OcclusionSweep:
         self._top = np.empty(self.total, np.int64)
         self._top_p = np.empty(self.total, np.float32)
         self._feats = (np.empty((self.total, len(self.base_features)), np.float32)
-                       if self.module is not None else None)
+                       if layer is not None else None)
         self._engine = IncrementalMode() if method == "incremental" else None
         self._elapsed += time.perf_counter() - self._start
 
@@ -1413,7 +1386,7 @@ class OcclusionSweep:
         chunk = self.corners[b:b + self.batch_size]
         try:
             logits, feat = _run_batch(self.model, self.x, chunk, self.size, self.fill,
-                                      self.module, self.call, self._engine)
+                                      self.layer, self._engine)
         except ZFError:
             raise
         except Exception as exc:
@@ -1425,7 +1398,7 @@ class OcclusionSweep:
                           stacklevel=2)
             self._engine, self.method = None, "plain"
             logits, feat = _run_batch(self.model, self.x, chunk, self.size, self.fill,
-                                      self.module, self.call, None)
+                                      self.layer, None)
         p = torch.softmax(logits.float(), 1)
         n = len(chunk)
         self._probs[b:b + n] = p[:, self.target].cpu().numpy()
@@ -1491,7 +1464,7 @@ def occlusion_maps(model: nn.Module, x: torch.Tensor, size: int = 32, stride: in
     fill : tensor ``[1, C, 1, 1]`` or float
         Occluder value in normalized space.
     batch_size : int, optional
-        Occluded images per forward pass (default :func:`default_batch_size`).
+        Occluded images per forward pass (default :func:`occlusion_batch_size`).
     method : {"auto", "incremental", "plain"}
         ``"incremental"`` recomputes only what each occluder changes (:class:`IncrementalMode`);
         ``"plain"`` runs every occluded copy through the model; ``"auto"`` is incremental on the
@@ -1579,29 +1552,21 @@ def _eval_scope(model: nn.Module):
     return contextlib.nullcontext()
 
 
-def _run_batch(model, x, chunk, size, fill, module, call, engine):
-    """Logits ``[n, classes]`` and per-channel totals ``[n, C]`` of ``module``'s output, for one
-    batch of occluder corners."""
+def _run_batch(model, x, chunk, size, fill, layer, engine):
+    """Logits ``[n, classes]`` and per-channel totals ``[n, C]`` of ``layer``'s output (``None``
+    without a layer), for one batch of occluder corners."""
     tops = np.array([c[0] for c in chunk], np.int64)
     lefts = np.array([c[1] for c in chunk], np.int64)
     with torch.inference_mode(), _eval_scope(model):
         if engine is None:
             batch = occlude(x, chunk, size, fill)
-            hook = _FeatureHook(module, call, None, _plain_total) if module is not None else None
-            if hook is None:
-                return _logits(model(batch)), None
-            with hook:
+            with _layer_totals(model, layer, _plain_total) as hook:
                 logits = _logits(model(batch))
-            return logits, hook.value
-        hook = (_FeatureHook(module, call, None, lambda t, c: engine.channel_totals(t))
-                if module is not None else None)
-        with engine:
+            return logits, hook["value"]
+        with engine, _layer_totals(model, layer, engine.channel_totals) as hook:
             inp = engine.inputs(x, tops, lefts, size, fill)
-            if hook is None:
-                return _logits(engine.resolve(model(inp))), None
-            with hook:
-                logits = _logits(engine.resolve(model(inp)))
-        return logits, hook.value
+            logits = _logits(engine.resolve(model(inp)))
+        return logits, hook["value"]
 
 
 # =========================================================================== the session entry

@@ -63,7 +63,8 @@ class PatchGallery(SessionView, W.VBox):
         Hits per image and channel (1: nine different images, as in the paper).
     cache_dir : path, optional
         Disk cache of mining results (see :func:`zfwidgets.mine`).
-    batch_size : int
+    batch_size : int, optional
+        Images per forward pass (default: :func:`zfwidgets.backend.topk.mining_batch_size`).
     auto : bool, optional
         Mine without waiting for the button whenever the selected layer is not mined yet, as a
         task on the kernel's event loop (one batch per turn, so the page stays live). Outside an
@@ -99,7 +100,7 @@ class PatchGallery(SessionView, W.VBox):
 
     def __init__(self, session, images: Any = None, *, layer: str | None = None,
                  channel: int = 0, layers: Sequence[str] | None = None, k: int = 9,
-                 per_image: int | None = 1, cache_dir=None, batch_size: int = 32,
+                 per_image: int | None = 1, cache_dir=None, batch_size: int | None = None,
                  auto: bool | None = None, rule: str = "deconvnet", tile: int = 80,
                  result: MiningResult | None = None, size: tuple[float, float] = (9.6, 3.6),
                  dpi: float = 100, layer_selector: bool = True, **kwargs):
