@@ -46,8 +46,8 @@ from zfwidgets.backend.topk import Miner, _batches, gallery_layers, mine, mining
 from zfwidgets.data.datasets import ImageFolder, sample_collection
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mining.md"
-BATCH = mining_batch_size("cpu")  # the library's default on a CPU
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)  # forward throughput table
+BATCH = 0  # set from the library's default (mining_batch_size) once the model is loaded
 
 
 # --------------------------------------------------------------------------- helpers
@@ -117,7 +117,9 @@ def _status_kb(field: str) -> int:
 
 def child_memory(folder: str, what: str) -> None:
     """In a fresh process: peak resident memory while mining ``folder`` (after the setup)."""
+    global BATCH
     session = Session()
+    BATCH = mining_batch_size(session)
     layers = gallery_layers(session)
     src = ImageFolder(folder)
     paths = [src.path(i) for i in range(len(src))]
@@ -177,6 +179,8 @@ def main(argv=None) -> int:
 
     info = machine_info()
     session = Session()
+    global BATCH
+    BATCH = mining_batch_size(session)  # the library's default for this model on a CPU
     model = session.model
     layers5 = gallery_layers(session)
     layers1 = [session.entry.default_layer]
