@@ -158,6 +158,21 @@ def launch_chromium(playwright, **kwargs):
                                       args=CHROMIUM_ARGS, **kwargs)
 
 
+@contextlib.contextmanager
+def browser_page(url: str, width: int, height: int):
+    """A chromium page (headless, Debian's build) at ``url``; the browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url, timeout=180_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def _has_content(png: bytes) -> bool:
     import io
 

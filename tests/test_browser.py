@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser import (CANVAS, free_port, jupyter_env, launch_chromium, needs_chromium,
+from browser import (CANVAS, browser_page, free_port, jupyter_env, needs_chromium,
                      screenshot_changed, serve_command, wait_canvas_changed, wait_canvas_painted)
 
 pytestmark = [pytest.mark.browser, needs_chromium(),
@@ -32,19 +32,11 @@ def explore_command(port: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
     tmp = tmp_path_factory.mktemp("explore")
     port = free_port()
     with serve_command(explore_command(port), port, tmp, env=jupyter_env(tmp),
-                       timeout=180) as url, sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 950})
-            page.goto(url, timeout=180_000)
-            yield page
-        finally:
-            browser.close()
+                       timeout=180) as url, browser_page(url, 1300, 950) as page:
+        yield page
 
 
 def grid_canvas(page):

@@ -6,7 +6,7 @@ import re
 
 import nbformat
 import pytest
-from browser import (CANVAS, launch_chromium, needs_chromium, serve_voila, wait_canvas_changed,
+from browser import (CANVAS, browser_page, needs_chromium, serve_voila, wait_canvas_changed,
                      wait_canvas_painted)
 
 pytestmark = [pytest.mark.browser, needs_chromium()]
@@ -60,16 +60,8 @@ def url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(url):
     """One page for the module: Voila starts a kernel and runs the notebook per page load."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 1400})
-            page.goto(url, timeout=180_000)
-            yield page
-        finally:
-            browser.close()
+    with browser_page(url, 1100, 1400) as page:
+        yield page
 
 
 def test_gallery_mines_then_follows_the_channel_and_clicks(page):

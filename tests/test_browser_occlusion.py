@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import (CANVAS, launch_chromium, needs_chromium, screenshot_changed, serve_voila,
+from browser import (CANVAS, browser_page, needs_chromium, screenshot_changed, serve_voila,
                      wait_canvas_changed, wait_canvas_painted)
 
 pytestmark = [pytest.mark.browser, needs_chromium(),
@@ -31,8 +31,6 @@ explorer
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
     tmp = tmp_path_factory.mktemp("occlusion")
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(CELL)]
@@ -40,14 +38,8 @@ def page(tmp_path_factory):
                                  "language": "python"}
     path = tmp / "occlusion.ipynb"
     nbformat.write(nb, path)
-    with serve_voila(path, tmp, timeout=180) as url, sync_playwright() as pw:
-        browser = launch_chromium(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 700})
-            page.goto(url, timeout=180_000)
-            yield page
-        finally:
-            browser.close()
+    with serve_voila(path, tmp, timeout=180) as url, browser_page(url, 1200, 700) as page:
+        yield page
 
 
 def canvas(page):

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import traitlets
 
+from events import click
+
 from zfwidgets import Session
 from zfwidgets.backend.topk import gallery
 from zfwidgets.data.datasets import ImageList, sample_collection
@@ -29,16 +31,6 @@ def pixels(fig, ax=None):
     x0, y0, x1, y1 = (int(round(v)) for v in ax.bbox.extents)
     h = rgb.shape[0]
     return rgb[h - y1:h - y0, x0:x1]
-
-
-def click(fig, ax, x, y, button=0):
-    """A mouse press as the ipympl front-end sends it (pixel coordinates from the top)."""
-    fig.canvas.draw()
-    px, py = ax.transData.transform((x, y))
-    height = fig.canvas.get_renderer().height
-    fig.canvas._handle_message(fig.canvas, {"type": "button_press", "x": float(px),
-                                            "y": float(height - py), "button": button,
-                                            "buttons": 1, "modifiers": []}, [])
 
 
 def tile_center(artists, index):

@@ -16,14 +16,7 @@ from zfwidgets.errors import BadParameterError, OutOfRangeError, UnknownLayerErr
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a small shared CI machine OpenMP's spinning threads make many small
-    kernels wait for each other; results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ----------------------------------------------------------------------------- the reference
 

@@ -7,7 +7,6 @@ import asyncio
 import matplotlib
 import numpy as np
 import pytest
-import torch
 from matplotlib.backend_bases import MouseEvent
 
 matplotlib.use("module://ipympl.backend_nbagg")
@@ -17,14 +16,7 @@ from zfwidgets.backend.occlusion import occluded_prediction  # noqa: E402
 from zfwidgets.widgets.occlusion import OcclusionExplorer  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a small shared CI machine OpenMP's spinning threads make many small
-    kernels wait for each other; results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = dict(size=64, stride=40)  # 5 x 5 positions on 224 x 224: fast sweeps
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from events import click
+
 from zfwidgets import Session
 from zfwidgets.errors import BadParameterError, UnknownLayerError, UnsupportedModelError
 from zfwidgets.plots.figures import filters_to_rgb, projection_image
@@ -29,16 +31,6 @@ def pixels(fig):
 
 def changed(before, after):
     return before.shape != after.shape or (before != after).any()
-
-
-def click(fig, ax, x, y, button=0):
-    """A mouse press as the ipympl front-end sends it (pixel coordinates from the top)."""
-    fig.canvas.draw()
-    px, py = ax.transData.transform((x, y))
-    height = fig.canvas.get_renderer().height
-    fig.canvas._handle_message(fig.canvas, {"type": "button_press", "x": float(px),
-                                            "y": float(height - py), "button": button,
-                                            "buttons": 1, "modifiers": []}, [])
 
 
 def click_map(grid, k, dy=None, dx=None):
