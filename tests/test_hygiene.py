@@ -72,6 +72,7 @@ def exercise(s: zf.Session):
     s.receptive_field(layer, 0, 0)
     s.occlusion(size=112, stride=112, layer=layer, progress=False)  # 2 x 2 positions
     zf.mine(s, [s.image], layers=[layer], k=2, progress=False)
+    zf.invariance(s, "rotation", [0, 90], layers=[layer])
 
 
 def test_session_leaves_the_users_model_alone(user_alexnet):

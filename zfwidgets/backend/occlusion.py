@@ -43,6 +43,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError, ZFError
+from ..models import class_name
 from .layers import capture, resolve_layer, scoped_eval
 
 __all__ = [
@@ -1423,7 +1424,7 @@ class OcclusionSweep:
         names = {}
         for cid in sorted(set(np.unique(top).tolist()) | {self.target, self.base_class}):
             cid = int(cid)
-            names[cid] = labels[cid] if labels and 0 <= cid < len(labels) else f"class {cid}"
+            names[cid] = class_name(labels, cid)
         return OcclusionResult(
             prob=self._probs.reshape(shape), top_class=top, top_prob=self._top_p.reshape(shape),
             feature=None if self._feats is None else self._feats[:, self.channel].reshape(shape),

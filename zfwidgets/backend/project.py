@@ -120,6 +120,12 @@ def projection_to_rgb(projection: torch.Tensor | np.ndarray) -> np.ndarray:
     Zero maps to mid-gray and the largest absolute value of each projection to 0 or 1, the
     symmetric scaling of the paper's figures.
 
+    Parameters
+    ----------
+    projection : torch.Tensor or numpy.ndarray
+        One projection ``[3, H, W]`` or a batch ``[N, 3, H, W]`` in input (normalized) space,
+        as returned by :func:`project` or :meth:`Session.project`.
+
     Returns
     -------
     numpy.ndarray

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data import DEFAULT_SAMPLE, load_image, load_sample
 from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError
-from ..models import LoadedModel, Preprocessing, get_model, wrap_model
+from ..models import LoadedModel, Preprocessing, class_name, get_model, wrap_model
 from .layers import LayerInfo, Record, record_forward, split_layer_id
 from .project import Target, project
 from .rules import check_rule
@@ -224,7 +224,7 @@ class Session:
     def label(self, class_id: int) -> str:
         """Class name of ``class_id`` (``"class N"`` when the model has no labels)."""
         labels = self.labels
-        return labels[class_id] if labels and 0 <= class_id < len(labels) else f"class {class_id}"
+        return class_name(labels, class_id)
 
     def predict(self, k: int = 5) -> list[tuple[str, float]]:
         """Top-``k`` classes as ``[(label, probability), ...]``, most probable first."""

@@ -410,6 +410,18 @@ def sample_collection(scales: Sequence[float] = DEFAULT_SCALES,
     See :class:`SampleCollection`; with the defaults this is 202 images from the 12 photos that
     ship with scikit-image.
 
+    Parameters
+    ----------
+    scales : sequence of float
+        Crop sides as fractions of the photo's shorter side, in (0, 1]; each scale covers the
+        photo with an evenly spaced grid of square crops (default 1/2 and 1/3).
+    samples : sequence of str, optional
+        Sample photo names (default: all of :func:`zfwidgets.sample_images`).
+
+    Returns
+    -------
+    SampleCollection
+
     Examples
     --------
     >>> src = sample_collection()                # doctest: +SKIP

@@ -462,6 +462,13 @@ def imagenet_labels() -> list[str]:
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
+def class_name(labels, class_id: int) -> str:
+    """Name of class ``class_id``: ``labels[class_id]``, or ``"class N"`` when the model has no
+    (or too few) labels."""
+    class_id = int(class_id)
+    return labels[class_id] if labels and 0 <= class_id < len(labels) else f"class {class_id}"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """First 16 hex characters of a file's sha256 (memoized on path, size and mtime).
 
