@@ -102,10 +102,10 @@ class OcclusionExplorer(SessionView, W.VBox):
         self.sweeps = 0  # sweeps started (tests and curious users)
 
         H, W_ = self._input_size()
-        slider = dict(continuous_update=False, style={"description_width": "52px"},
-                      layout=W.Layout(width="250px"))
+        slider = dict(continuous_update=False, style={"description_width": "72px"},
+                      layout=W.Layout(width="270px"))
         self.y_slider = W.IntSlider(description="occluder y", min=0, max=H - size, **slider)
-        self.x_slider = W.IntSlider(description="x", min=0, max=W_ - size, **slider)
+        self.x_slider = W.IntSlider(description="occluder x", min=0, max=W_ - size, **slider)
         self.size_slider = W.IntSlider(description="size", min=4, max=min(H, W_), value=size,
                                        **slider)
         self.stride_slider = W.IntSlider(description="stride", min=2, max=64, value=stride,
