@@ -73,6 +73,8 @@ def exercise(s: zf.Session):
     s.occlusion(size=112, stride=112, layer=layer, progress=False)  # 2 x 2 positions
     zf.mine(s, [s.image], layers=[layer], k=2, progress=False)
     zf.invariance(s, "rotation", [0, 90], layers=[layer])
+    zf.ascent(s, steps=2, progress=False)
+    zf.ascent(s, layer=layer, steps=2, progress=False)
 
 
 def test_session_leaves_the_users_model_alone(user_alexnet):

@@ -1,0 +1,318 @@
+"""Gradient ascent on the input: the picture a class, or a feature map, likes best.
+
+The course material beside the paper: start from a gray (or any) image and repeatedly move it
+along the gradient of a class score or of a feature map's activation. Plain ascent gives
+high-frequency noise that the network scores highly but nobody can read; a little *blur* every
+few steps, *decay* of the pixels towards the mean, and *clipping* to valid colours keep the result
+looking like an image.
+
+One step, in the model's normalized input space ``x``::
+
+    g = d objective / d x                     (autograd; the model's parameters get no .grad)
+    x = x + lr * g / mean(|g|)                (a step of fixed average size)
+    x = x * (1 - decay)                       (pull towards the mean colour, 0)
+    every blur_every steps: x = gaussian_blur(x, blur_sigma)
+    x = clip(x, valid pixel range)
+
+with a random shift of up to ``jitter`` pixels applied before the forward pass and undone after
+(so no single pixel grid is favoured).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import BadParameterError, Cancelled, OutOfRangeError
+from ...models import class_name
+from ..layers import StopForward, forward_to, resolve_layer, scoped_eval
+
+__all__ = ["AscentResult", "ascent", "gaussian_blur"]
+
+#: Layers whose *input* (the pre-activation) is maximized instead of their output: a rectified
+#: unit that is off (0) or saturated (ReLU6 at 6) has no gradient, and ascent would not move.
+_RECTIFIERS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardtanh, torch.nn.LeakyReLU)
+
+
+@dataclass
+class AscentResult:
+    """What :func:`ascent` produced.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        ``[H, W, 3]`` the final input as displayable RGB in ``[0, 1]``.
+    input : torch.Tensor
+        ``[1, 3, H, W]`` the final input in the model's normalized space.
+    objective : str
+        What was maximized, in words.
+    history : numpy.ndarray
+        ``[steps + 1]`` objective value before each step and after the last.
+    prob : float or None
+        Probability of the target class at the end (class objectives).
+    target : int or None
+        Class id (class objectives).
+    layer, channel : str or None, int or None
+        Feature-map objective.
+    settings : dict
+        ``steps``, ``lr``, ``decay``, ``blur_every``, ``blur_sigma``, ``jitter``, ``seed``,
+        ``start``.
+    """
+
+    image: np.ndarray
+    input: torch.Tensor = field(repr=False)
+    objective: str
+    history: np.ndarray
+    prob: float | None = None
+    target: int | None = None
+    layer: str | None = None
+    channel: int | None = None
+    settings: dict = field(default_factory=dict)
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """1-d Gaussian of standard deviation ``sigma`` pixels, radius ``ceil(3 sigma)``, sum 1."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur every channel of ``x`` ``[N, C, H, W]`` with a Gaussian of ``sigma`` pixels
+    (separable; borders reflect). ``sigma <= 0`` returns ``x`` unchanged."""
+    if sigma <= 0:
+        return x
+    k = gaussian_kernel(sigma).to(dtype=x.dtype, device=x.device)
+    r = (k.numel() - 1) // 2
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
+
+
+def _positive(name: str, value, integer: bool = False, zero: bool = False):
+    ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not zero):
+        need = "a non-negative" if zero else "a positive"
+        raise BadParameterError(f"{name} must be {need} {'integer' if integer else 'number'}, "
+                                f"got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _resolve_class(session, target) -> int:
+    labels = session.labels
+    n = session.probabilities().numel()
+    if isinstance(target, str):
+        if labels is None or target not in labels:
+            close = [lab for lab in (labels or []) if target.lower() in lab.lower()][:5]
+            hint = f"; did you mean one of {close}?" if close else ""
+            raise OutOfRangeError(f"no class named {target!r}{hint}")
+        return labels.index(target)
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+        raise BadParameterError(f"target must be a class id or name, got {target!r}")
+    if not 0 <= int(target) < n:
+        raise OutOfRangeError(f"target class {target} is out of range: the model has {n} "
+                              f"classes (0..{n - 1})")
+    return int(target)
+
+
+def ascent(session, target: int | str | None = None, *, layer: str | None = None,
+           channel: int | None = None, steps: int = 100, lr: float = 0.02,
+           decay: float = 0.002, blur_every: int = 4, blur_sigma: float = 0.5,
+           jitter: int = 4, start: str | torch.Tensor | None = None, seed: int = 0,
+           progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+           should_stop: Callable[[], bool] | None = None) -> AscentResult:
+    """Gradient ascent on the input of ``session``'s model, with blur, decay and clipping.
+
+    Parameters
+    ----------
+    session : Session
+        Gives the model, its preprocessing (valid pixel range, input size) and labels.
+    target : int or str, optional
+        Class to maximize (its logit, the unnormalized score), by id or exact label. Default:
+        the top class of the session's image. Ignored when ``layer`` is given.
+    layer : str, optional
+        Maximize a feature map of this layer instead of a class. For a rectifier layer (ReLU,
+        ReLU6, ...) its *input* is maximized: a unit that is off or saturated has no gradient,
+        so ascent on the rectified output would not move from a gray start.
+    channel : int, optional
+        With ``layer``: the feature map, whose mean activation is maximized (default: the
+        layer's strongest channel on the session's image).
+    steps : int
+        Ascent steps.
+    lr : float
+        Step size: the mean absolute change of the normalized input per step.
+    decay : float
+        Fraction by which the input shrinks towards the mean colour each step (L2 decay).
+    blur_every : int
+        Blur every this many steps (0: never).
+    blur_sigma : float
+        Standard deviation of the blur in pixels.
+    jitter : int
+        Largest random shift in pixels per step (0: none).
+    start : {"gray", "noise", "image"} or torch.Tensor, optional
+        The first input: the mean colour, the mean plus Gaussian noise (standard deviation 0.5
+        in normalized units, about 0.11 of the colour range), the session's image, or a
+        ``[1, 3, H, W]`` normalized tensor. Default: ``"gray"`` for a class, ``"noise"`` for a
+        feature map (on a uniform gray input many maps are uniformly off or saturated, and
+        their gradient is zero).
+    seed : int
+        Seeds the noise and the jitter (results are reproducible).
+    progress : bool
+        Show a ``tqdm.auto`` progress bar.
+    on_step : callable, optional
+        Called as ``on_step(step, objective)`` after every step (a widget's progress).
+    should_stop : callable, optional
+        Checked before every step; returning true raises :class:`~zfwidgets.Cancelled`.
+
+    Returns
+    -------
+    AscentResult
+
+    Raises
+    ------
+    BadParameterError
+        A non-positive ``steps``/``lr``/``blur_sigma``, a negative ``decay``/``jitter``/
+        ``blur_every``, an unknown ``start``, or ``channel`` without ``layer``.
+    OutOfRangeError
+        Unknown class or channel.
+    UnknownLayerError
+        Unknown ``layer``.
+    """
+    steps = _positive("steps", steps, integer=True)
+    lr = _positive("lr", lr)
+    decay = _positive("decay", decay, zero=True)
+    blur_every = _positive("blur_every", blur_every, integer=True, zero=True)
+    blur_sigma = _positive("blur_sigma", blur_sigma)
+    jitter = _positive("jitter", jitter, integer=True, zero=True)
+    if decay >= 1:
+        raise BadParameterError(f"decay must be below 1, got {decay}")
+    if channel is not None and layer is None:
+        raise BadParameterError("channel needs a layer (ascent(session, layer=..., channel=...))")
+
+    model = session.model
+    x0 = session.input_tensor
+    if layer is not None:
+        info = session.layer_info(layer)
+        if channel is None:
+            channel = session.strongest_channel(layer)
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) \
+                or not 0 <= int(channel) < info.shape[0]:
+            raise OutOfRangeError(f"channel {channel!r} is out of range for layer {layer!r} "
+                                  f"({info.shape[0]} channels: 0..{info.shape[0] - 1})")
+        channel, target = int(channel), None
+        module, call = resolve_layer(model, layer, session.layers)
+        pre = isinstance(module, _RECTIFIERS)
+        objective = f"mean of {layer} channel {channel}" + \
+            (f" (its input, before the {type(module).__name__})" if pre else "")
+    else:
+        target = int(session.probabilities().argmax()) if target is None else \
+            _resolve_class(session, target)
+        objective = f"score of class {target} ({class_name(session.labels, target)})"
+
+    gen = torch.Generator().manual_seed(int(seed))
+    prep = session.preprocessing
+    mean = torch.as_tensor(prep.mean, dtype=x0.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(prep.std, dtype=x0.dtype).view(1, -1, 1, 1)
+    low, high = ((0 - mean) / std).to(x0.device), ((1 - mean) / std).to(x0.device)
+    if start is None:
+        start = "noise" if layer is not None else "gray"
+    if isinstance(start, torch.Tensor):
+        if start.shape != x0.shape:
+            raise BadParameterError(f"start tensor must have the input's shape "
+                                    f"{list(x0.shape)}, got {list(start.shape)}")
+        x = start.detach().to(x0).clone()
+    elif start == "gray":
+        x = torch.zeros_like(x0)
+    elif start == "noise":
+        x = (0.5 * torch.randn(x0.shape, generator=gen, dtype=x0.dtype)).to(x0.device)
+    elif start == "image":
+        x = x0.detach().clone()
+    else:
+        raise BadParameterError(f"start must be 'gray', 'noise', 'image' or a tensor, "
+                                f"got {start!r}")
+
+    def pre_activation(inp: torch.Tensor) -> torch.Tensor:
+        found, calls = [], [0]
+
+        def hook(mod, args):
+            calls[0] += 1
+            if calls[0] - 1 == call:
+                found.append(args[0])
+                raise StopForward
+
+        handle = module.register_forward_pre_hook(hook)
+        try:
+            model(inp)
+        except StopForward:
+            pass
+        finally:
+            handle.remove()
+        return found[0]
+
+    def value(inp: torch.Tensor) -> torch.Tensor:
+        if layer is not None:
+            out = pre_activation(inp) if pre else forward_to(model, inp, layer, session.layers)
+            return out[:, channel].mean()
+        out = model(inp)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out[0, target]
+
+    history = []
+    bar = _bar(steps, progress, objective)
+    try:
+        with scoped_eval(model), torch.enable_grad():
+            for step in range(steps):
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"gradient ascent stopped after {step} of {steps} steps")
+                dy, dx = (torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
+                          if jitter else (0, 0))
+                xs = torch.roll(x, (dy, dx), dims=(2, 3)).requires_grad_(True)
+                obj = value(xs)
+                (grad,) = torch.autograd.grad(obj, xs)
+                history.append(float(obj.detach()))
+                grad = torch.roll(grad, (-dy, -dx), dims=(2, 3))
+                with torch.no_grad():
+                    x = x + lr * grad / grad.abs().mean().clamp(min=1e-12)
+                    x = x * (1 - decay)
+                    if blur_every and (step + 1) % blur_every == 0:
+                        x = gaussian_blur(x, blur_sigma)
+                    x = torch.maximum(torch.minimum(x, high), low)
+                if on_step is not None:
+                    on_step(step + 1, history[-1])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(objective=f"{history[-1]:.3g}", refresh=False)
+            with torch.no_grad():
+                history.append(float(value(x)))
+                prob = None
+                if target is not None:
+                    out = model(x)
+                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    prob = float(torch.softmax(out.float(), 1)[0, target])
+    finally:
+        if bar is not None:
+            bar.close()
+    image = (x * std.to(x.device) + mean.to(x.device)).clamp(0, 1)[0].permute(1, 2, 0)
+    return AscentResult(
+        image=image.cpu().numpy(), input=x.detach(), objective=objective,
+        history=np.asarray(history), prob=prob, target=target, layer=layer, channel=channel,
+        settings=dict(steps=steps, lr=lr, decay=decay, blur_every=blur_every,
+                      blur_sigma=blur_sigma, jitter=jitter, seed=int(seed),
+                      start=start if isinstance(start, str) else "tensor"))
+
+
+def _bar(total: int, progress: bool, what: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"ascent: {what}", unit="step", leave=False)
