@@ -243,6 +243,14 @@ class SessionView:
         except Exception as exc:
             self.errors.show(exc)
 
+    def select_strongest(self, layer: str) -> None:
+        """Select ``layer``'s strongest channel (what a view does when the layer changes);
+        an error is shown inside the widget and the channel is left as it was."""
+        try:
+            self.channel = self.session.strongest_channel(layer)
+        except Exception as exc:
+            self.errors.show(exc)
+
     def refresh(self) -> None:  # pragma: no cover - overridden
         """Bring the figures up to date with the traits and the session."""
 

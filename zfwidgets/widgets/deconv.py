@@ -112,10 +112,7 @@ class DeconvView(SessionView, W.VBox):
     @T.observe("layer")
     def _layer_changed(self, change) -> None:
         with self.held():
-            try:
-                self.channel = self.session.strongest_channel(change["new"])
-            except Exception as exc:
-                self.errors.show(exc)
+            self.select_strongest(change["new"])
             self.request_refresh()
 
     @T.observe("channel", "rule", "scope")

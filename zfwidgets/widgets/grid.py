@@ -95,10 +95,7 @@ class FeatureMapGrid(SessionView, W.VBox):
         with self.held():
             if self.mode == "weights" and not self._is_rgb_conv(change["new"]):
                 self.mode = "activations"
-            try:
-                self.channel = self.session.strongest_channel(change["new"])
-            except Exception as exc:
-                self.errors.show(exc)
+            self.select_strongest(change["new"])
             self.request_refresh()
 
     @T.observe("channel")

@@ -182,10 +182,7 @@ class OcclusionExplorer(SessionView, W.VBox):
     @T.observe("layer")
     def _layer_changed(self, change):
         with self.held():
-            try:
-                self.channel = self.session.strongest_channel(change["new"])
-            except Exception as exc:
-                self.errors.show(exc)
+            self.select_strongest(change["new"])
             self.request_refresh()
 
     @T.observe("channel", "stride", "y", "x")
