@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import UnknownLayerError, UnsupportedModelError
 
 __all__ = ["Geometry", "LayerInfo", "GeometryMode", "Record", "StopForward", "capture",
-           "forward_to", "record_forward", "resolve_layer", "run_captured", "scoped_eval",
+           "first_rgb_conv", "forward_to", "record_forward", "resolve_layer", "run_captured", "scoped_eval",
            "split_layer_id"]
 
 
@@ -472,6 +472,15 @@ def forward_to(model: nn.Module, x: torch.Tensor, layer: str, known: list[str] |
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
         raise UnknownLayerError(layer, known or [])
     return out
+
+
+def first_rgb_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The first ``nn.Conv2d`` of ``model`` that reads 3 channels (the paper's layer-1
+    filters), as ``(name, module)``; ``None`` when there is none."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            return name, module
+    return None
 
 
 def receptive_field_box(geometry: Geometry | None, y: int, x: int, height: int, width: int,

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from ..backend.layers import first_rgb_conv
 from ..errors import BadParameterError
 
 __all__ = [
@@ -216,16 +217,6 @@ def filters_to_rgb(weight) -> np.ndarray:
     if w.ndim != 4 or w.shape[1] != 3:
         raise BadParameterError(f"layer-1 filters must have shape [C, 3, kh, kw], got {w.shape}")
     return normalize_maps(w.transpose(0, 2, 3, 1), "map")
-
-
-def first_rgb_conv(model) -> tuple[str, object] | None:
-    """The first ``nn.Conv2d`` of ``model`` that reads 3 channels, as ``(name, module)``."""
-    from torch import nn
-
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
-            return name, module
-    return None
 
 
 def projection_image(projection, percentile: float | None = 99.5) -> np.ndarray:

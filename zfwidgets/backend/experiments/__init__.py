@@ -4,10 +4,12 @@ returns plain data (plots in :mod:`zfwidgets.plots`).
 * :mod:`.invariance`: Fig. 5, feature and prediction changes under translation, scale, rotation.
 * :mod:`.ascent`: gradient ascent on the input (a class or a feature map), with blur, decay and
   clipping, from the course material beside the paper.
+* :mod:`.diagnosis`: Fig. 6, dead filters, frequency coverage and aliasing of a layer's filters.
 """
 
 from .ascent import AscentResult, ascent, gaussian_blur
+from .diagnosis import FilterDiagnosis, diagnose_filters, filter_spectra
 from .invariance import InvarianceResult, invariance, invariance_layers, transform
 
-__all__ = ["AscentResult", "InvarianceResult", "ascent", "gaussian_blur", "invariance",
-           "invariance_layers", "transform"]
+__all__ = ["AscentResult", "FilterDiagnosis", "InvarianceResult", "ascent", "diagnose_filters",
+           "filter_spectra", "gaussian_blur", "invariance", "invariance_layers", "transform"]
