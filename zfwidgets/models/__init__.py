@@ -14,6 +14,7 @@ from zfwidgets.models.registry import (
     get_model,
     imagenet_labels,
     list_models,
+    load_checkpoint,
     register_model,
     wrap_model,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "imagenet_labels",
+    "load_checkpoint",
     "EfficientNetLite0",
     "ZFNet",
     "ZFNetSmall",

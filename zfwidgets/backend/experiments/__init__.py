@@ -5,11 +5,14 @@ returns plain data (plots in :mod:`zfwidgets.plots`).
 * :mod:`.ascent`: gradient ascent on the input (a class or a feature map), with blur, decay and
   clipping, from the course material beside the paper.
 * :mod:`.diagnosis`: Fig. 6, dead filters, frequency coverage and aliasing of a layer's filters.
+* :mod:`.evolution`: Fig. 4, chosen feature maps' strongest hits across training snapshots.
 """
 
 from .ascent import AscentResult, ascent, gaussian_blur
 from .diagnosis import FilterDiagnosis, diagnose_filters, filter_spectra
+from .evolution import EvolutionResult, feature_evolution
 from .invariance import InvarianceResult, invariance, invariance_layers, transform
 
-__all__ = ["AscentResult", "FilterDiagnosis", "InvarianceResult", "ascent", "diagnose_filters",
-           "filter_spectra", "gaussian_blur", "invariance", "invariance_layers", "transform"]
+__all__ = ["AscentResult", "EvolutionResult", "FilterDiagnosis", "InvarianceResult", "ascent",
+           "diagnose_filters", "feature_evolution", "filter_spectra", "gaussian_blur",
+           "invariance", "invariance_layers", "transform"]
