@@ -75,6 +75,9 @@ def exercise(s: zf.Session):
     zf.invariance(s, "rotation", [0, 90], layers=[layer])
     zf.ascent(s, steps=2, progress=False)
     zf.ascent(s, layer=layer, steps=2, progress=False)
+    zf.correspondence(s, s.input_tensor.repeat(2, 1, 1, 1), {"p": [(0, 0, 32, 32)] * 2},
+                      [layer], random_trials=1)
+    zf.diagnose_filters(s)
 
 
 def test_session_leaves_the_users_model_alone(user_alexnet):

@@ -6,13 +6,16 @@ returns plain data (plots in :mod:`zfwidgets.plots`).
   clipping, from the course material beside the paper.
 * :mod:`.diagnosis`: Fig. 6, dead filters, frequency coverage and aliasing of a layer's filters.
 * :mod:`.evolution`: Fig. 4, chosen feature maps' strongest hits across training snapshots.
+* :mod:`.correspondence`: Fig. 8 / Table 1, consistency of part occlusions across images.
 """
 
 from .ascent import AscentResult, ascent, gaussian_blur
+from .correspondence import CorrespondenceResult, correspondence, sign_consistency
 from .diagnosis import FilterDiagnosis, diagnose_filters, filter_spectra
 from .evolution import EvolutionResult, feature_evolution
 from .invariance import InvarianceResult, invariance, invariance_layers, transform
 
-__all__ = ["AscentResult", "EvolutionResult", "FilterDiagnosis", "InvarianceResult", "ascent",
-           "diagnose_filters", "feature_evolution", "filter_spectra", "gaussian_blur",
-           "invariance", "invariance_layers", "transform"]
+__all__ = ["AscentResult", "CorrespondenceResult", "EvolutionResult", "FilterDiagnosis",
+           "InvarianceResult", "ascent", "correspondence", "diagnose_filters", "feature_evolution",
+           "filter_spectra", "gaussian_blur", "invariance", "invariance_layers", "sign_consistency",
+           "transform"]
