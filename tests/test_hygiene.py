@@ -78,6 +78,7 @@ def exercise(s: zf.Session):
     zf.correspondence(s, s.input_tensor.repeat(2, 1, 1, 1), {"p": [(0, 0, 32, 32)] * 2},
                       [layer], random_trials=1)
     zf.diagnose_filters(s)
+    zf.probe(s, [s.image] * 4, ["a", "a", "b", "b"], [layer], train_per_class=1, trials=1)
 
 
 def test_session_leaves_the_users_model_alone(user_alexnet):

@@ -7,8 +7,9 @@ use of their name), so ``import zfwidgets`` stays light and never pulls in a GUI
 
 from .backend import RULES, Geometry, LayerInfo, RuleMode, Session, Target, project, projection_to_rgb
 from .backend.experiments import (AscentResult, CorrespondenceResult, EvolutionResult,
-                                  FilterDiagnosis, InvarianceResult, ascent, correspondence,
-                                  diagnose_filters, feature_evolution, invariance)
+                                  FilterDiagnosis, InvarianceResult, ProbeResult, ascent,
+                                  correspondence, diagnose_filters, feature_evolution, invariance,
+                                  probe)
 from .backend.occlusion import OcclusionResult, occlusion_maps
 from .backend.topk import Gallery, LayerTopK, MiningResult, gallery, load_result, merge, mine
 from .data import DEFAULT_SAMPLE, load_image, load_sample, sample_images
@@ -26,7 +27,7 @@ __all__ = [
     "RULES", "Geometry", "LayerInfo", "RuleMode", "Session", "Target", "project",
     "projection_to_rgb", "OcclusionResult", "occlusion_maps", "InvarianceResult", "invariance",
     "AscentResult", "ascent", "FilterDiagnosis", "diagnose_filters", "EvolutionResult",
-    "feature_evolution", "CorrespondenceResult", "correspondence",
+    "feature_evolution", "CorrespondenceResult", "correspondence", "ProbeResult", "probe",
     "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
     "DEFAULT_SAMPLE", "load_image", "load_sample", "sample_images",
     "ImageFolder", "ImageList", "sample_collection",

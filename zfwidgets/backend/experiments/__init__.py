@@ -7,6 +7,7 @@ returns plain data (plots in :mod:`zfwidgets.plots`).
 * :mod:`.diagnosis`: Fig. 6, dead filters, frequency coverage and aliasing of a layer's filters.
 * :mod:`.evolution`: Fig. 4, chosen feature maps' strongest hits across training snapshots.
 * :mod:`.correspondence`: Fig. 8 / Table 1, consistency of part occlusions across images.
+* :mod:`.probes`: Tables 4-7, linear-probe accuracy of each layer with few examples per class.
 """
 
 from .ascent import AscentResult, ascent, gaussian_blur
@@ -14,8 +15,9 @@ from .correspondence import CorrespondenceResult, correspondence, sign_consisten
 from .diagnosis import FilterDiagnosis, diagnose_filters, filter_spectra
 from .evolution import EvolutionResult, feature_evolution
 from .invariance import InvarianceResult, invariance, invariance_layers, transform
+from .probes import ProbeResult, layer_features, probe
 
 __all__ = ["AscentResult", "CorrespondenceResult", "EvolutionResult", "FilterDiagnosis",
-           "InvarianceResult", "ascent", "correspondence", "diagnose_filters", "feature_evolution",
-           "filter_spectra", "gaussian_blur", "invariance", "invariance_layers", "sign_consistency",
-           "transform"]
+           "InvarianceResult", "ProbeResult", "ascent", "correspondence", "diagnose_filters",
+           "feature_evolution", "filter_spectra", "gaussian_blur", "invariance",
+           "invariance_layers", "layer_features", "probe", "sign_consistency", "transform"]
