@@ -6,24 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+
+from nets import tiny_cnn
 
 import zfwidgets as zf
 from zfwidgets.backend.experiments.ascent import ascent, gaussian_blur, gaussian_kernel
 from zfwidgets.errors import BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError
 
 
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.ReLU(inplace=True),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-
 @pytest.fixture(scope="module")
 def session():
-    return zf.Session(tiny_cnn(), zf.load_sample("coffee"),
+    return zf.Session(tiny_cnn().train(), zf.load_sample("coffee"),
                       labels=[f"thing {i}" for i in range(10)])
 
 

@@ -6,24 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+
+from nets import tiny_cnn
 
 import zfwidgets as zf
 from zfwidgets.backend.experiments.correspondence import correspondence, sign_consistency
 from zfwidgets.errors import BadParameterError, UnknownLayerError
 
 
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 5, stride=2, padding=2), nn.ReLU(inplace=True),
-        nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
-
-
 @pytest.fixture(scope="module")
 def session():
-    return zf.Session(tiny_cnn(), zf.load_sample("chelsea"))
+    return zf.Session(tiny_cnn((6, 8), 4, second_stride=2), zf.load_sample("chelsea"))
 
 
 def test_sign_consistency_is_the_pairwise_hamming_fraction():

@@ -7,24 +7,17 @@ import pytest
 import torch
 from torch import nn
 
+from nets import tiny_cnn
+
 import zfwidgets as zf
 from zfwidgets.backend.experiments import invariance, invariance_layers, transform
 from zfwidgets.backend.experiments.invariance import default_amounts
 from zfwidgets.errors import BadParameterError, OutOfRangeError, UnknownLayerError, ZFError
 
 
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
-
-
 @pytest.fixture(scope="module")
 def session():
-    return zf.Session(tiny_cnn(), zf.load_sample("chelsea"))
+    return zf.Session(tiny_cnn(pool=True), zf.load_sample("chelsea"))
 
 
 def ramp(h=12, w=12) -> torch.Tensor:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from nets import tiny_cnn
 
 import zfwidgets as zf
 from zfwidgets.backend.experiments.probes import (fit_linear, layer_features, probe,
@@ -15,17 +16,9 @@ from zfwidgets.backend.experiments.probes import (fit_linear, layer_features, pr
 from zfwidgets.errors import BadParameterError, DataError, UnknownLayerError
 
 
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.ReLU(inplace=True),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
-
-
 @pytest.fixture(scope="module")
 def session():
-    return zf.Session(tiny_cnn(), zf.load_sample("chelsea"))
+    return zf.Session(tiny_cnn((8, 8), 3, second_stride=2), zf.load_sample("chelsea"))
 
 
 def coloured(n_per: int, seed: int = 0):
