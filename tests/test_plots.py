@@ -276,3 +276,16 @@ def test_cli_explorer_notebook_and_sample_images(tmp_path):
     compile(source, "explorer", "exec")
     session = open_session("zfnet_small", "coffee")        # a sample name, not a file
     assert session.image_name == "coffee"
+
+
+def test_cli_kernel_env_sets_the_allocator_unless_the_user_did(tmp_path):
+    from zfwidgets.cli import ALLOCATOR_ENV, ENV_IMAGE, ENV_MODEL, kernel_env
+
+    photo = tmp_path / "me.jpg"
+    env = kernel_env("alexnet", str(photo), {"PATH": "/bin", "MALLOC_TOP_PAD_": "7"})
+    assert env["PATH"] == "/bin" and env[ENV_MODEL] == "alexnet"
+    assert env[ENV_IMAGE] == str(photo.resolve())
+    assert env["MALLOC_TOP_PAD_"] == "7"                       # the user's own setting wins
+    assert env["MALLOC_MMAP_THRESHOLD_"] == ALLOCATOR_ENV["MALLOC_MMAP_THRESHOLD_"]
+    assert kernel_env("efficientnet_lite0", "coffee", {})[ENV_IMAGE] == "coffee"   # a sample
+    assert kernel_env("efficientnet_lite0", None, {})[ENV_IMAGE] == ""

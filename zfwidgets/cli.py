@@ -111,6 +111,19 @@ ALLOCATOR_ENV = {
 }
 
 
+def kernel_env(model: str, image: str | None, environ) -> dict[str, str]:
+    """The environment of the explorer's server and kernel: ``environ`` plus the model and image
+    to open (a file path made absolute, a sample name kept) and :data:`ALLOCATOR_ENV` where
+    ``environ`` does not set those variables itself."""
+    env = dict(environ)
+    for key, value in ALLOCATOR_ENV.items():  # the kernel's glibc reads them at start
+        env.setdefault(key, value)
+    env[ENV_MODEL] = model
+    image = image or ""
+    env[ENV_IMAGE] = str(Path(image).resolve()) if image and not _is_sample(image) else image
+    return env
+
+
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -187,12 +200,7 @@ def _explore(args) -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="zfwidgets-explore-"))
     notebook = explorer_notebook(folder / "zfwidgets explorer.ipynb")
-    env = dict(os.environ)
-    for key, value in ALLOCATOR_ENV.items():  # the kernel's glibc reads them at start
-        env.setdefault(key, value)
-    env[ENV_MODEL] = args.model
-    image = args.image or ""
-    env[ENV_IMAGE] = str(Path(image).resolve()) if image and not _is_sample(image) else image
+    env = kernel_env(args.model, args.image, os.environ)
     cmd = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
            "--Voila.ip=127.0.0.1", "--Voila.root_dir=" + str(folder),
            "--VoilaConfiguration.show_tracebacks=True"]
