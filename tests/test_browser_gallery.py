@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
-import nbformat
 import pytest
 from browser import (CANVAS, browser_page, needs_chromium, serve_voila, wait_canvas_changed,
                      wait_canvas_painted)
+
+from zfwidgets.cli import one_cell_notebook
 
 pytestmark = [pytest.mark.browser, needs_chromium()]
 
@@ -47,12 +48,7 @@ W.VBox([auto, where, manual])
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("voila_gallery")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    path = tmp / "gallery.ipynb"
-    nbformat.write(nb, path)
+    path = one_cell_notebook(tmp / "gallery.ipynb", NOTEBOOK)
     with serve_voila(path, tmp, timeout=180) as address:
         yield address
 

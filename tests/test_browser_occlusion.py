@@ -9,13 +9,14 @@ from __future__ import annotations
 import io
 import time
 
-import nbformat
 import numpy as np
 import pytest
 from PIL import Image
 
 from browser import (CANVAS, browser_page, needs_chromium, screenshot_changed, serve_voila,
                      wait_canvas_changed, wait_canvas_painted)
+
+from zfwidgets.cli import one_cell_notebook
 
 pytestmark = [pytest.mark.browser, needs_chromium(),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -32,12 +33,7 @@ explorer
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("occlusion")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(CELL)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    path = tmp / "occlusion.ipynb"
-    nbformat.write(nb, path)
+    path = one_cell_notebook(tmp / "occlusion.ipynb", CELL)
     with serve_voila(path, tmp, timeout=180) as url, browser_page(url, 1200, 700) as page:
         yield page
 

@@ -46,10 +46,15 @@ def explorer_notebook(path: str | os.PathLike) -> Path:
     The cell reads the model name and image path from the ``ZFWIDGETS_MODEL`` and
     ``ZFWIDGETS_IMAGE`` environment variables, which the kernel inherits from the server.
     """
+    return one_cell_notebook(path, _EXPLORER_CODE)
+
+
+def one_cell_notebook(path: str | os.PathLike, source: str) -> Path:
+    """Write a Python 3 notebook holding one code cell with ``source`` (for Voila)."""
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(_EXPLORER_CODE)]
+    nb.cells = [nbformat.v4.new_code_cell(source)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}

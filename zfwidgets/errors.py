@@ -20,6 +20,7 @@ __all__ = [
     "WeightsUnavailableError",
     "DataError",
     "Cancelled",
+    "check_choice",
 ]
 
 
@@ -75,3 +76,13 @@ class Cancelled(ZFError):
     """A long computation (an occlusion sweep) was stopped by its ``should_stop`` callback,
     typically because a newer request from a widget superseded it. Nothing is left half-done:
     the model and the session are as before the call."""
+
+
+def check_choice(what: str, value, choices: Iterable):
+    """Return ``value`` if it is one of ``choices``, else raise :class:`BadParameterError`
+    naming ``what``, the value and the choices."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise BadParameterError(f"unknown {what} {value!r}; choose one of "
+                                f"{', '.join(map(str, choices))}")
+    return value

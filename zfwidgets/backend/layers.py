@@ -23,6 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnknownLayerError, UnsupportedModelError
+from .calls import call_arg, pool_args
 
 __all__ = ["Geometry", "LayerInfo", "GeometryMode", "Record", "StopForward", "capture",
            "first_rgb_conv", "forward_to", "record_forward", "resolve_layer", "run_captured", "scoped_eval",
@@ -122,12 +123,6 @@ def _pair(v) -> tuple[int, int]:
     return int(v), int(v)
 
 
-def _arg(args, kwargs, index, name, default):
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if len(args) > index else default
-
-
 def _window(g: Geometry, kernel, stride, padding, dilation) -> Geometry:
     k, s, p, d = _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
     size = tuple(g.size[a] + d[a] * (k[a] - 1) * g.stride[a] for a in range(2))
@@ -147,9 +142,9 @@ def _union(geos: list[Geometry]) -> Geometry:
 
 def _conv(g, args, kwargs, out):
     weight = args[1]
-    stride = _arg(args, kwargs, 3, "stride", 1)
-    padding = _arg(args, kwargs, 4, "padding", 0)
-    dilation = _pair(_arg(args, kwargs, 5, "dilation", 1))
+    stride = call_arg(args, kwargs, 3, "stride", 1)
+    padding = call_arg(args, kwargs, 4, "padding", 0)
+    dilation = _pair(call_arg(args, kwargs, 5, "dilation", 1))
     k = weight.shape[-2:]
     if isinstance(padding, str):
         padding = (0, 0) if padding == "valid" else tuple(dilation[a] * (k[a] - 1) // 2 for a in range(2))
@@ -157,13 +152,7 @@ def _conv(g, args, kwargs, out):
 
 
 def _pool(g, args, kwargs, out, *, has_dilation):
-    kernel = _arg(args, kwargs, 1, "kernel_size", None)
-    stride = _arg(args, kwargs, 2, "stride", None)
-    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
-        stride = kernel
-    padding = _arg(args, kwargs, 3, "padding", 0)
-    dilation = _arg(args, kwargs, 4, "dilation", 1) if has_dilation else 1
-    return _window(g, kernel, stride, padding, dilation)
+    return _window(g, *pool_args(args, kwargs, has_dilation=has_dilation))
 
 
 def _adaptive(g, args, kwargs, out, inp):
@@ -174,7 +163,7 @@ def _adaptive(g, args, kwargs, out, inp):
 
 
 def _pad(g, args, kwargs, out):
-    pad = list(_arg(args, kwargs, 1, "pad", ()))
+    pad = list(call_arg(args, kwargs, 1, "pad", ()))
     pad += [0] * (4 - len(pad))
     left, top = pad[0], pad[2]
     return Geometry(g.size, g.stride, (g.start[0] - top * g.stride[0], g.start[1] - left * g.stride[1]))

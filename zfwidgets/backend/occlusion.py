@@ -44,6 +44,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError, ZFError
 from ..models import class_name
+from .calls import call_arg, pool_args
 from .layers import capture, resolve_layer, scoped_eval
 
 __all__ = [
@@ -323,12 +324,6 @@ def _is_metadata(func) -> bool:
             and getattr(owner, "__name__", None) in _METADATA and owner.__name__ != "T")
 
 
-def _kw(args, kwargs, index, name, default=None):
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if len(args) > index else default
-
-
 def _pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         if len(v) == 1:
@@ -377,7 +372,7 @@ def _inplace(func, args, kwargs) -> bool:
     if func in _UNARY_INPLACE or func in _BINARY_INPLACE:
         return True
     index = _UNARY.get(func)
-    return index is not None and bool(_kw(args, kwargs, index, "inplace", False))
+    return index is not None and bool(call_arg(args, kwargs, index, "inplace", False))
 
 
 class IncrementalMode(TorchFunctionMode):
@@ -804,14 +799,14 @@ def _spatial(mode: IncrementalMode, func, args, kwargs, *, kernel, stride, paddi
 
 
 def _conv_handler(mode, func, args, kwargs):
-    weight = _kw(args, kwargs, 1, "weight")
+    weight = call_arg(args, kwargs, 1, "weight")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise _Fallback
-    bias = _kw(args, kwargs, 2, "bias")
-    stride = _pair(_kw(args, kwargs, 3, "stride", 1))
-    padding = _kw(args, kwargs, 4, "padding", 0)
-    dilation = _pair(_kw(args, kwargs, 5, "dilation", 1))
-    groups = int(_kw(args, kwargs, 6, "groups", 1))
+    bias = call_arg(args, kwargs, 2, "bias")
+    stride = _pair(call_arg(args, kwargs, 3, "stride", 1))
+    padding = call_arg(args, kwargs, 4, "padding", 0)
+    dilation = _pair(call_arg(args, kwargs, 5, "dilation", 1))
+    groups = int(call_arg(args, kwargs, 6, "groups", 1))
     k = tuple(weight.shape[-2:])
     if isinstance(padding, str):
         if padding == "valid":
@@ -835,13 +830,8 @@ def _conv_handler(mode, func, args, kwargs):
 
 
 def _max_pool_handler(mode, func, args, kwargs):
-    kernel = _pair(_kw(args, kwargs, 1, "kernel_size"))
-    stride = _kw(args, kwargs, 2, "stride", None)
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) \
-        else _pair(stride)
-    padding = _pair(_kw(args, kwargs, 3, "padding", 0))
-    dilation = _pair(_kw(args, kwargs, 4, "dilation", 1))
-    if _kw(args, kwargs, 5, "ceil_mode", False) or _kw(args, kwargs, 6, "return_indices", False):
+    kernel, stride, padding, dilation = map(_pair, pool_args(args, kwargs, has_dilation=True))
+    if call_arg(args, kwargs, 5, "ceil_mode", False) or call_arg(args, kwargs, 6, "return_indices", False):
         raise _Fallback
     if not args[0].is_floating_point():
         raise _Fallback
@@ -854,15 +844,11 @@ def _max_pool_handler(mode, func, args, kwargs):
 
 
 def _avg_pool_handler(mode, func, args, kwargs):
-    kernel = _pair(_kw(args, kwargs, 1, "kernel_size"))
-    stride = _kw(args, kwargs, 2, "stride", None)
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) \
-        else _pair(stride)
-    padding = _pair(_kw(args, kwargs, 3, "padding", 0))
-    if _kw(args, kwargs, 4, "ceil_mode", False) or _kw(args, kwargs, 6, "divisor_override") \
+    kernel, stride, padding, _ = map(_pair, pool_args(args, kwargs, has_dilation=False))
+    if call_arg(args, kwargs, 4, "ceil_mode", False) or call_arg(args, kwargs, 6, "divisor_override") \
             is not None:
         raise _Fallback
-    if any(padding) and not _kw(args, kwargs, 5, "count_include_pad", True):
+    if any(padding) and not call_arg(args, kwargs, 5, "count_include_pad", True):
         raise _Fallback
 
     def run(window):
@@ -875,9 +861,9 @@ def _avg_pool_handler(mode, func, args, kwargs):
 def _pad_handler(mode, func, args, kwargs):
     x = args[0]
     st = mode._state(x)
-    pad = list(_kw(args, kwargs, 1, "pad", ()))
-    if not isinstance(st, _Patch) or _kw(args, kwargs, 2, "mode", "constant") != "constant" \
-            or len(pad) not in (2, 4) or min(pad) < 0 or isinstance(_kw(args, kwargs, 3, "value"),
+    pad = list(call_arg(args, kwargs, 1, "pad", ()))
+    if not isinstance(st, _Patch) or call_arg(args, kwargs, 2, "mode", "constant") != "constant" \
+            or len(pad) not in (2, 4) or min(pad) < 0 or isinstance(call_arg(args, kwargs, 3, "value"),
                                                                     torch.Tensor):
         raise _Fallback
     pad += [0] * (4 - len(pad))
@@ -903,7 +889,7 @@ def _elementwise(mode: IncrementalMode, func, args, kwargs, data_positions, inpl
         raise _Fallback
     if func in _TRAINING_ARG:
         i, name = _TRAINING_ARG[func]
-        if bool(_kw(args, kwargs, i, name, False)):
+        if bool(call_arg(args, kwargs, i, name, False)):
             raise _Fallback
     data = []  # (container, key) of the data arguments
     for pos in data_positions:
@@ -999,9 +985,9 @@ def _fuse_into_conv(mode, func, args, kwargs, x, st: _Patch, inplace: bool):
         return None
     new = None
     if func is F.batch_norm and not pending.folded:
-        mean, var = _kw(args, kwargs, 1, "running_mean"), _kw(args, kwargs, 2, "running_var")
-        gamma, beta = _kw(args, kwargs, 3, "weight"), _kw(args, kwargs, 4, "bias")
-        eps = _kw(args, kwargs, 7, "eps", 1e-5)
+        mean, var = call_arg(args, kwargs, 1, "running_mean"), call_arg(args, kwargs, 2, "running_var")
+        gamma, beta = call_arg(args, kwargs, 3, "weight"), call_arg(args, kwargs, 4, "bias")
+        eps = call_arg(args, kwargs, 7, "eps", 1e-5)
         if not all(isinstance(t, torch.Tensor) and t.dim() == 1
                    and t.numel() == st.shape[1] and mode._state(t) is None
                    for t in (mean, var, gamma, beta) if t is not None) \
@@ -1018,8 +1004,8 @@ def _fuse_into_conv(mode, func, args, kwargs, x, st: _Patch, inplace: bool):
         if func is F.relu6:
             lo, hi = 0.0, 6.0
         else:
-            lo = _kw(args, kwargs, 1, "min_val", -1.0)
-            hi = _kw(args, kwargs, 2, "max_val", 1.0)
+            lo = call_arg(args, kwargs, 1, "min_val", -1.0)
+            hi = call_arg(args, kwargs, 2, "max_val", 1.0)
         if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float))) or float(lo) != 0.0:
             return None
         new = pending.copy()
@@ -1033,7 +1019,7 @@ def _fuse_into_conv(mode, func, args, kwargs, x, st: _Patch, inplace: bool):
 
 def _unary_handler(mode, func, args, kwargs):
     if func in (torch.clamp, _T.clamp, torch.clip, _T.clip, _T.clamp_, _T.clip_):
-        if any(isinstance(_kw(args, kwargs, i, n), torch.Tensor) for i, n in ((1, "min"), (2, "max"))):
+        if any(isinstance(call_arg(args, kwargs, i, n), torch.Tensor) for i, n in ((1, "min"), (2, "max"))):
             raise _Fallback
     return _elementwise(mode, func, args, kwargs, (0, "input"), _inplace(func, args, kwargs))
 
@@ -1044,8 +1030,8 @@ def _binary_handler(mode, func, args, kwargs):
 
 
 def _cat_handler(mode, func, args, kwargs):
-    tensors = _kw(args, kwargs, 0, "tensors")
-    dim = _kw(args, kwargs, 1, "dim", 0)
+    tensors = call_arg(args, kwargs, 0, "tensors")
+    dim = call_arg(args, kwargs, 1, "dim", 0)
     if not isinstance(tensors, (list, tuple)) or not tensors or dim not in (1, -3) \
             or kwargs.get("out") is not None:
         raise _Fallback

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..errors import BadParameterError, UnsupportedModelError
+from ..errors import UnsupportedModelError, check_choice
+from .calls import call_arg
 
 __all__ = ["RULES", "RuleMode", "check_rule"]
 
@@ -39,9 +40,7 @@ RULES = ("deconvnet", "guided", "gradient")
 
 def check_rule(rule: str) -> str:
     """Return ``rule`` if it names a backward rule, else raise ``BadParameterError``."""
-    if rule not in RULES:
-        raise BadParameterError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
-    return rule
+    return check_choice("rule", rule, RULES)
 
 
 class _Rectifier(torch.autograd.Function):
@@ -81,22 +80,14 @@ class _Rectifier(torch.autograd.Function):
         return out, None, None, None, None
 
 
-def _kw(args, kwargs, index, name, default):
-    if name in kwargs:
-        return kwargs[name]
-    if len(args) > index:
-        return args[index]
-    return default
-
-
 # Each entry: function -> (parser returning (x, lo, hi, slope) or None when not a rectifier, inplace?)
 def _relu(args, kwargs):
     return args[0], 0.0, None, 0.0
 
 
 def _hardtanh(args, kwargs):
-    lo = float(_kw(args, kwargs, 1, "min_val", -1.0))
-    hi = float(_kw(args, kwargs, 2, "max_val", 1.0))
+    lo = float(call_arg(args, kwargs, 1, "min_val", -1.0))
+    hi = float(call_arg(args, kwargs, 2, "max_val", 1.0))
     return (args[0], lo, hi, 0.0) if lo == 0.0 else None
 
 
@@ -105,12 +96,12 @@ def _relu6(args, kwargs):
 
 
 def _leaky(args, kwargs):
-    return args[0], 0.0, None, float(_kw(args, kwargs, 1, "negative_slope", 0.01))
+    return args[0], 0.0, None, float(call_arg(args, kwargs, 1, "negative_slope", 0.01))
 
 
 def _clamp(args, kwargs):
-    lo = _kw(args, kwargs, 1, "min", None)
-    hi = _kw(args, kwargs, 2, "max", None)
+    lo = call_arg(args, kwargs, 1, "min", None)
+    hi = call_arg(args, kwargs, 2, "max", None)
     if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor):
         return None
     if lo is None or float(lo) != 0.0:
@@ -119,15 +110,15 @@ def _clamp(args, kwargs):
 
 
 def _clamp_min(args, kwargs):
-    lo = _kw(args, kwargs, 1, "min", None)
+    lo = call_arg(args, kwargs, 1, "min", None)
     if isinstance(lo, torch.Tensor) or lo is None or float(lo) != 0.0:
         return None
     return args[0], 0.0, None, 0.0
 
 
 def _threshold(args, kwargs):
-    th = float(_kw(args, kwargs, 1, "threshold", 0.0))
-    val = float(_kw(args, kwargs, 2, "value", 0.0))
+    th = float(call_arg(args, kwargs, 1, "threshold", 0.0))
+    val = float(call_arg(args, kwargs, 2, "value", 0.0))
     return (args[0], 0.0, None, 0.0) if th == 0.0 and val == 0.0 else None
 
 
@@ -215,7 +206,7 @@ class RuleMode(TorchFunctionMode):
             x = parsed[0] if parsed is not None else None
             if parsed is not None and isinstance(x, torch.Tensor) and x.is_floating_point():
                 if inplace is None:
-                    inplace = bool(_kw(args, kwargs, {F.relu: 1, F.relu6: 1, F.hardtanh: 3,
+                    inplace = bool(call_arg(args, kwargs, {F.relu: 1, F.relu6: 1, F.hardtanh: 3,
                                                       F.leaky_relu: 2, F.threshold: 3}[func],
                                        "inplace", False))
                 self.rectifiers += 1

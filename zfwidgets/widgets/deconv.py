@@ -8,7 +8,7 @@ import ipywidgets as W
 import traitlets as T
 
 from ..backend.rules import check_rule
-from ..errors import BadParameterError
+from ..errors import check_choice
 from ..plots.figures import (deconv_panel_figure, deconv_titles, default_layer, projection_image,
                              update_deconv_panel)
 from .base import ErrorBox, Requests, SessionView, canvas_figure
@@ -105,9 +105,7 @@ class DeconvView(SessionView, W.VBox):
 
     @T.validate("scope")
     def _check_scope(self, proposal):
-        if proposal["value"] not in SCOPES:
-            raise BadParameterError(f"scope must be one of {SCOPES}, not {proposal['value']!r}")
-        return proposal["value"]
+        return check_choice("scope", proposal["value"], SCOPES)
 
     @T.observe("layer")
     def _layer_changed(self, change) -> None:

@@ -7,7 +7,7 @@ import html
 import ipywidgets as W
 import traitlets as T
 
-from ..errors import BadParameterError
+from ..errors import check_choice
 from ..plots.figures import (default_layer, feature_mosaic_figure, filters_to_rgb,
                              first_rgb_conv, update_feature_mosaic)
 from .base import ErrorBox, Latest, Requests, SessionView, canvas_figure
@@ -86,9 +86,7 @@ class FeatureMapGrid(SessionView, W.VBox):
     # ------------------------------------------------------------------ traits
     @T.validate("mode")
     def _check_mode(self, proposal):
-        if proposal["value"] not in MODES:
-            raise BadParameterError(f"mode must be one of {MODES}, not {proposal['value']!r}")
-        return proposal["value"]
+        return check_choice("mode", proposal["value"], MODES)
 
     @T.observe("layer")
     def _layer_changed(self, change) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import BadParameterError, OutOfRangeError
+from ...errors import BadParameterError, OutOfRangeError, check_choice
 from ...models import class_name
 from ..layers import run_captured, scoped_eval
 
@@ -100,9 +100,7 @@ def default_amounts(kind: str) -> np.ndarray:
 
 
 def _check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise BadParameterError(f"unknown transformation {kind!r}; choose one of {list(KINDS)}")
-    return kind
+    return check_choice("transformation", kind, KINDS)
 
 
 def transform(x: torch.Tensor, kind: str, amounts: Sequence[float]) -> torch.Tensor:
