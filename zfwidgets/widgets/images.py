@@ -58,21 +58,20 @@ class ImageChooser(SessionView, W.VBox):
 
     def choose_sample(self, name: str) -> None:
         """Analyse the offline sample ``name`` (see :func:`zfwidgets.sample_images`)."""
-        self.errors.clear()
-        try:
-            self.session.set_image(load_sample(name), name=name)
-        except Exception as exc:
-            self.errors.show(exc)
-            self._show_current()
+        self._use(lambda: load_sample(name), name)
 
     def load_file(self, filename: str, content: bytes) -> bool:
         """Analyse an uploaded file; returns whether it could be used.
 
         A bad file shows its error inside the widget and leaves the session's image unchanged.
         """
+        return self._use(lambda: bytes(content), filename)
+
+    def _use(self, source, name: str) -> bool:
+        """Give the session the image ``source()``; on any error show it and keep the old one."""
         self.errors.clear()
         try:
-            self.session.set_image(bytes(content), name=filename)
+            self.session.set_image(source(), name=name)
         except Exception as exc:
             self.errors.show(exc)
             self._show_current()
