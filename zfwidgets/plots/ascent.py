@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from .figures import new_figure
+
 __all__ = ["ascent_figure", "ascent_title", "stretch", "update_ascent_image"]
 
 
@@ -66,10 +68,7 @@ def ascent_figure(results: Sequence, *, titles: Sequence[str] | None = None,
     if not results:
         raise ValueError("no ascent results to draw")
     n = len(results) + (1 if history else 0)
-    if fig is None:
-        fig = Figure(figsize=(size * n, size * 1.25), layout="constrained")
-    else:
-        fig.clear()
+    fig = new_figure(fig, (size * n, size * 1.25), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     images = []
     for k, (ax, res) in enumerate(zip(axes, results)):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from .figures import new_figure
 from matplotlib.patches import Rectangle
 
 __all__ = ["correspondence_figure"]
@@ -38,10 +40,7 @@ def correspondence_figure(images, result, *, names=None, fig: Figure | None = No
     images = np.asarray(images)
     n = len(images)
     n_layers = len(result.layers)
-    if fig is None:
-        fig = Figure(figsize=(max(2.0 * n, 3.2 * n_layers), 4.8), layout="constrained")
-    else:
-        fig.clear()
+    fig = new_figure(fig, (max(2.0 * n, 3.2 * n_layers), 4.8), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.1])
     img_axes = list(top.subplots(1, n, squeeze=False)[0])
     parts = [p for p in result.parts if p != "random"]

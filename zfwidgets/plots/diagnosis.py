@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import filters_to_rgb, tile_maps
+from .figures import filters_to_rgb, new_figure, tile_maps
 
 __all__ = ["diagnosis_figure"]
 
@@ -41,10 +41,7 @@ def diagnosis_figure(diag, weight=None, *, fig: Figure | None = None, title: str
     (Figure, list of Axes)
         The axes of panels (a)-(d).
     """
-    if fig is None:
-        fig = Figure(figsize=(12, 3.2), layout="constrained")
-    else:
-        fig.clear()
+    fig = new_figure(fig, (12, 3.2), layout="constrained")
     axes = list(fig.subplots(1, 4, gridspec_kw={"width_ratios": [1.1, 1.3, 1, 1.2]}))
     a, b, c, d = axes
     if weight is not None and getattr(weight, "shape", (0, 0))[1] == 3:

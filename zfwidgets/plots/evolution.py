@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from .figures import projection_image
+from .figures import new_figure, projection_image
 
 __all__ = ["evolution_figure"]
 
@@ -41,10 +41,7 @@ def evolution_figure(result, *, show: str = "projections", fig: Figure | None = 
     cols = len(result.snapshots) * per
     if not rows:
         raise ValueError("the result follows no feature maps")
-    if fig is None:
-        fig = Figure(figsize=(cell * cols + 1.2, cell * len(rows) + 0.6), layout="constrained")
-    else:
-        fig.clear()
+    fig = new_figure(fig, (cell * cols + 1.2, cell * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for i, (layer, c) in enumerate(rows):
         for j, snap in enumerate(result.snapshots):

@@ -30,7 +30,7 @@ from ..errors import BadParameterError
 __all__ = [
     "MosaicLayout", "Mosaic", "DeconvPanel", "TopKBars",
     "mosaic_layout", "normalize_maps", "tile_maps", "filters_to_rgb", "first_rgb_conv",
-    "projection_image",
+    "projection_image", "new_figure",
     "feature_mosaic_figure", "update_feature_mosaic",
     "deconv_panel_figure", "update_deconv_panel",
     "topk_figure", "update_topk",
@@ -305,12 +305,15 @@ def _rgba8(mosaic: np.ndarray, cmap: str) -> np.ndarray:
     return out
 
 
-def _new_figure(fig: Figure | None, size: tuple[float, float], dpi: float) -> Figure:
+def new_figure(fig: Figure | None, size: tuple[float, float], dpi: float = 100,
+               layout: str | None = None) -> Figure:
+    """``fig`` cleared, or a new ``Figure`` of ``size`` inches (no pyplot) with an Agg canvas,
+    so that it is drawable headless (``fig.canvas.draw()``, ``buffer_rgba()``, ``savefig``)."""
     if fig is None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        fig = Figure(figsize=size, dpi=dpi)
-        FigureCanvasAgg(fig)  # drawable headless: fig.canvas.draw(), buffer_rgba(), savefig
+        fig = Figure(figsize=size, dpi=dpi, layout=layout)
+        FigureCanvasAgg(fig)
         return fig
     fig.clear()
     return fig
@@ -346,7 +349,7 @@ def feature_mosaic_figure(maps: np.ndarray, *, selected: int | None = None,
     fig : Figure
     handle : Mosaic
     """
-    fig = _new_figure(fig, size, dpi)
+    fig = new_figure(fig, size, dpi)
     mosaic, layout = tile_maps(maps, normalize=normalize)
     # No title: the image fills the figure (an interactive view shows its title as HTML, which
     # keeps text rendering out of every redraw).
@@ -493,7 +496,7 @@ def deconv_panel_figure(image: np.ndarray, projection: np.ndarray, box=None, *,
     fig : Figure, optional
         Draw into this figure (cleared first).
     """
-    fig = _new_figure(fig, size, dpi)
+    fig = new_figure(fig, size, dpi)
     titles = tuple(titles) if titles else ("", "", "")
     top = 0.80 if suptitle else (0.88 if any(titles) else 0.98)
     axes = list(fig.subplots(1, 3, gridspec_kw=dict(left=0.01, right=0.99, bottom=0.02,
@@ -571,7 +574,7 @@ def topk_figure(predictions: Sequence[tuple[str, float]], *, title: str = "top-5
     fig : Figure, optional
         Draw into this figure (cleared first).
     """
-    fig = _new_figure(fig, size, dpi)
+    fig = new_figure(fig, size, dpi)
     k = max(1, k or len(predictions))
     ax = fig.add_axes((0.02, 0.03, 0.96, 0.80))
     ax.set_xlim(0, 1.22)            # bars end by 1.0; the values sit to their right

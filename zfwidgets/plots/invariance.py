@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
+from .figures import new_figure
+
 __all__ = ["InvariancePanels", "invariance_figure", "update_amount", "example_strip"]
 
 _UNITS = {"translation": "vertical shift (pixels)", "scale": "zoom factor",
@@ -83,10 +85,7 @@ def invariance_figure(results, *, relative: bool = True, fig: Figure | None = No
     rows = _rows(results)
     n_layers = len(rows[0][0].layers)
     n_cols = 2 + n_layers
-    if fig is None:
-        fig = Figure(figsize=(width, 2.5 * len(rows)), layout="constrained")
-    else:
-        fig.clear()
+    fig = new_figure(fig, (width, 2.5 * len(rows)), layout="constrained")
     grid = fig.add_gridspec(len(rows), n_cols, width_ratios=[1.6] + [1] * (n_cols - 1))
     all_axes, all_curves, all_markers = [], [], []
     for r, row in enumerate(rows):

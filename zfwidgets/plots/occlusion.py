@@ -24,6 +24,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from .figures import new_figure
+
 __all__ = ["OcclusionPanels", "occlusion_figure", "update_occlusion_maps", "update_occluder",
            "occluded_image", "class_index_map", "CLASS_COLORS"]
 
@@ -118,17 +120,6 @@ def _short(text: str, n: int = 22) -> str:
     return text if len(text) <= n else text[:n - 1] + "\u2026"
 
 
-def _new_figure(fig: Figure | None, size, dpi) -> Figure:
-    if fig is None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        fig = Figure(figsize=size, dpi=dpi)
-        FigureCanvasAgg(fig)
-        return fig
-    fig.clear()
-    return fig
-
-
 def _titles(result, projection_title: str) -> list[str]:
     feat = ("(b) feature map" if result.feature is None else
             f"(b) {_short(result.layer, 16)} #{result.channel}")
@@ -187,7 +178,7 @@ def occlusion_figure(image: np.ndarray, result, projection: np.ndarray | None = 
     -------
     (Figure, OcclusionPanels)
     """
-    fig = _new_figure(fig, size, dpi)
+    fig = new_figure(fig, size, dpi)
     H, W = result.image_shape
     axes = list(fig.subplots(1, 5, gridspec_kw=dict(left=0.005, right=0.995, bottom=0.2,
                                                     top=0.91, wspace=0.04)))

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from .figures import new_figure
+
 __all__ = ["probe_figure"]
 
 
@@ -38,10 +40,7 @@ def probe_figure(results, *, names: Sequence[str] | None = None, fig: Figure | N
     layers = results[0].layers
     if any(r.layers != layers for r in results):
         raise ValueError("every probe result of one figure needs the same layers")
-    if fig is None:
-        fig = Figure(figsize=(max(5.0, 1.1 * len(layers)), 3.4), layout="constrained")
-    else:
-        fig.clear()
+    fig = new_figure(fig, (max(5.0, 1.1 * len(layers)), 3.4), layout="constrained")
     ax = fig.add_subplot()
     pos = np.arange(len(layers))
     for k, r in enumerate(results):
