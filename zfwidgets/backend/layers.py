@@ -374,11 +374,13 @@ def resolve_layer(model: nn.Module, layer: str, known: Sequence[str] | None = No
 @contextlib.contextmanager
 def capture(model: nn.Module, layers: Sequence[str],
             on_output: Callable[[str, object], None], *, known: Sequence[str] | None = None,
-            stop: bool = False) -> Iterator[None]:
+            stop: bool = False, inputs: bool = False) -> Iterator[None]:
     """Forward hooks on the modules of ``layers`` only, for the block.
 
     ``on_output(layer, output)`` is called when a requested layer (module call) has been
-    computed. With ``stop=True`` the hook of the last requested layer raises
+    computed; with ``inputs=True`` it is called with the module's first input instead, before
+    the module runs (a pre-activation, say, before an in-place ReLU overwrites it). With
+    ``stop=True`` the hook of the last requested layer raises
     :class:`StopForward`, ending the forward pass there (run the model with
     :func:`run_captured`). The hooks are removed in ``finally``: none outlives the block, even
     after an error.
@@ -398,12 +400,12 @@ def capture(model: nn.Module, layers: Sequence[str],
     def make(calls_wanted: dict[int, str]):
         calls = [0]
 
-        def hook(module, inputs, output):
+        def hook(module, args, output=None):
             k = calls[0]
             calls[0] = k + 1
             layer = calls_wanted.get(k)
             if layer is not None:
-                on_output(layer, output)
+                on_output(layer, args[0] if inputs else output)
                 remaining[0] -= 1
                 if stop and remaining[0] == 0:
                     raise StopForward
@@ -411,7 +413,9 @@ def capture(model: nn.Module, layers: Sequence[str],
 
     try:
         for module, calls_wanted in wanted.items():
-            handles.append(module.register_forward_hook(make(calls_wanted)))
+            register = module.register_forward_pre_hook if inputs else \
+                module.register_forward_hook
+            handles.append(register(make(calls_wanted)))
         yield
     finally:
         for h in handles:
@@ -424,10 +428,10 @@ class StopForward(Exception):
 
 def run_captured(model: nn.Module, x, layers: Sequence[str],
                  on_output: Callable[[str, object], None], *,
-                 known: Sequence[str] | None = None, stop: bool = True):
+                 known: Sequence[str] | None = None, stop: bool = True, inputs: bool = False):
     """``model(x)`` under :func:`capture`; returns the model's output, or ``None`` when the pass
     was stopped after the last requested layer (``stop=True``)."""
-    with capture(model, layers, on_output, known=known, stop=stop):
+    with capture(model, layers, on_output, known=known, stop=stop, inputs=inputs):
         try:
             return model(x)
         except StopForward:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ...errors import BadParameterError, Cancelled, OutOfRangeError
 from ...models import class_name
-from ..layers import StopForward, forward_to, resolve_layer, scoped_eval
+from ..layers import resolve_layer, run_captured, scoped_eval
 
 __all__ = ["AscentResult", "ascent", "gaussian_blur"]
 
@@ -209,7 +209,7 @@ def ascent(session, target: int | str | None = None, *, layer: str | None = None
             raise OutOfRangeError(f"channel {channel!r} is out of range for layer {layer!r} "
                                   f"({info.shape[0]} channels: 0..{info.shape[0] - 1})")
         channel, target = int(channel), None
-        module, call = resolve_layer(model, layer, session.layers)
+        module, _ = resolve_layer(model, layer, session.layers)
         pre = isinstance(module, _RECTIFIERS)
         objective = f"mean of {layer} channel {channel}" + \
             (f" (its input, before the {type(module).__name__})" if pre else "")
@@ -240,31 +240,17 @@ def ascent(session, target: int | str | None = None, *, layer: str | None = None
         raise BadParameterError(f"start must be 'gray', 'noise', 'image' or a tensor, "
                                 f"got {start!r}")
 
-    def pre_activation(inp: torch.Tensor) -> torch.Tensor:
-        found, calls = [], [0]
-
-        def hook(mod, args):
-            calls[0] += 1
-            if calls[0] - 1 == call:
-                found.append(args[0])
-                raise StopForward
-
-        handle = module.register_forward_pre_hook(hook)
-        try:
-            model(inp)
-        except StopForward:
-            pass
-        finally:
-            handle.remove()
-        return found[0]
+    def logits(inp: torch.Tensor) -> torch.Tensor:
+        out = model(inp)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
     def value(inp: torch.Tensor) -> torch.Tensor:
         if layer is not None:
-            out = pre_activation(inp) if pre else forward_to(model, inp, layer, session.layers)
-            return out[:, channel].mean()
-        out = model(inp)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return out[0, target]
+            found: dict[str, torch.Tensor] = {}
+            run_captured(model, inp, [layer], found.__setitem__, known=session.layers,
+                         inputs=pre)
+            return found[layer][:, channel].mean()
+        return logits(inp)[0, target]
 
     history = []
     bar = _bar(steps, progress, objective)
@@ -292,11 +278,12 @@ def ascent(session, target: int | str | None = None, *, layer: str | None = None
                     bar.update(1)
                     bar.set_postfix(objective=f"{history[-1]:.3g}", refresh=False)
             with torch.no_grad():
-                history.append(float(value(x)))
                 prob = None
-                if target is not None:
-                    out = model(x)
-                    out = out[0] if isinstance(out, (tuple, list)) else out
+                if target is None:
+                    history.append(float(value(x)))
+                else:  # one forward pass for the last score and the probability
+                    out = logits(x)
+                    history.append(float(out[0, target]))
                     prob = float(torch.softmax(out.float(), 1)[0, target])
     finally:
         if bar is not None:
