@@ -41,14 +41,15 @@ class CorrespondenceResult:
     layers : list of str
     parts : list of str
         Part names in the order given, then ``"random"``.
-    score : dict of (str, str) to float
-        ``(part, layer)`` -> mean normalized Hamming distance between the signs of the feature
-        changes of every pair of images (0: identical signs everywhere, 0.5: unrelated).
-    spread : dict of (str, str) to float
-        For a part: the standard deviation over the image pairs; for ``"random"``: over the
-        random trials (as in the paper's Table 1).
     pairs : dict of (str, str) to numpy.ndarray
-        ``(part, layer)`` -> ``[P]`` the pairwise distances (for ``"random"``: the trials' scores).
+        ``(part, layer)`` -> ``[P]`` the normalized Hamming distances between the signs of the
+        feature changes of every pair of images (0: identical signs everywhere, 0.5:
+        unrelated); for ``"random"``: each trial's mean over the pairs.
+    score : dict of (str, str) to float
+        ``(part, layer)`` -> the mean of ``pairs``.
+    spread : dict of (str, str) to float
+        Standard deviation of ``pairs``: over the image pairs for a part, over the random
+        trials for ``"random"`` (as in the paper's Table 1).
     boxes : dict of str to list of (int, int, int, int)
         The occluded squares per part and image, ``(top, left, bottom, right)`` in input pixels
         (for ``"random"``: those of the first trial).
@@ -56,14 +57,21 @@ class CorrespondenceResult:
 
     layers: list[str]
     parts: list[str]
-    score: dict[tuple[str, str], float]
-    spread: dict[tuple[str, str], float]
     pairs: dict[tuple[str, str], np.ndarray] = field(repr=False)
     boxes: dict[str, list[Box]] = field(repr=False)
 
+    @property
+    def score(self) -> dict[tuple[str, str], float]:
+        return {key: float(v.mean()) for key, v in self.pairs.items()}
+
+    @property
+    def spread(self) -> dict[tuple[str, str], float]:
+        return {key: float(v.std()) for key, v in self.pairs.items()}
+
     def table(self) -> list[tuple[str, ...]]:
         """Rows ``(part, "score ± spread" per layer)``, like the paper's Table 1."""
-        return [(part, *(f"{self.score[(part, layer)]:.3f} ± {self.spread[(part, layer)]:.3f}"
+        score, spread = self.score, self.spread
+        return [(part, *(f"{score[(part, layer)]:.3f} ± {spread[(part, layer)]:.3f}"
                          for layer in self.layers)) for part in self.parts]
 
 
@@ -188,14 +196,11 @@ def correspondence(session, images: Any, parts: Mapping[str, Sequence[Box]],
         return found
 
     clean = features(x)
-    score, spread, pairs = {}, {}, {}
+    pairs = {}
     for name, bxs in boxes.items():
         hidden = features(_occluded(x, bxs, fill))
         for layer in layers:
-            d = sign_consistency(clean[layer] - hidden[layer])
-            pairs[(name, layer)] = d
-            score[(name, layer)] = float(d.mean())
-            spread[(name, layer)] = float(d.std())
+            pairs[(name, layer)] = sign_consistency(clean[layer] - hidden[layer])
 
     # the random baseline: squares of each image's mean part size, anywhere
     sizes = np.array([[np.mean([b[i][2] - b[i][0] for b in boxes.values()]),
@@ -215,10 +220,6 @@ def correspondence(session, images: Any, parts: Mapping[str, Sequence[Box]],
         for layer in layers:
             trials[layer].append(float(sign_consistency(clean[layer] - hidden[layer]).mean()))
     for layer in layers:
-        t = np.asarray(trials[layer])
-        pairs[("random", layer)] = t
-        score[("random", layer)] = float(t.mean())
-        spread[("random", layer)] = float(t.std())
+        pairs[("random", layer)] = np.asarray(trials[layer])
     boxes["random"] = first_random
-    return CorrespondenceResult(layers=layers, parts=list(boxes), score=score, spread=spread,
-                                pairs=pairs, boxes=boxes)
+    return CorrespondenceResult(layers=layers, parts=list(boxes), pairs=pairs, boxes=boxes)

@@ -55,13 +55,8 @@ class FilterDiagnosis:
     spectrum : numpy.ndarray
         ``[F, B]`` fraction of each filter's energy per band (rows sum to 1; 0 for an all-zero
         filter).
-    dominant : numpy.ndarray
-        ``[F]`` centre frequency of each filter's strongest band.
     aliased : numpy.ndarray
         ``[F]`` fraction of each filter's energy above the output grid's Nyquist frequency.
-    clipped : numpy.ndarray
-        ``[F]`` bool, RMS above ``radius`` (by more than one part in a million: a filter just
-        renormalized to the radius is not over it).
     radius : float
         The feature-scale-clipping radius used.
     """
@@ -73,10 +68,19 @@ class FilterDiagnosis:
     dead: np.ndarray
     frequencies: np.ndarray
     spectrum: np.ndarray
-    dominant: np.ndarray
     aliased: np.ndarray
-    clipped: np.ndarray
     radius: float
+
+    @property
+    def dominant(self) -> np.ndarray:
+        """``[F]`` centre frequency of each filter's strongest band."""
+        return self.frequencies[self.spectrum.argmax(1)]
+
+    @property
+    def clipped(self) -> np.ndarray:
+        """``[F]`` bool, RMS above ``radius`` (by more than one part in a million: a filter
+        just renormalized to the radius is not over it)."""
+        return self.rms > self.radius * (1 + 1e-6)
 
     @property
     def nyquist(self) -> tuple[float, float]:
@@ -222,5 +226,4 @@ def diagnose_filters(model, layer: str | None = None, *, dead_ratio: float = 0.0
     centres = 0.5 * (edges[:-1] + edges[1:])
     return FilterDiagnosis(
         layer=layer, kernel=tuple(conv.kernel_size), stride=(sy, sx), rms=rms, dead=dead,
-        frequencies=centres, spectrum=spectrum, dominant=centres[spectrum.argmax(1)],
-        aliased=aliased, clipped=rms > radius * (1 + 1e-6), radius=float(radius))
+        frequencies=centres, spectrum=spectrum, aliased=aliased, radius=float(radius))
