@@ -42,7 +42,8 @@ from _common import load_note, load_text, machine_info, machine_table, wait_for_
 
 from zfwidgets import Session
 from zfwidgets.backend.layers import scoped_eval
-from zfwidgets.backend.topk import Miner, _batches, gallery_layers, mine, mining_batch_size
+from zfwidgets.backend.defaults import mining_layers
+from zfwidgets.backend.topk import Miner, _batches, mine, mining_batch_size
 from zfwidgets.data.datasets import ImageFolder, sample_collection
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mining.md"
@@ -120,7 +121,7 @@ def child_memory(folder: str, what: str) -> None:
     global BATCH
     session = Session()
     BATCH = mining_batch_size(session)
-    layers = gallery_layers(session)
+    layers = mining_layers(session)
     src = ImageFolder(folder)
     paths = [src.path(i) for i in range(len(src))]
     # warm up on a few images so that one-off allocations (kernels, thread pools) are done
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     global BATCH
     BATCH = mining_batch_size(session)  # the library's default for this model on a CPU
     model = session.model
-    layers5 = gallery_layers(session)
+    layers5 = mining_layers(session)
     layers1 = [session.entry.default_layer]
     src = sample_collection()
     xs = torch.stack([session.preprocessing(src.load(i % len(src)))[0]

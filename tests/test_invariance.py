@@ -10,7 +10,8 @@ from torch import nn
 from nets import tiny_cnn
 
 import zfwidgets as zf
-from zfwidgets.backend.experiments import invariance, invariance_layers, transform
+from zfwidgets.backend.defaults import invariance_layers
+from zfwidgets.backend.experiments import invariance, transform
 from zfwidgets.backend.experiments.invariance import default_amounts
 from zfwidgets.errors import BadParameterError, OutOfRangeError, UnknownLayerError, ZFError
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from zfwidgets import Session, projection_to_rgb
 from zfwidgets.errors import BadParameterError
+from zfwidgets.backend.defaults import opening_layer
 from zfwidgets.plots import figures as F
 
 
@@ -207,7 +208,7 @@ def _check_pngs(paths):
 def test_render_overview_writes_pngs(small_session, tmp_path):
     paths = F.render_overview(small_session, tmp_path / "out")
     names = [p.name for p in paths]
-    layer = F.default_layer(small_session)
+    layer = opening_layer(small_session)
     assert names == ["predictions.png", "layer1_filters.png", f"feature_maps_{layer}.png",
                      f"deconvnet_{layer}.png"]
     _check_pngs(paths)

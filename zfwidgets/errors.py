@@ -21,7 +21,24 @@ __all__ = [
     "DataError",
     "Cancelled",
     "check_choice",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(name, known: Iterable[str], *, cutoff: float = 0.5, n: int = 3
+                 ) -> tuple[str, list[str]]:
+    """Close matches of ``name`` among ``known``, and the hint that says them.
+
+    Returns
+    -------
+    hint : str
+        ``"; did you mean 'a', 'b'?"``, or ``""`` when nothing is close.
+    close : list of str
+        The matches, closest first.
+    """
+    close = difflib.get_close_matches(str(name), list(known), n=n, cutoff=cutoff)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return hint, close
 
 
 class ZFError(Exception):
@@ -37,11 +54,9 @@ class UnknownLayerError(ZFError, LookupError):
 
     def __init__(self, name: str, known: Iterable[str]):
         known = list(known)
-        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
-        msg = f"unknown layer {name!r}"
-        if close:
-            msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
-        elif known:
+        hint, close = did_you_mean(name, known)
+        msg = f"unknown layer {name!r}{hint}"
+        if not close and known:
             shown = ", ".join(repr(k) for k in known[:8])
             msg += f"; layers are {shown}{' ...' if len(known) > 8 else ''}"
         super().__init__(msg)
@@ -73,9 +88,10 @@ class DataError(ZFError, ValueError):
 
 
 class Cancelled(ZFError):
-    """A long computation (an occlusion sweep) was stopped by its ``should_stop`` callback,
-    typically because a newer request from a widget superseded it. Nothing is left half-done:
-    the model and the session are as before the call."""
+    """A long computation (a :class:`~zfwidgets.backend.jobs.Job`: an occlusion sweep, mining,
+    gradient ascent ...) was stopped by its ``should_stop`` callback, typically because a newer
+    request from a widget superseded it. Nothing is left half-done: the model and the session
+    are as before the call."""
 
 
 def check_choice(what: str, value, choices: Iterable):

@@ -23,7 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnknownLayerError, UnsupportedModelError
-from .calls import call_arg, pool_args
+from .ops import call_arg, pool_args
 
 __all__ = ["Geometry", "LayerInfo", "GeometryMode", "Record", "StopForward", "capture",
            "first_rgb_conv", "forward_to", "record_forward", "resolve_layer", "run_captured", "scoped_eval",

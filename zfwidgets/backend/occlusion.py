@@ -42,9 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError, ZFError
+from ..errors import (BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError, ZFError,
+                      did_you_mean)
 from ..models import class_name
-from .calls import call_arg, pool_args
+from .ops import call_arg, pool_args
+from .defaults import top_layer
 from .layers import capture, resolve_layer, scoped_eval
 
 __all__ = [
@@ -53,7 +55,6 @@ __all__ = [
     "IncrementalMode",
     "OcclusionResult",
     "OcclusionSweep",
-    "default_layer",
     "fill_rgb",
     "fill_tensor",
     "occlude",
@@ -1558,21 +1559,6 @@ def _run_batch(model, x, chunk, size, fill, layer, engine):
 
 # =========================================================================== the session entry
 
-def default_layer(session) -> str:
-    """The layer whose feature map Fig. 7 (b) tracks: the model's ``default_layer`` if it is one
-    of the session's layers, else the last layer whose maps are larger than 1x1."""
-    layers = session.layers
-    name = getattr(session.entry, "default_layer", None)
-    if name in layers:
-        return name
-    for info in reversed(session.layer_table()):
-        if info.shape[1] * info.shape[2] > 1:
-            return info.name
-    if layers:
-        return layers[-1]
-    raise UnknownLayerError("(default layer)", layers)
-
-
 def _resolve_target(session, target) -> int | None:
     if target is None:
         return None
@@ -1580,10 +1566,7 @@ def _resolve_target(session, target) -> int | None:
         labels = session.labels or []
         if target in labels:
             return labels.index(target)
-        import difflib
-
-        close = difflib.get_close_matches(target, labels, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint, _ = did_you_mean(target, labels, cutoff=0.6)
         raise BadParameterError(f"unknown target class {target!r}{hint}")
     return _check_int("target", target)
 
@@ -1596,7 +1579,7 @@ def occlusion_sweep(session, size: int = 32, stride: int = 8, target: int | str 
     x = session.input_tensor
     occlusion_grid(int(x.shape[2]), int(x.shape[3]), size, stride)  # validates early
     if layer is None:
-        layer = default_layer(session)
+        layer = top_layer(session)
     session.layer_info(layer)  # UnknownLayerError with suggestions
     if channel is None:
         channel = session.strongest_channel(layer)
@@ -1634,8 +1617,8 @@ def occlusion(session, size: int = 32, stride: int = 8, target: int | str | None
     target : int or str, optional
         Class (id or label) whose probability is mapped; default the unoccluded top class.
     layer : str, optional
-        Layer for the feature map (Fig. 7 b); default the model's ``default_layer`` (its top
-        convolutional feature layer).
+        Layer for the feature map (Fig. 7 b); default :func:`~zfwidgets.backend.defaults.top_layer`
+        (the model's top convolutional feature layer).
     fill : {"gray", "mean", "black", "white"} or float
         ``"gray"`` is the model's mean pixel, i.e. 0 in normalized input space (the paper's gray
         square); ``"mean"`` the image's own mean colour; ``"black"`` / ``"white"`` pixel 0 / 1;

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedModelError, check_choice
-from .calls import call_arg
+from .ops import rectifier_call
 
 __all__ = ["RULES", "RuleMode", "check_rule"]
 
@@ -80,74 +80,7 @@ class _Rectifier(torch.autograd.Function):
         return out, None, None, None, None
 
 
-# Each entry: function -> (parser returning (x, lo, hi, slope) or None when not a rectifier, inplace?)
-def _relu(args, kwargs):
-    return args[0], 0.0, None, 0.0
-
-
-def _hardtanh(args, kwargs):
-    lo = float(call_arg(args, kwargs, 1, "min_val", -1.0))
-    hi = float(call_arg(args, kwargs, 2, "max_val", 1.0))
-    return (args[0], lo, hi, 0.0) if lo == 0.0 else None
-
-
-def _relu6(args, kwargs):
-    return args[0], 0.0, 6.0, 0.0
-
-
-def _leaky(args, kwargs):
-    return args[0], 0.0, None, float(call_arg(args, kwargs, 1, "negative_slope", 0.01))
-
-
-def _clamp(args, kwargs):
-    lo = call_arg(args, kwargs, 1, "min", None)
-    hi = call_arg(args, kwargs, 2, "max", None)
-    if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor):
-        return None
-    if lo is None or float(lo) != 0.0:
-        return None
-    return args[0], 0.0, None if hi is None else float(hi), 0.0
-
-
-def _clamp_min(args, kwargs):
-    lo = call_arg(args, kwargs, 1, "min", None)
-    if isinstance(lo, torch.Tensor) or lo is None or float(lo) != 0.0:
-        return None
-    return args[0], 0.0, None, 0.0
-
-
-def _threshold(args, kwargs):
-    th = float(call_arg(args, kwargs, 1, "threshold", 0.0))
-    val = float(call_arg(args, kwargs, 2, "value", 0.0))
-    return (args[0], 0.0, None, 0.0) if th == 0.0 and val == 0.0 else None
-
-
 _T = torch.Tensor
-# (parser, in place when called like this?) ; in-place-ness of F.* depends on the `inplace` kwarg
-_RECTIFIERS = {
-    F.relu: (_relu, None),
-    torch.relu: (_relu, False),
-    _T.relu: (_relu, False),
-    torch.relu_: (_relu, True),
-    _T.relu_: (_relu, True),
-    F.relu_: (_relu, True),
-    F.relu6: (_relu6, None),
-    F.hardtanh: (_hardtanh, None),
-    F.hardtanh_: (_hardtanh, True),
-    F.leaky_relu: (_leaky, None),
-    F.leaky_relu_: (_leaky, True),
-    F.threshold: (_threshold, None),
-    torch.clamp: (_clamp, False),
-    torch.clip: (_clamp, False),
-    _T.clamp: (_clamp, False),
-    _T.clip: (_clamp, False),
-    _T.clamp_: (_clamp, True),
-    _T.clip_: (_clamp, True),
-    torch.clamp_min: (_clamp_min, False),
-    _T.clamp_min: (_clamp_min, False),
-    _T.clamp_min_: (_clamp_min, True),
-}
-
 # Nonlinearities that are not rectifiers: deconvnet / guided backprop are undefined through them.
 _NON_RECTIFIERS = {
     F.silu: "SiLU/swish",
@@ -199,25 +132,16 @@ class RuleMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        entry = _RECTIFIERS.get(func)
-        if entry is not None:
-            parser, inplace = entry
-            parsed = parser(args, kwargs)
-            x = parsed[0] if parsed is not None else None
-            if parsed is not None and isinstance(x, torch.Tensor) and x.is_floating_point():
-                if inplace is None:
-                    inplace = bool(call_arg(args, kwargs, {F.relu: 1, F.relu6: 1, F.hardtanh: 3,
-                                                      F.leaky_relu: 2, F.threshold: 3}[func],
-                                       "inplace", False))
-                self.rectifiers += 1
-                _, lo, hi, slope = parsed
-                y = _Rectifier.apply(x, lo, hi, slope, self.rule)
-                if inplace:
-                    # keep in-place semantics for callers that ignore the return value
-                    x.copy_(y)
-                    return x
-                return y
-        elif self.rule != "gradient" and func in _NON_RECTIFIERS:
+        rect = rectifier_call(func, args, kwargs)
+        if rect is not None:
+            self.rectifiers += 1
+            y = _Rectifier.apply(rect.x, rect.lo, rect.hi, rect.slope, self.rule)
+            if rect.inplace:
+                # keep in-place semantics for callers that ignore the return value
+                rect.x.copy_(y)
+                return rect.x
+            return y
+        if self.rule != "gradient" and func in _NON_RECTIFIERS:
             raise UnsupportedModelError(
                 f"the model applies {_NON_RECTIFIERS[func]}, which is not a rectifier: the "
                 f"{self.rule!r} rule is defined only for ReLU-family networks (ReLU, ReLU6, "

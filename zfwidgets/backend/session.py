@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -13,6 +12,7 @@ from torch import nn
 
 from ..data import DEFAULT_SAMPLE, load_image, load_sample
 from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError
+from ..fingerprint import tensor_digest
 from ..models import LoadedModel, Preprocessing, class_name, get_model, wrap_model
 from .layers import LayerInfo, Record, record_forward, split_layer_id
 from .project import Target, project
@@ -179,8 +179,7 @@ class Session:
     @property
     def image_key(self) -> str:
         """Hash of the preprocessed input, for cache keys."""
-        data = self.input_tensor.detach().cpu().numpy().tobytes()
-        return hashlib.sha256(data).hexdigest()[:16]
+        return tensor_digest(self.input_tensor)
 
     def _rec(self) -> Record:
         if self._record is None:

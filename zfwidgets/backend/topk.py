@@ -35,14 +35,12 @@ preprocessed image and the deconvnet projection of that single activation, batch
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pathlib
 import tempfile
 import time
 import warnings
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,12 +54,14 @@ from torch import nn
 from ..data.datasets import ImageSource, as_source, source_from_spec
 from ..errors import (BadImageError, BadParameterError, DataError, OutOfRangeError,
                       UnknownLayerError)
+from ..fingerprint import key_digest, model_id
+from .defaults import mining_layers
 from .layers import run_captured, scoped_eval
 from .project import Target, project
 from .rules import check_rule
 
 __all__ = ["LayerTopK", "MiningResult", "Miner", "mine", "mine_steps", "merge", "gather_merge", "load_result",
-           "gallery_layers", "Gallery", "gallery", "mining_batch_size", "model_id"]
+           "Gallery", "gallery", "mining_batch_size"]
 
 #: Version of the cache / result file layout; bumping it invalidates old cache files.
 FORMAT_VERSION = 1
@@ -151,7 +151,7 @@ class MiningResult:
     source_spec : dict or None
         Plain-data description of the source (a folder's root ...).
     model : str
-        Model id (see :func:`model_id`).
+        Model id (see :func:`zfwidgets.fingerprint.model_id`).
     preprocessing : str
         Preprocessing fingerprint.
     data : str or None
@@ -501,43 +501,11 @@ def gather_merge(result: MiningResult, dst: int = 0, group=None) -> MiningResult
     return merged
 
 
-# ============================================================================ model identity
-
-_MODEL_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def model_id(model: nn.Module, weights_id: str = "") -> str:
-    """Identity of a model's current weights, for cache keys.
-
-    ``weights_id`` (the registry's) plus a hash of the class and of every parameter and buffer,
-    recomputed only when a tensor was changed in place (tracked by tensor versions) or replaced.
-    """
-    tensors = list(model.state_dict(keep_vars=True).items())
-    signature = tuple((k, id(t), t._version) for k, t in tensors)
-    cached = _MODEL_IDS.get(model)
-    if cached is not None and cached[0] == signature:
-        digest = cached[1]
-    else:
-        h = hashlib.sha256(type(model).__qualname__.encode())
-        for key, t in tensors:
-            t = t.detach().to("cpu").contiguous()
-            h.update(f"{key}|{t.dtype}|{tuple(t.shape)};".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        digest = h.hexdigest()[:16]
-        _MODEL_IDS[model] = (signature, digest)
-    return f"{weights_id}|{digest}" if weights_id else digest
-
-
 def _session_model_id(session) -> str:
     return model_id(session.model, getattr(session.entry, "weights_id", ""))
 
 
 # ============================================================================ disk cache
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:24]
-
 
 def _atomic_save(obj: Any, path: pathlib.Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
@@ -605,31 +573,6 @@ def _batches(source: ImageSource, preprocessing, ids: Sequence[int], start: int,
 
 # ============================================================================ mine
 
-def gallery_layers(session, n: int = 5) -> list[str]:
-    """A default set of about ``n`` layers to mine, spread over the depth (like layers 1-5).
-
-    Rectified leaf layers (ReLU, ReLU6, LeakyReLU ... outputs) with a tracked receptive field and
-    a spatial map, evenly spaced in forward order, always including the model's
-    ``middle_layer`` and ``default_layer`` when they qualify. Falls back to convolutions.
-    """
-    table = session.layer_table()
-    rect = [i.name for i in table if i.is_leaf and "relu" in i.kind.lower()
-            and i.geometry is not None and i.shape[1] * i.shape[2] > 1]
-    cands = rect or [i.name for i in table if i.is_leaf and i.kind.startswith("Conv")
-                     and i.shape[1] * i.shape[2] > 1] or [i.name for i in table]
-    if len(cands) <= n:
-        return cands
-    picks = [cands[round(j * (len(cands) - 1) / (n - 1))] for j in range(n)] if n > 1 else [cands[-1]]
-    for special in (session.entry.middle_layer, session.entry.default_layer):
-        if special in cands and special not in picks:
-            where = cands.index(special)
-            protected = {session.entry.middle_layer, session.entry.default_layer}
-            choices = [p for p in picks if p not in protected] or picks
-            nearest = min(choices, key=lambda p: abs(cands.index(p) - where))
-            picks[picks.index(nearest)] = special
-    return sorted(dict.fromkeys(picks), key=cands.index)
-
-
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
@@ -671,7 +614,7 @@ def mine(session, images: Any = None, layers: str | Sequence[str] | None = None,
     images : None, folder path, list of images, torch Dataset or ImageSource
         See :func:`zfwidgets.data.as_source`; ``None`` is the offline sample collection.
     layers : str or sequence of str, optional
-        Layer ids; default :func:`gallery_layers`.
+        Layer ids; default :func:`~zfwidgets.backend.defaults.mining_layers`.
     k : int
         Hits kept per channel.
     per_image : int or None
@@ -739,7 +682,7 @@ def mine_steps(session, images: Any = None, layers: str | Sequence[str] | None =
     if len(source) == 0:
         raise DataError(f"{source!r} holds no images")
     if layers is None:
-        layers = gallery_layers(session)
+        layers = mining_layers(session)
     elif isinstance(layers, str):
         layers = [layers]
     layers = list(dict.fromkeys(layers))
@@ -776,7 +719,7 @@ def mine_steps(session, images: Any = None, layers: str | Sequence[str] | None =
         cache = None
 
     def key(layer: str) -> str:
-        return _digest({"v": FORMAT_VERSION, "model": mid, "layer": layer, "k": k,
+        return key_digest({"v": FORMAT_VERSION, "model": mid, "layer": layer, "k": k,
                         "per_image": per_image, "pre": pre_fp, "data": data_fp,
                         "shard": list(shard) if shard else None})
 
@@ -815,7 +758,7 @@ def _run(session, source, layers, k, per_image, batch_size, cache, keys, shard, 
     ids = range(shard[0], n, shard[1]) if shard else range(n)
     miner = Miner(session.model, layers, k, per_image, known)
     start, n_images, n_skipped, skipped = 0, 0, 0, []
-    ckpt = cache / f"topk-run-{_digest(sorted(keys))}.partial.pt" if cache is not None else None
+    ckpt = cache / f"topk-run-{key_digest(sorted(keys))}.partial.pt" if cache is not None else None
     if ckpt is not None:
         state = _try_load(ckpt)
         if state is not None and state.get("keys") == sorted(keys):

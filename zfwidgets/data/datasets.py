@@ -17,7 +17,6 @@ so its fingerprint is whatever the caller passes (``None``: no disk cache).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pathlib
@@ -30,6 +29,7 @@ from PIL import Image
 from zfwidgets.data.images import load_image
 from zfwidgets.data.samples import sample_images, sample_path
 from zfwidgets.errors import BadImageError, BadParameterError, DataError
+from zfwidgets.fingerprint import digest, file_digest
 
 __all__ = [
     "ImageSource",
@@ -46,14 +46,6 @@ __all__ = [
 #: Crop scales of :func:`sample_collection`: square crops with a side of 1/2 and 1/3 of each
 #: photo's shorter side, on a grid that covers the photo.
 DEFAULT_SCALES: tuple[float, ...] = (1 / 2, 1 / 3)
-
-
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else str(part).encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return h.hexdigest()[:16]
 
 
 class ImageSource:
@@ -144,7 +136,7 @@ class ImageFolder(ImageSource):
                 entries.append((rel, st.st_size if st else -1, st.st_mtime_ns if st else -1))
         entries.sort()
         self.paths: list[str] = [e[0] for e in entries]
-        self._fingerprint = _digest("folder", *(f"{r}\t{s}\t{m}" for r, s, m in entries))
+        self._fingerprint = digest("folder", *(f"{r}\t{s}\t{m}" for r, s, m in entries))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -169,27 +161,23 @@ class ImageFolder(ImageSource):
         return f"ImageFolder({str(self.root)!r}, {len(self)} files)"
 
 
-def _item_digest(item: Any) -> str:
+def _itemdigest(item: Any) -> str:
     """Content hash of one list item (file bytes, pixels, array data)."""
     if isinstance(item, (str, os.PathLike)):
         try:
-            h = hashlib.sha256()
-            with open(item, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            return "file:" + h.hexdigest()[:16]
+            return "file:" + file_digest(item)
         except OSError as exc:
-            return _digest("unreadable", os.fspath(item), type(exc).__name__)
+            return digest("unreadable", os.fspath(item), type(exc).__name__)
     if isinstance(item, Image.Image):
-        return _digest("pil", item.mode, item.size, item.tobytes())
+        return digest("pil", item.mode, item.size, item.tobytes())
     if isinstance(item, np.ndarray):
-        return _digest("array", item.dtype.str, item.shape, np.ascontiguousarray(item).tobytes())
+        return digest("array", item.dtype.str, item.shape, np.ascontiguousarray(item).tobytes())
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return _digest("bytes", bytes(item))
+        return digest("bytes", bytes(item))
     if type(item).__module__.startswith("torch"):
         t = item.detach().cpu().contiguous()
-        return _digest("tensor", t.dtype, tuple(t.shape), t.numpy().tobytes())
-    return _digest("object", repr(item))
+        return digest("tensor", t.dtype, tuple(t.shape), t.numpy().tobytes())
+    return digest("object", repr(item))
 
 
 def _unwrap(item: Any) -> Any:
@@ -246,7 +234,7 @@ class ImageList(ImageSource):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = _digest("list", *(_item_digest(item) for item in self.items))
+            self._fingerprint = digest("list", *(_itemdigest(item) for item in self.items))
         return self._fingerprint
 
     def spec(self) -> dict | None:
@@ -283,7 +271,7 @@ class DatasetSource(ImageSource):
                 f"a {type(dataset).__name__} has no len(); mining needs a map-style dataset "
                 "(an IterableDataset cannot be indexed: wrap it in a list first)") from None
         self.dataset = dataset
-        self._fingerprint = None if fingerprint is None else _digest("dataset", fingerprint)
+        self._fingerprint = None if fingerprint is None else digest("dataset", fingerprint)
         self._names = names
 
     def __len__(self) -> int:
@@ -355,7 +343,7 @@ class SampleCollection(ImageSource):
             path = sample_path(sample)
             with Image.open(path) as im:  # header only: the size, nothing decoded
                 width, height = im.size
-            digests.append(_item_digest(path))
+            digests.append(_itemdigest(path))
             self._items.append((sample, sample, None))
             for scale in scales:
                 side = max(1, round(scale * min(width, height)))
@@ -365,7 +353,7 @@ class SampleCollection(ImageSource):
                     for c, left in enumerate(xs):
                         self._items.append((sample, f"{sample} {label} crop r{r} c{c}",
                                             (left, top, left + side, top + side)))
-        self._fingerprint = _digest("samples", *digests, *(repr(i) for i in self._items))
+        self._fingerprint = digest("samples", *digests, *(repr(i) for i in self._items))
 
     def __len__(self) -> int:
         return len(self._items)

@@ -8,14 +8,13 @@ scikit-image version is simply not listed by :func:`sample_images`.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import pathlib
 
 from PIL import Image
 
 from zfwidgets.data.images import load_image
-from zfwidgets.errors import BadParameterError, DataError
+from zfwidgets.errors import BadParameterError, DataError, did_you_mean
 
 __all__ = ["DEFAULT_SAMPLE", "load_sample", "sample_images", "sample_path"]
 
@@ -79,12 +78,10 @@ def _canonical(name: str) -> str:
     if key in _CATALOGUE:
         return key
     known = list(_CATALOGUE)
-    close = difflib.get_close_matches(key, known + list(_ALIASES), n=3, cutoff=0.5)
+    _, close = did_you_mean(key, known + list(_ALIASES))
     close = list(dict.fromkeys(_ALIASES.get(c, c) for c in close))
-    msg = f"unknown sample {name!r}"
-    if close:
-        msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
-    msg += f" Samples are: {', '.join(sample_images() or known)}"
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    msg = f"unknown sample {name!r}{hint} Samples are: {', '.join(sample_images() or known)}"
     raise BadParameterError(msg)
 
 

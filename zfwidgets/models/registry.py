@@ -10,8 +10,6 @@ The ImageNet normalization constants live here and nowhere else in the project.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import math
 import os
 import pickle
@@ -33,7 +31,9 @@ from zfwidgets.errors import (
     UnsupportedModelError,
     WeightsUnavailableError,
     ZFError,
+    did_you_mean,
 )
+from zfwidgets.fingerprint import digest, file_digest, weights_digest
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -46,7 +46,6 @@ __all__ = [
     "wrap_model",
     "imagenet_labels",
     "load_checkpoint",
-    "file_sha256",
     "conv_layer_names",
 ]
 
@@ -54,8 +53,6 @@ __all__ = [
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 #: Per-channel RGB standard deviation of ImageNet, in [0, 1] pixel units.
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-_HASH_CHARS = 16  # hex characters of sha256 kept in weight ids
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,10 +247,9 @@ class Preprocessing:
         str
             e.g. ``"224x224r256-1a2b3c4d"``; stable across processes and platforms.
         """
-        text = repr((self.size, self.resize, self.mean, self.std))
-        digest = hashlib.sha256(text.encode("ascii")).hexdigest()[:8]
+        d = digest(repr((self.size, self.resize, self.mean, self.std)), length=8)
         h, w = self.size
-        return f"{h}x{w}r{self.resize if self.resize is not None else 'none'}-{digest}"
+        return f"{h}x{w}r{self.resize if self.resize is not None else 'none'}-{d}"
 
 
 def _as_pil(image: Any) -> Image.Image:
@@ -383,11 +379,8 @@ def _lookup(name: str) -> Builder:
     if canonical in _REGISTRY:
         return _REGISTRY[canonical]
     known = list_models()
-    close = difflib.get_close_matches(canonical, known, n=3, cutoff=0.5)
-    msg = f"unknown model {name!r}"
-    if close:
-        msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
-    msg += f" Known models: {', '.join(known)}."
+    hint, close = did_you_mean(canonical, known)
+    msg = f"unknown model {name!r}{hint} Known models: {', '.join(known)}."
     err = BadParameterError(msg)
     err.suggestions = close  # type: ignore[attr-defined]
     raise err
@@ -459,39 +452,11 @@ def imagenet_labels() -> list[str]:
     return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def class_name(labels, class_id: int) -> str:
     """Name of class ``class_id``: ``labels[class_id]``, or ``"class N"`` when the model has no
     (or too few) labels."""
     class_id = int(class_id)
     return labels[class_id] if labels and 0 <= class_id < len(labels) else f"class {class_id}"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """First 16 hex characters of a file's sha256 (memoized on path, size and mtime).
-
-    Parameters
-    ----------
-    path : str or path-like
-        File to hash.
-
-    Returns
-    -------
-    str
-        16 lowercase hex characters.
-    """
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _FILE_HASHES[key] = h.hexdigest()[:_HASH_CHARS]
-    return _FILE_HASHES[key]
 
 
 def _short_list(keys: list[str], n: int = 5) -> str:
@@ -587,17 +552,7 @@ def load_checkpoint(module: nn.Module, path: str | os.PathLike) -> str:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # e.g. dtype casts that cannot happen
         raise WeightsUnavailableError(f"cannot load checkpoint {str(path)!r}: {exc}") from exc
-    return f"file:{file_sha256(path)}"
-
-
-def _state_hash(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)};".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:_HASH_CHARS]
+    return f"file:{file_digest(path)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,5 +648,5 @@ def wrap_model(
         labels=labels,
         default_layer=default_layer,
         middle_layer=middle_layer,
-        weights_id=f"user:{_state_hash(module)}",
+        weights_id=f"user:{weights_digest(module)}",
     )

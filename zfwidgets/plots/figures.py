@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from ..backend.defaults import opening_layer
 from ..backend.layers import first_rgb_conv
 from ..errors import BadParameterError
 
@@ -34,7 +35,7 @@ __all__ = [
     "feature_mosaic_figure", "update_feature_mosaic",
     "deconv_panel_figure", "update_deconv_panel",
     "topk_figure", "update_topk",
-    "render_overview", "default_layer", "deconv_titles",
+    "render_overview", "deconv_titles",
 ]
 
 #: Colour of the separators between tiles and of empty cells.
@@ -647,7 +648,7 @@ def render_overview(session, out_dir: str | os.PathLike, *, layer: str | None = 
         fig.savefig(path, dpi=dpi)
         paths.append(path)
 
-    layer = layer or default_layer(session)
+    layer = layer or opening_layer(session)
     info = session.layer_info(layer)
 
     if session.logits.dim() == 1 and session.logits.numel() > 1:
@@ -686,14 +687,3 @@ def deconv_titles(info, rule: str, scope: str) -> tuple[str, str, str]:
     rf_text = "?" if rf is None else (str(rf[0]) if rf[0] == rf[1] else f"{rf[0]}x{rf[1]}")
     what = "whole map" if scope == "map" else "strongest unit"
     return (f"image, receptive field {rf_text}px", f"{rule}: {what}", "receptive-field crop")
-
-
-def default_layer(session) -> str:
-    """The layer a view starts on: the model's middle layer, else its default layer, else the
-    middle of the layer list."""
-    layers = session.layers
-    for name in (session.entry.middle_layer, session.entry.default_layer):
-        if name and name in layers:
-            return name
-    leaves = [i.name for i in session.layer_table() if i.is_leaf] or layers
-    return leaves[len(leaves) // 2]

@@ -9,7 +9,8 @@ import traitlets as T
 
 from ..backend.rules import check_rule
 from ..errors import check_choice
-from ..plots.figures import (deconv_panel_figure, deconv_titles, default_layer, projection_image,
+from ..backend.defaults import opening_layer
+from ..plots.figures import (deconv_panel_figure, deconv_titles, projection_image,
                              update_deconv_panel)
 from .base import ErrorBox, Requests, SessionView, canvas_figure
 
@@ -81,7 +82,7 @@ class DeconvView(SessionView, W.VBox):
         column = W.Layout(width=f"{size[0] * dpi * 0.98 / 3:.0f}px")
         self.panel_titles = [W.HTML(layout=column) for _ in range(3)]
         with self.held():
-            self.layer = layer or default_layer(session)
+            self.layer = layer or opening_layer(session)
             self.channel = session.strongest_channel(self.layer) if channel is None else channel
             self.rule = rule
             self.scope = scope
@@ -163,5 +164,5 @@ class DeconvView(SessionView, W.VBox):
     def _on_session(self, what: str) -> None:
         with self.held():
             if what == "model" and self.layer not in self.session.layers:
-                self.layer = default_layer(self.session)
+                self.layer = opening_layer(self.session)
             self.request_refresh()

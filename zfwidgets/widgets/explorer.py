@@ -10,7 +10,7 @@ import traitlets as T
 from ..backend.rules import check_rule
 from ..backend.session import Session
 from ..models import list_models
-from ..plots.figures import default_layer
+from ..backend.defaults import opening_layer
 from .base import ErrorBox, SessionView, close_tree
 from .deconv import DeconvView
 from .grid import FeatureMapGrid
@@ -79,7 +79,7 @@ class Explorer(SessionView, W.VBox):
         self._ready = False
         # The explorer hears about model changes before its views (see _on_session).
         self._listen()
-        first = layer or default_layer(self.session)
+        first = layer or opening_layer(self.session)
         self.session.layer_info(first)
         self.layer = first
         self.channel = self.session.strongest_channel(first) if channel is None else int(channel)
@@ -252,7 +252,7 @@ class Explorer(SessionView, W.VBox):
             self.model_dropdown.options = self._model_options()
             self.model_dropdown.value = self.session.entry.name
             self.model_dropdown.observe(self._model_chosen, names="value")
-        layer = self.layer if self.layer in self.session.layers else default_layer(self.session)
+        layer = self.layer if self.layer in self.session.layers else opening_layer(self.session)
         held = self._held_views()
         for view in held:
             view.hold()

@@ -20,9 +20,9 @@ import ipywidgets as W
 import traitlets as T
 
 from ..backend.rules import RULES, check_rule
-from ..backend.topk import MiningResult, gallery, gallery_layers, mine_steps
+from ..backend.topk import MiningResult, gallery, mine_steps
 from ..data.datasets import SampleCollection, as_source
-from ..plots.figures import default_layer
+from ..backend.defaults import mining_layers, opening_layer
 from ..plots.gallery import gallery_figure, show_source, tile_index, update_gallery
 from .base import ErrorBox, Requests, SessionView, canvas_figure
 from .selector import LayerSelector
@@ -56,7 +56,7 @@ class PatchGallery(SessionView, W.VBox):
     channel : int
     layers : sequence of str, optional
         Layers mined together with the selected one on the first pass (one pass over the data
-        for all of them); default :func:`zfwidgets.backend.topk.gallery_layers`.
+        for all of them); default :func:`zfwidgets.backend.defaults.mining_layers`.
     k : int
         Hits per channel (a ``rows x cols`` grid shows the first ``rows * cols``).
     per_image : int or None
@@ -133,7 +133,7 @@ class PatchGallery(SessionView, W.VBox):
         _, self.artists = gallery_figure(None, tile=tile, fig=self.fig)
         self.fig.canvas.mpl_connect("button_press_event", self._clicked)
 
-        first = layer or default_layer(session)
+        first = layer or opening_layer(session)
         self.selector = LayerSelector(session, first) if layer_selector else None
         self.channel_slider = W.IntSlider(value=0, min=0, max=1, description="channel",
                                           continuous_update=False,
@@ -278,7 +278,7 @@ class PatchGallery(SessionView, W.VBox):
                 extra = self._mine_layers
                 if extra is None:
                     try:
-                        extra = gallery_layers(self.session)
+                        extra = mining_layers(self.session)
                     except Exception:
                         extra = []
                 layers += [name for name in extra if name != self.layer]
@@ -407,7 +407,7 @@ class PatchGallery(SessionView, W.VBox):
         self.current = None
         with self.held():
             if self.layer not in self.session.layers:
-                self.layer = default_layer(self.session)
+                self.layer = opening_layer(self.session)
             self._sync_slider()
             self.request_refresh()
 

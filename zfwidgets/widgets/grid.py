@@ -8,7 +8,8 @@ import ipywidgets as W
 import traitlets as T
 
 from ..errors import check_choice
-from ..plots.figures import (default_layer, feature_mosaic_figure, filters_to_rgb,
+from ..backend.defaults import opening_layer
+from ..plots.figures import (feature_mosaic_figure, filters_to_rgb,
                              first_rgb_conv, update_feature_mosaic)
 from .base import ErrorBox, Latest, Requests, SessionView, canvas_figure
 
@@ -71,7 +72,7 @@ class FeatureMapGrid(SessionView, W.VBox):
         self.status = W.HTML()
         self.title = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
         with self.held():
-            self.layer = layer or default_layer(session)
+            self.layer = layer or opening_layer(session)
             self.mode = mode
             self.channel = session.strongest_channel(self.layer) if channel is None else channel
         self.mode_buttons.value = self.mode
@@ -204,7 +205,7 @@ class FeatureMapGrid(SessionView, W.VBox):
         with self.held():
             if what == "model":
                 if self.layer not in self.session.layers:
-                    self.layer = default_layer(self.session)
+                    self.layer = opening_layer(self.session)
                 elif self.mode == "weights" and not self._is_rgb_conv(self.layer):
                     self.mode = "activations"
             self.request_refresh()

@@ -22,8 +22,8 @@ from collections import OrderedDict
 import ipywidgets as W
 import traitlets as T
 
-from ..backend.occlusion import (Cancelled, default_layer, fill_rgb, occluded_prediction,
-                                 occlusion_sweep)
+from ..backend.defaults import top_layer
+from ..backend.occlusion import Cancelled, fill_rgb, occluded_prediction, occlusion_sweep
 from ..errors import BadParameterError
 from ..plots.figures import projection_image
 from ..plots.occlusion import (occluded_image, occlusion_figure, update_occluder,
@@ -48,7 +48,7 @@ class OcclusionExplorer(SessionView, W.VBox):
     session : zfwidgets.Session
     layer : str, optional
         Layer of the feature map in (b) and (c); defaults to the model's top conv layer
-        (``default_layer``), the paper's layer 5.
+        (:func:`~zfwidgets.backend.defaults.top_layer`), the paper's layer 5.
     channel : int, optional
         Defaults to the layer's strongest channel on the unoccluded image.
     size, stride : int
@@ -119,7 +119,7 @@ class OcclusionExplorer(SessionView, W.VBox):
         self.top5.add_class("zf-occlusion-top5")
 
         with self.held():
-            self.layer = layer or default_layer(session)
+            self.layer = layer or top_layer(session)
             self.channel = session.strongest_channel(self.layer) if channel is None else channel
             self.size = size
             self.stride = stride
@@ -356,7 +356,7 @@ class OcclusionExplorer(SessionView, W.VBox):
             self._projections.clear()
             if what == "model":
                 if self.layer not in self.session.layers:
-                    self.layer = default_layer(self.session)
+                    self.layer = top_layer(self.session)
                 self.size_slider.max = min(H, W_)
                 if self.size > min(H, W_):
                     self.size = min(H, W_)

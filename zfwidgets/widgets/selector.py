@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipywidgets as W
 import traitlets as T
 
-from ..plots.figures import default_layer
+from ..backend.defaults import opening_layer
 from .base import ErrorBox, SessionView
 
 __all__ = ["LayerSelector", "layer_label"]
@@ -64,7 +64,7 @@ class LayerSelector(SessionView, W.VBox):
                                   indent=False, layout=W.Layout(width="120px"))
         self.leaves_only = leaves_only
         self._updating = False
-        self._rebuild_options(layer or default_layer(session))
+        self._rebuild_options(layer or opening_layer(session))
         self.dropdown.observe(self._dropdown_changed, names="value")
         self.prev_button.on_click(lambda _: self.step(-1))
         self.next_button.on_click(lambda _: self.step(+1))
@@ -79,7 +79,7 @@ class LayerSelector(SessionView, W.VBox):
         table = self.session.layer_table()
         names = {i.name for i in table}
         if keep not in names:
-            keep = default_layer(self.session)
+            keep = opening_layer(self.session)
         rows = [i for i in table if i.is_leaf or not self.leaves_only or i.name == keep]
         self._updating = True
         try:

@@ -14,10 +14,10 @@ from .ascent import AscentResult, ascent, gaussian_blur
 from .correspondence import CorrespondenceResult, correspondence, sign_consistency
 from .diagnosis import FilterDiagnosis, diagnose_filters, filter_spectra
 from .evolution import EvolutionResult, feature_evolution
-from .invariance import InvarianceResult, invariance, invariance_layers, transform
+from .invariance import InvarianceResult, invariance, transform
 from .probes import ProbeResult, layer_features, probe
 
 __all__ = ["AscentResult", "CorrespondenceResult", "EvolutionResult", "FilterDiagnosis",
            "InvarianceResult", "ProbeResult", "ascent", "correspondence", "diagnose_filters",
            "feature_evolution", "filter_spectra", "gaussian_blur", "invariance",
-           "invariance_layers", "layer_features", "probe", "sign_consistency", "transform"]
+           "layer_features", "probe", "sign_consistency", "transform"]

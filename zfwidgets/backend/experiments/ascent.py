@@ -31,12 +31,10 @@ import torch.nn.functional as F
 from ...errors import BadParameterError, Cancelled, OutOfRangeError
 from ...models import class_name
 from ..layers import resolve_layer, run_captured, scoped_eval
+from ..ops import RECTIFIER_MODULES
 
 __all__ = ["AscentResult", "ascent", "gaussian_blur"]
 
-#: Layers whose *input* (the pre-activation) is maximized instead of their output: a rectified
-#: unit that is off (0) or saturated (ReLU6 at 6) has no gradient, and ascent would not move.
-_RECTIFIERS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardtanh, torch.nn.LeakyReLU)
 
 
 @dataclass
@@ -210,7 +208,9 @@ def ascent(session, target: int | str | None = None, *, layer: str | None = None
                                   f"({info.shape[0]} channels: 0..{info.shape[0] - 1})")
         channel, target = int(channel), None
         module, _ = resolve_layer(model, layer, session.layers)
-        pre = isinstance(module, _RECTIFIERS)
+        # a rectified unit that is off (0) or saturated (ReLU6 at 6) has no gradient: climb the
+        # rectifier's input (the pre-activation) instead of its output
+        pre = isinstance(module, RECTIFIER_MODULES)
         objective = f"mean of {layer} channel {channel}" + \
             (f" (its input, before the {type(module).__name__})" if pre else "")
     else:

@@ -120,7 +120,7 @@ def feature_evolution(session, snapshots, images: Any = None,
         What to mine (see :func:`zfwidgets.mine`); default the offline sample collection. The
         paper uses the training set.
     layers : sequence of str, optional
-        Default :func:`zfwidgets.backend.topk.gallery_layers`.
+        Default :func:`zfwidgets.backend.defaults.mining_layers`.
     channels : int or mapping of layer to channel ids
         Maps to follow per layer; an int ``n`` takes the ``n`` maps with the strongest
         activation at the *last* snapshot (the features training ends with).
@@ -146,10 +146,11 @@ def feature_evolution(session, snapshots, images: Any = None,
         Bad channel or layer.
     """
     from ..session import Session
-    from ..topk import gallery, gallery_layers, mine
+    from ..defaults import mining_layers
+    from ..topk import gallery, mine
 
     items = _snapshot_items(snapshots)
-    layers = list(gallery_layers(session) if layers is None else dict.fromkeys(layers))
+    layers = list(mining_layers(session) if layers is None else dict.fromkeys(layers))
     for layer in layers:
         session.layer_info(layer)
     if isinstance(channels, Mapping):

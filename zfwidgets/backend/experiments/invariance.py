@@ -24,17 +24,16 @@ import torch.nn.functional as F
 
 from ...errors import BadParameterError, OutOfRangeError, check_choice
 from ...models import class_name
+from ..defaults import invariance_layers
 from ..layers import run_captured, scoped_eval
 
-__all__ = ["KINDS", "InvarianceResult", "default_amounts", "invariance", "invariance_layers",
-           "transform"]
+__all__ = ["KINDS", "InvarianceResult", "default_amounts", "invariance", "transform"]
 
 #: Transformations and the unit of their amount.
 KINDS = {"translation": "pixels (vertical shift, positive = down)",
          "scale": "zoom factor (1 = unchanged)",
          "rotation": "degrees (counter-clockwise)"}
 
-_RECTIFIERS = {"ReLU", "ReLU6", "LeakyReLU", "Hardtanh"}
 
 
 @dataclass
@@ -156,16 +155,6 @@ def transform(x: torch.Tensor, kind: str, amounts: Sequence[float]) -> torch.Ten
                          padding_mode="zeros", align_corners=False)
 
 
-def invariance_layers(session) -> list[str]:
-    """Default layers: the first rectified layer (the paper's layer 1) and the model's top
-    feature layer (its registry entry's ``default_layer``, else the last layer)."""
-    table = session.layer_table()
-    first = next((info.name for info in table if info.is_leaf and info.kind in _RECTIFIERS),
-                 table[0].name)
-    top = session.entry.default_layer or table[-1].name
-    return list(dict.fromkeys([first, top]))
-
-
 def invariance(session, kind: str = "translation", amounts: Sequence[float] | None = None,
                layers: Sequence[str] | None = None, target: int | None = None, *,
                batch_size: int = 8, keep_images: bool = True) -> InvarianceResult:
@@ -179,7 +168,7 @@ def invariance(session, kind: str = "translation", amounts: Sequence[float] | No
         Default :func:`default_amounts`. Include the identity (0, 1 or 0) to see the curve
         start at zero.
     layers : sequence of str, optional
-        Default :func:`invariance_layers` (first rectified layer and top feature layer).
+        Default :func:`~zfwidgets.backend.defaults.invariance_layers` (first rectified layer and top feature layer).
     target : int, optional
         Class whose probability is followed; default the untransformed image's top class.
     batch_size : int

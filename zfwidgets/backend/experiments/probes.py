@@ -167,7 +167,7 @@ def probe(session, images: Any, labels: Sequence, layers: Sequence[str] | None =
     labels : sequence
         One label per image (any hashable values).
     layers : sequence of str, optional
-        Default :func:`zfwidgets.backend.topk.gallery_layers` (about five, spread over depth).
+        Default :func:`zfwidgets.backend.defaults.mining_layers` (about five, spread over depth).
     train_per_class : int
         Training examples per class in each split; every class needs at least one more.
     trials : int
@@ -194,10 +194,10 @@ def probe(session, images: Any, labels: Sequence, layers: Sequence[str] | None =
     UnknownLayerError
         Unknown layer.
     """
-    from ..topk import gallery_layers
+    from ..defaults import mining_layers
 
     labels = list(labels)
-    layers = list(gallery_layers(session) if layers is None else dict.fromkeys(layers))
+    layers = list(mining_layers(session) if layers is None else dict.fromkeys(layers))
     for layer in layers:
         session.layer_info(layer)
     for name, value in (("train_per_class", train_per_class), ("trials", trials)):
