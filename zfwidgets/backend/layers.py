@@ -26,8 +26,8 @@ from ..errors import UnknownLayerError, UnsupportedModelError
 from .ops import call_arg, pool_args
 
 __all__ = ["Geometry", "LayerInfo", "GeometryMode", "Record", "StopForward", "capture",
-           "first_rgb_conv", "forward_to", "record_forward", "resolve_layer", "run_captured", "scoped_eval",
-           "split_layer_id"]
+           "first_rgb_conv", "forward_to", "receptive_field_box", "record_forward",
+           "resolve_layer", "run_captured", "scoped_eval", "split_layer_id"]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from ..data import DEFAULT_SAMPLE, load_image, load_sample
 from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError
 from ..fingerprint import tensor_digest
 from ..models import LoadedModel, Preprocessing, class_name, get_model, wrap_model
-from .layers import LayerInfo, Record, record_forward, split_layer_id
+from .layers import LayerInfo, Record, receptive_field_box, record_forward, split_layer_id
 from .project import Target, project
 from .rules import check_rule
 
@@ -277,9 +277,7 @@ class Session:
         """
         info = self._check_unit(layer, None, (y, x))
         H, W = self.input_tensor.shape[-2:]
-        if info.geometry is None:
-            return 0, 0, int(H), int(W)
-        return info.geometry.box(int(y), int(x), int(H), int(W))
+        return receptive_field_box(info.geometry, int(y), int(x), int(H), int(W))
 
     # ------------------------------------------------------------------ projections
     def project(self, layer: str, channel: int, position: tuple[int, int] | None = None,

@@ -56,7 +56,7 @@ from ..errors import (BadImageError, BadParameterError, DataError, OutOfRangeErr
                       UnknownLayerError)
 from ..fingerprint import key_digest, model_id
 from .defaults import mining_layers
-from .layers import run_captured, scoped_eval
+from .layers import receptive_field_box, run_captured, scoped_eval
 from .project import Target, project
 from .rules import check_rule
 
@@ -951,10 +951,7 @@ def gallery(session, result: MiningResult | LayerTopK, layer: str | None = None,
         views = np.zeros((0, h_in, w_in, 3), np.float32)
     boxes, patches, projections, hit_views = [], [], [], []
     for j, (_, img, y, x) in enumerate(hits):
-        if info.geometry is None:
-            box = (0, 0, h_in, w_in)
-        else:
-            box = info.geometry.box(y, x, h_in, w_in)
+        box = receptive_field_box(info.geometry, y, x, h_in, w_in)
         t, l, b, r = box
         view = views[uniq.index(img)]
         boxes.append(box)
