@@ -147,7 +147,9 @@ class IncrementalMode(TorchFunctionMode):
         output map is computed on the whole map (a gather would cost as much as it saves).
     fuse : bool
         Fold an eval-mode batch norm that directly follows a convolution into the convolution's
-        weights, and a ReLU / ReLU6 into the call (oneDNN's fused convolution when available).
+        weights, and a ReLU / ReLU6 (any rectifier at 0 without a slope, see
+        :func:`~zfwidgets.backend.ops.rectifier_call`) into the call (oneDNN's fused
+        convolution when available, :mod:`.fusion`).
         Saves two passes over every patch; changes float rounding only (about 1e-7 relative per
         layer). ``False`` runs every operation exactly as the model calls it.
 
