@@ -10,9 +10,9 @@ from torch import nn
 
 from zfwidgets import Preprocessing, Session, ZFError, get_model, wrap_model
 from zfwidgets.backend.layers import split_layer_id
-from zfwidgets.backend.occlusion import (Cancelled, IncrementalMode, OcclusionResult, fill_tensor,
+from zfwidgets.backend.occlusion import (IncrementalMode, OcclusionResult, fill_tensor, occlude,
                                          occlusion_grid, occlusion_maps)
-from zfwidgets.errors import BadParameterError, OutOfRangeError, UnknownLayerError
+from zfwidgets.errors import BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError
 
 
 
@@ -225,6 +225,9 @@ def test_incremental_engine_really_skips_work(lite0, oddnet, fuse):
         out = mode.resolve(lite0.model(inp))
     assert mode.stats["conv2d"] == sum(isinstance(m, nn.Conv2d) for m in lite0.model.modules())
     assert set(mode.unhandled) == {"adaptive_avg_pool2d"}
+    # fused: every batch norm was folded into its convolution (in the folding's own cache)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in lite0.model.modules())
+    assert len(mode.cache("fold")) == (bns if fuse else 0)
     xo = torch.cat([x] * 3)
     for n, (t, l) in enumerate(corners):
         xo[n, :, t:t + 32, l:l + 32] = 0
@@ -357,12 +360,12 @@ def test_result_helpers(lite0):
 def test_engine_failure_falls_back_to_plain_passes(monkeypatch, alexnet):
     """method="auto": should the engine ever trip over a model, the sweep finishes with plain
     forward passes (and says so); method="incremental" raises instead."""
-    import zfwidgets.backend.occlusion as occ
+    from zfwidgets.backend.occlusion.handlers import HANDLERS
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(occ._HANDLERS, torch.conv2d, broken)
+    monkeypatch.setitem(HANDLERS, torch.conv2d, broken)
     x = torch.randn(1, 3, 224, 224)
     with pytest.warns(RuntimeWarning, match="boom"):
         r = occlusion_maps(alexnet.module, x, 112, 56, layer="features.11")
@@ -375,14 +378,16 @@ def test_engine_failure_falls_back_to_plain_passes(monkeypatch, alexnet):
 
 
 def test_sweep_steps_and_fill_colours(lite0):
-    from zfwidgets.backend.occlusion import fill_rgb, occluded_prediction, occlusion_sweep
+    from zfwidgets.backend.occlusion import fill_rgb, occluded_prediction, occlusion_job
 
-    sweep = occlusion_sweep(lite0, 112, 56, fill="black", batch_size=4)
-    assert sweep.total == 9 and not sweep.done
+    job = occlusion_job(lite0, 112, 56, fill="black", batch_size=4)
+    assert not job.done
     with pytest.raises(BadParameterError):
-        sweep.result()
-    assert [sweep.step(), sweep.step(), sweep.step()] == [4, 8, 9] and sweep.done
-    r = sweep.result()
+        job.result
+    steps = [job.step(), job.step(), job.step()]
+    assert [s.done for s in steps] == [4, 8, 9] and {s.total for s in steps} == {9}
+    assert job.step() is None and job.done
+    r = job.result
     probs, _ = plain_loop(lite0.model, lite0.input_tensor, 112, 56, r.layer, r.channel,
                           fill_tensor("black", lite0.input_tensor, lite0.preprocessing.mean,
                                       lite0.preprocessing.std).reshape(3))
@@ -398,3 +403,110 @@ def test_sweep_steps_and_fill_colours(lite0):
     assert top5[0][2] == pytest.approx(float(gray[1, 1].max()), abs=1e-5)
     with pytest.raises(OutOfRangeError):
         occluded_prediction(lite0, 200, 0, 32)
+
+
+# ----------------------------------------------------------------------------- the package's pieces
+
+class ErfNet(nn.Module):
+    """conv -> erf (no built-in handler) -> strided conv -> global pool -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.conv2(torch.erf(self.conv1(x))).mean((2, 3)))
+
+
+def test_an_op_registered_in_the_handler_table_is_used():
+    """A handler written against the engine's public interface, registered with ``handles``,
+    is called for its op (no dense fallback), and the result stays exact."""
+    from zfwidgets.backend.occlusion.handlers import HANDLERS, Fallback, handles
+    from zfwidgets.backend.ops import RECTIFIER_FUNCS
+
+    assert RECTIFIER_FUNCS <= set(HANDLERS)  # every rectifier of the one table runs windowed
+    torch.manual_seed(4)
+    net, x = ErfNet().eval(), torch.randn(1, 3, 24, 24)
+    corners = np.array([2, 13]), np.array([9, 0])
+
+    def run():
+        mode = IncrementalMode()
+        with torch.inference_mode(), mode:
+            out = mode.resolve(net(mode.inputs(x, *corners, 6, torch.zeros(1, 3, 1, 1))))
+        return mode, out
+
+    mode, before = run()
+    # erf falls back: its output is dense, so conv2 runs as plain torch, unseen by the mode
+    assert mode.unhandled == {"_VariableFunctionsClass.erf": 1} and "erf" not in mode.stats
+    assert mode.stats["conv2d"] == 1
+    calls = []
+
+    def erf(mode, func, args, kwargs):
+        st = mode.state(args[0])
+        if st is None or len(args) != 1 or kwargs:
+            raise Fallback
+        calls.append(st.shape)
+        return mode.emit(mode.clean(func, args, kwargs), func(st.patch), top=st.top,
+                         left=st.left)
+
+    assert torch.erf not in HANDLERS
+    handles(torch.erf)(erf)
+    try:
+        with pytest.raises(ValueError, match="already handled"):
+            handles(torch.erf)(lambda *a: None)
+        mode, after = run()
+    finally:
+        del HANDLERS[torch.erf]
+    assert calls and mode.stats["erf"] == 1 and mode.stats["conv2d"] == 2  # conv2 windowed too
+    assert mode.unhandled == {"TensorBase.mean": 1}  # now the global pool is the first dense op
+    xo = occlude(x, list(zip(*corners)), 6)
+    with torch.no_grad():
+        ref = net(xo)
+    assert torch.allclose(after, ref, atol=1e-5) and torch.allclose(before, ref, atol=1e-5)
+
+
+def test_occlusion_job_steps_and_equals_occlusion(lite0):
+    from zfwidgets.backend.jobs import Step
+    from zfwidgets.backend.occlusion import occlusion_job
+
+    job = occlusion_job(lite0, 64, 40, target="tabby", fill="mean", batch_size=7)
+    steps = []
+    while (step := job.step()) is not None:
+        steps.append(step)
+    assert all(isinstance(s, Step) for s in steps) and {s.total for s in steps} == {25}
+    assert [s.done for s in steps] == [7, 14, 21, 25]
+    r = job.result
+    ref = lite0.occlusion(64, 40, target="tabby", fill="mean", batch_size=7, progress=False)
+    assert (r.target, r.layer, r.channel, r.fill, r.method) == \
+        (ref.target, ref.layer, ref.channel, "mean", "incremental")
+    np.testing.assert_allclose(r.prob, ref.prob, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(r.features, ref.features, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(r.top_class, ref.top_class)
+    with pytest.raises(UnknownLayerError):  # validated when the job is made, before any step
+        occlusion_job(lite0, 64, 40, layer="blocks.99")
+
+
+def test_cancelling_a_job_midway_leaves_the_model_untouched(alexnet):
+    from zfwidgets.backend.occlusion import occlusion_maps_job
+
+    model = alexnet.module
+    model.train()
+    try:
+        snap = snapshot(model)
+        x = torch.randn(1, 3, 224, 224)
+        job = occlusion_maps_job(model, x, 64, 40, layer="features.4", batch_size=4)
+        assert job.step().done == 4
+        job.close()  # dropped between two steps, as a superseded widget sweep is
+        assert job.step() is None and not job.done
+        assert_unmodified(model, snap)
+        job = occlusion_maps_job(model, x, 64, 40, layer="features.4", batch_size=4)
+        stops = iter([False, False, True])
+        with pytest.raises(Cancelled, match="after 8 of 25"):
+            job.run(progress=False, should_stop=lambda: next(stops))
+        with pytest.raises(BadParameterError, match="cancelled"):
+            job.result
+        assert_unmodified(model, snap)
+    finally:
+        model.eval()

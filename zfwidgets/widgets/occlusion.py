@@ -23,8 +23,8 @@ import ipywidgets as W
 import traitlets as T
 
 from ..backend.defaults import top_layer
-from ..backend.occlusion import Cancelled, fill_rgb, occluded_prediction, occlusion_sweep
-from ..errors import BadParameterError
+from ..backend.occlusion import fill_rgb, occluded_prediction, occlusion_job
+from ..errors import BadParameterError, Cancelled
 from ..plots.figures import projection_image
 from ..plots.occlusion import (occluded_image, occlusion_figure, update_occluder,
                                update_occlusion_maps)
@@ -237,15 +237,14 @@ class OcclusionExplorer(SessionView, W.VBox):
 
     def _start_sweep(self, key) -> None:
         token = self._requests.new()
-        sweep = occlusion_sweep(self.session, self.size, self.stride, layer=self.layer,
-                                channel=self.channel, fill=self.fill)
+        job = occlusion_job(self.session, self.size, self.stride, layer=self.layer,
+                            channel=self.channel, fill=self.fill)
         self.sweeps += 1
-        self._sweep = (token, key, sweep)
-        self.progress.max = max(1, sweep.total)
+        self._sweep = (token, key, job)
         self.progress.value = 0
         self.progress.layout.visibility = "visible"
-        self.status.value = (f"<span style='font-size:12px;color:#555'>occluding "
-                             f"{sweep.total} positions&hellip;</span>")
+        self.status.value = ("<span style='font-size:12px;color:#555'>occluding"
+                             "&hellip;</span>")
         background = self.background if self.background is not None else \
             _running_loop() is not None
         loop = _running_loop() if background else None
@@ -265,20 +264,23 @@ class OcclusionExplorer(SessionView, W.VBox):
                 loop.call_soon(self._step_later, token)
 
     def _step(self, token) -> bool:
-        """Advance the current sweep by one batch; whether more steps are wanted."""
+        """Advance the current sweep job by one batch; whether more steps are wanted."""
         current = self._sweep
         if current is None or current[0] != token:
             return False  # superseded
         if not self._requests.current(token):
             self._cancel_sweep()  # the session changed under it: a newer request redraws
             return False
-        _, key, sweep = current
+        _, key, job = current
         try:
-            sweep.step()
-            self.progress.value = sweep.done_count
-            if not sweep.done:
+            step = job.step()
+            if step is not None:
+                self.progress.max = max(1, step.total)
+                self.progress.value = step.done
+                self.status.value = (f"<span style='font-size:12px;color:#555'>occluding "
+                                     f"{step.total} positions&hellip;</span>")
                 return True
-            result = sweep.result()
+            result = job.result
         except Cancelled:
             self._cancel_sweep()
             return False

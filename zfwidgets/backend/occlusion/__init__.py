@@ -1,0 +1,39 @@
+"""Occlusion sensitivity (the paper's Fig. 7), exact and incremental.
+
+A square of ``fill`` colour is slid over the image; for every occluder position the sweep
+records the probability of a target class, the most probable class, and the total activation of
+one feature map of a top convolutional layer (the map strongest on the unoccluded image).
+
+Modules, one idea each:
+
+* :mod:`.grid`: where the occluder goes and what colour it is (corners, fills, occluded copies);
+* :mod:`.engine`: incremental inference (:class:`IncrementalMode`): placeholders for the batch
+  of occluded images, a dense fallback that is always exact, the interface handlers use;
+* :mod:`.handlers`: the per-op handlers, registered in one table (add an op there);
+* :mod:`.fusion`: a pending convolution that folds a following batch norm and ReLU;
+* :mod:`.sweep`: the sweep over any classifier as a job (:func:`occlusion_maps`);
+* :mod:`.result`: :class:`OcclusionResult`, the maps and how to read them;
+* :mod:`.session`: the sweep of a session's image (:func:`occlusion`, :func:`occlusion_job`),
+  one-occluder predictions.
+"""
+
+from .engine import IncrementalMode
+from .grid import FILLS, fill_tensor, occlude, occlusion_grid
+from .result import OcclusionResult
+from .session import fill_rgb, occluded_prediction, occlusion, occlusion_job
+from .sweep import occlusion_maps, occlusion_maps_job
+
+__all__ = [
+    "FILLS",
+    "IncrementalMode",
+    "OcclusionResult",
+    "fill_rgb",
+    "fill_tensor",
+    "occlude",
+    "occluded_prediction",
+    "occlusion",
+    "occlusion_grid",
+    "occlusion_job",
+    "occlusion_maps",
+    "occlusion_maps_job",
+]
