@@ -10,7 +10,8 @@ import torch
 from nets import tiny_cnn
 
 import zfwidgets as zf
-from zfwidgets.backend.experiments.ascent import ascent, gaussian_blur, gaussian_kernel
+from zfwidgets.backend.experiments.ascent import (AscentState, ascent, ascent_job, gaussian_blur,
+                                                 gaussian_kernel)
 from zfwidgets.errors import BadParameterError, Cancelled, OutOfRangeError, UnknownLayerError
 
 
@@ -155,6 +156,22 @@ def test_cancel_and_progress_callbacks(session):
     calls = iter(range(100))
     with pytest.raises(Cancelled):
         ascent(session, 1, steps=5, progress=False, should_stop=lambda: next(calls) >= 2)
+
+
+def test_the_job_steps_like_an_event_loop_and_gives_the_same_result(session):
+    model = session.model.train()
+    job = ascent_job(session, 3, steps=4, jitter=0)
+    states = []
+    while (step := job.step()) is not None:
+        assert model.training and all(m.training for m in model.modules())  # eval only in a step
+        assert isinstance(step.partial, AscentState) and step.total == 4
+        states.append(step.partial)
+    ref = ascent(session, 3, steps=4, jitter=0, progress=False)
+    torch.testing.assert_close(job.result.input, ref.input)
+    assert [s.objective for s in states] == pytest.approx(list(ref.history[:4]))
+    torch.testing.assert_close(states[-1].input, job.result.input)
+    with pytest.raises(BadParameterError):          # parameters are checked before any step
+        ascent_job(session, steps=0)
 
 
 @pytest.mark.parametrize("kwargs, error", [

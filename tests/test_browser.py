@@ -75,7 +75,7 @@ def test_choosing_a_layer_repaints(page):
 def test_clicking_a_map_selects_it(page):
     import inspect
 
-    from zfwidgets.plots.figures import feature_mosaic_figure
+    from zfwidgets.plots.mosaic import feature_mosaic_figure
     from zfwidgets.widgets import FeatureMapGrid
 
     # Where map k sits: the same figure geometry as the widget's (its default size, 100 dpi).

@@ -94,7 +94,7 @@ def test_figure_grid(setup):
     from matplotlib.figure import Figure
 
     from zfwidgets.plots.evolution import evolution_figure
-    from zfwidgets.plots.figures import projection_image
+    from zfwidgets.plots.deconv import projection_image
 
     session, images, first, other = setup
     res = zf.feature_evolution(session, {"e1": first, "e2": other}, images, LAYERS,

@@ -584,3 +584,41 @@ def test_unknown_sample_suggests():
     with pytest.raises(BadParameterError, match="unknown sample"):
         sample_path("definitely-not-a-sample")
     assert load_sample("Cat").size == (451, 300)  # alias, case-insensitive
+
+
+def _data_import_graph() -> dict[str, set[str]]:
+    """Which modules of zfwidgets.data each one imports, at module level or inside a function."""
+    import ast
+    from pathlib import Path
+
+    import zfwidgets.data
+
+    folder = Path(zfwidgets.data.__file__).parent
+    modules = {f"zfwidgets.data.{p.stem}": p for p in folder.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = name.rsplit(".", node.level)[0]
+                    base = f"{parent}.{base}" if base else parent
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_images_and_samples_import_each_other_in_one_direction_only():
+    graph = _data_import_graph()
+    assert "zfwidgets.data.samples" in graph["zfwidgets.data.images"]  # the missing-file hint
+    assert "zfwidgets.data.images" not in graph["zfwidgets.data.samples"]
+
+    def reaches(start, goal, seen=()):
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, (*seen, nxt)))
+                   for nxt in graph[start])
+
+    assert [m for m in graph if reaches(m, m)] == []   # no cycle in zfwidgets.data

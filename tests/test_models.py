@@ -428,7 +428,7 @@ def test_bad_preprocessing_parameters(kwargs):
         Preprocessing(**kwargs)
 
 
-def test_imagenet_literals_live_only_in_registry():
+def test_imagenet_literals_live_only_in_preprocessing():
     package = Path(zfwidgets.__file__).parent
     holders = sorted(
         str(p.relative_to(package))
@@ -436,7 +436,7 @@ def test_imagenet_literals_live_only_in_registry():
         for literal in ("0.485", "0.229")
         if literal in p.read_text(encoding="utf-8")
     )
-    assert sorted(set(holders)) == [str(Path("models") / "registry.py")]
+    assert sorted(set(holders)) == [str(Path("models") / "preprocessing.py")]
 
 
 # --------------------------------------------------------------------------------------------

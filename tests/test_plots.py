@@ -10,7 +10,12 @@ from PIL import Image
 from zfwidgets import Session, projection_to_rgb
 from zfwidgets.errors import BadParameterError
 from zfwidgets.backend.defaults import opening_layer
-from zfwidgets.plots import figures as F
+from zfwidgets.plots.base import SEPARATOR_COLOR
+from zfwidgets.plots.deconv import deconv_panel_figure, projection_image, update_deconv_panel
+from zfwidgets.plots.mosaic import (feature_mosaic_figure, filters_to_rgb, mosaic_layout,
+                                    normalize_maps, tile_maps, update_feature_mosaic)
+from zfwidgets.plots.overview import render_overview
+from zfwidgets.plots.topk import topk_figure, update_topk
 
 
 def pixels(fig):
@@ -36,7 +41,7 @@ def test_tile_blocks_equal_normalized_maps(count, h, w):
     rng = np.random.default_rng(count)
     maps = rng.normal(size=(count, h, w)).astype(np.float32)
     maps[0] = 3.0  # a constant map becomes 0
-    mosaic, layout = F.tile_maps(maps)
+    mosaic, layout = tile_maps(maps)
     assert mosaic.shape == layout.shape
     covered = np.zeros(mosaic.shape, bool)
     for k in range(count):
@@ -54,27 +59,27 @@ def test_tile_blocks_equal_normalized_maps(count, h, w):
 def test_tile_rgb_and_layer_normalization():
     rng = np.random.default_rng(0)
     maps = rng.uniform(-2, 5, size=(5, 3, 4, 3)).astype(np.float32)
-    mosaic, layout = F.tile_maps(maps)
+    mosaic, layout = tile_maps(maps)
     assert mosaic.shape == layout.shape + (3,)
     for k in range(5):
         y0, x0 = layout.origin(k)
         np.testing.assert_allclose(mosaic[y0:y0 + 3, x0:x0 + 4], slow_normalize(maps[k]),
                                    atol=1e-6)
     y0, x0 = layout.origin(0)
-    np.testing.assert_allclose(mosaic[y0 + 3, x0], F.SEPARATOR_COLOR)  # separator row
+    np.testing.assert_allclose(mosaic[y0 + 3, x0], SEPARATOR_COLOR)  # separator row
     gray = rng.normal(size=(4, 2, 2)).astype(np.float32)
-    mosaic, layout = F.tile_maps(gray, normalize="layer")
+    mosaic, layout = tile_maps(gray, normalize="layer")
     y0, x0 = layout.origin(2)
     expect = (gray[2] - gray.min()) / (gray.max() - gray.min())
     np.testing.assert_allclose(mosaic[y0:y0 + 2, x0:x0 + 2], expect, atol=1e-6)
     with pytest.raises(BadParameterError):
-        F.tile_maps(np.zeros((2, 3)))
+        tile_maps(np.zeros((2, 3)))
     with pytest.raises(BadParameterError):
-        F.normalize_maps(gray, "channel")
+        normalize_maps(gray, "channel")
 
 
 def test_layout_locate_round_trip():
-    layout = F.mosaic_layout(10, (3, 2))
+    layout = mosaic_layout(10, (3, 2))
     for k in range(10):
         y0, x0 = layout.origin(k)
         for y in range(3):
@@ -96,13 +101,13 @@ def test_layout_locate_round_trip():
 
 def test_filters_to_rgb_each_filter_scaled():
     w = torch.randn(6, 3, 5, 5)
-    rgb = F.filters_to_rgb(w)
+    rgb = filters_to_rgb(w)
     assert rgb.shape == (6, 5, 5, 3)
     for k in range(6):
         np.testing.assert_allclose(rgb[k], slow_normalize(w[k].permute(1, 2, 0).numpy()),
                                    atol=1e-6)
     with pytest.raises(BadParameterError):
-        F.filters_to_rgb(torch.randn(4, 1, 3, 3))
+        filters_to_rgb(torch.randn(4, 1, 3, 3))
 
 
 def test_projection_image_percentile_contrast():
@@ -110,12 +115,12 @@ def test_projection_image_percentile_contrast():
     p = rng.normal(size=(3, 20, 20)).astype(np.float32)
     p[0, 0, 0] = 1000.0                              # one extreme pixel
     plain = projection_to_rgb(torch.from_numpy(p))
-    shown = F.projection_image(p, 99.0)
+    shown = projection_image(p, 99.0)
     assert np.abs(plain - 0.5)[1:].max() < 0.02        # plain max scaling: nearly flat gray
     assert np.abs(shown - 0.5).max() == pytest.approx(0.5, abs=1e-6)  # clipped: full range
-    assert np.isclose(F.projection_image(np.zeros((3, 4, 4))), 0.5).all()
-    np.testing.assert_allclose(F.projection_image(p, None), plain)
-    batch = F.projection_image(np.stack([p, 2 * p]), 99.0)
+    assert np.isclose(projection_image(np.zeros((3, 4, 4))), 0.5).all()
+    np.testing.assert_allclose(projection_image(p, None), plain)
+    batch = projection_image(np.stack([p, 2 * p]), 99.0)
     np.testing.assert_allclose(batch[0], batch[1], atol=1e-6)
 
 
@@ -125,7 +130,7 @@ def test_mosaic_figure_places_and_updates_in_place():
     maps = np.zeros((9, 6, 6), np.float32)
     maps[4] = 1.0                                    # only map 4 is bright
     maps[4, 0, 0] = 0.0                              # (a constant map would normalize to 0)
-    fig, h = F.feature_mosaic_figure(maps, title="t", dpi=60)
+    fig, h = feature_mosaic_figure(maps, title="t", dpi=60)
     px = pixels(fig)
     y0, x0 = h.layout.origin(4)
     cx, cy = h.ax.transData.transform((x0 + 2.5, y0 + 2.5))
@@ -135,14 +140,14 @@ def test_mosaic_figure_places_and_updates_in_place():
     assert px[int(height - oy) + 2, int(ox) + 2].max() < 15   # ...and map 0 is black
 
     image = h.image
-    F.update_feature_mosaic(h, selected=4, position=(1, 2))
+    update_feature_mosaic(h, selected=4, position=(1, 2))
     assert h.highlight.get_visible() and h.highlight.get_xy() == (x0 - 0.5, y0 - 0.5)
     assert tuple(h.marker.get_data()[0]) == (x0 + 2,) and tuple(h.marker.get_data()[1]) == (y0 + 1,)
     px2 = pixels(fig)
     assert (px2 != px).any()
 
     new = np.random.default_rng(2).normal(size=(30, 4, 4)).astype(np.float32)
-    F.update_feature_mosaic(h, new, selected=29, title="new layer")
+    update_feature_mosaic(h, new, selected=29, title="new layer")
     assert h.image is image and len(h.ax.images) == 1         # same artist, not rebuilt
     assert h.layout.count == 30 and h.data.shape == h.layout.shape
     assert h.image.get_array().shape == h.layout.shape + (4,)
@@ -151,12 +156,12 @@ def test_mosaic_figure_places_and_updates_in_place():
     np.testing.assert_array_equal(h.image.get_array()[y0:y0 + 4, x0:x0 + 4, 0], expect)
     y0, x0 = h.layout.origin(0)                              # the separator under map 0
     np.testing.assert_array_equal(h.image.get_array()[y0 + 4, x0, :3],
-                                  np.round(255 * np.array(F.SEPARATOR_COLOR)))
+                                  np.round(255 * np.array(SEPARATOR_COLOR)))
     assert h.title.get_text() == "new layer"
     assert h.ax.get_xlim() == (-0.5, h.layout.shape[1] - 0.5)
     px3 = pixels(fig)
     assert (px3 != px2).any()
-    F.update_feature_mosaic(h, selected=None)
+    update_feature_mosaic(h, selected=None)
     assert not h.highlight.get_visible() and not h.marker.get_visible()
 
 
@@ -164,31 +169,31 @@ def test_deconv_panel_update_changes_pixels_and_crop():
     rng = np.random.default_rng(3)
     image = rng.uniform(size=(32, 32, 3)).astype(np.float32)
     proj = np.full((32, 32, 3), 0.5, np.float32)
-    fig, h = F.deconv_panel_figure(image, proj, (4, 6, 20, 18), titles=("a", "b", "c"),
-                                   suptitle="s", dpi=60)
+    fig, h = deconv_panel_figure(image, proj, (4, 6, 20, 18), titles=("a", "b", "c"),
+                                 suptitle="s", dpi=60)
     np.testing.assert_allclose(h.crop.get_array(), image[4:20, 6:18])
     assert h.boxes[0].get_xy() == (5.5, 3.5) and h.boxes[0].get_width() == 12
     px = pixels(fig)
     proj2 = rng.uniform(size=(32, 32, 3)).astype(np.float32)
-    F.update_deconv_panel(h, projection=proj2, box=(0, 0, 8, 8), titles=(None, "rule", None),
-                          suptitle="s2")
+    update_deconv_panel(h, projection=proj2, box=(0, 0, 8, 8), titles=(None, "rule", None),
+                        suptitle="s2")
     np.testing.assert_allclose(h.crop.get_array(), image[0:8, 0:8])
     assert h.titles[1].get_text() == "rule" and h.titles[0].get_text() == "a"
     assert h.suptitle.get_text() == "s2"
     px2 = pixels(fig)
     assert (px2 != px).any()
-    F.update_deconv_panel(h, box=None)
+    update_deconv_panel(h, box=None)
     assert not h.boxes[0].get_visible()
     assert h.crop.get_array().shape == (32, 32, 3)
 
 
 def test_topk_update():
-    fig, h = F.topk_figure([("cat", 0.7), ("dog", 0.2)], k=5, dpi=60)
+    fig, h = topk_figure([("cat", 0.7), ("dog", 0.2)], k=5, dpi=60)
     assert len(h.bars) == 5
     assert h.bars[0].get_width() == pytest.approx(0.7) and h.bars[2].get_width() == 0
     assert h.labels[1].get_text() == "dog" and h.values[0].get_text() == "70.0%"
     px = pixels(fig)
-    F.update_topk(h, [("espresso", 0.9), ("cup", 0.05), ("x", 0.01)], title="new")
+    update_topk(h, [("espresso", 0.9), ("cup", 0.05), ("x", 0.01)], title="new")
     assert h.labels[0].get_text() == "espresso" and h.bars[2].get_width() == pytest.approx(0.01)
     assert (pixels(fig) != px).any()
 
@@ -206,14 +211,14 @@ def _check_pngs(paths):
 
 
 def test_render_overview_writes_pngs(small_session, tmp_path):
-    paths = F.render_overview(small_session, tmp_path / "out")
+    paths = render_overview(small_session, tmp_path / "out")
     names = [p.name for p in paths]
     layer = opening_layer(small_session)
     assert names == ["predictions.png", "layer1_filters.png", f"feature_maps_{layer}.png",
                      f"deconvnet_{layer}.png"]
     _check_pngs(paths)
-    guided = F.render_overview(small_session, tmp_path / "g", layer=small_session.layers[0],
-                               rule="guided")
+    guided = render_overview(small_session, tmp_path / "g", layer=small_session.layers[0],
+                             rule="guided")
     assert guided[-1].name == f"guided_{small_session.layers[0]}.png"
 
 

@@ -12,7 +12,8 @@ from events import click
 
 from zfwidgets import Session
 from zfwidgets.errors import BadParameterError, UnknownLayerError, UnsupportedModelError
-from zfwidgets.plots.figures import filters_to_rgb, projection_image
+from zfwidgets.plots.deconv import projection_image
+from zfwidgets.plots.mosaic import filters_to_rgb
 from zfwidgets.widgets import (DeconvView, Explorer, FeatureMapGrid, ImageChooser, LayerSelector,
                                TopPredictions, explore)
 

@@ -163,7 +163,7 @@ def _check_inputs(args) -> int | None:
 
 def _render(args) -> int:
     from .errors import ZFError
-    from .plots.figures import render_overview
+    from .plots.overview import render_overview
 
     bad = _check_inputs(args)
     if bad is not None:

@@ -10,6 +10,9 @@ be bad (missing, empty, truncated, corrupt, not an image, a decompression bomb) 
 PIL's global settings are left alone: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays ``False`` (so a
 cut-off file raises instead of coming back half grey) and ``Image.MAX_IMAGE_PIXELS`` is never
 assigned; the pixel limit is checked locally against the header, before any pixel is decoded.
+
+:func:`load_sample` reads one of the offline sample photos (:mod:`zfwidgets.data.samples` says
+which exist and where) through the same path.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from zfwidgets.data.samples import DEFAULT_SAMPLE, sample_images, sample_path
 from zfwidgets.errors import BadImageError, BadParameterError, ZFError
 
-__all__ = ["MAX_PIXELS", "load_image"]
+__all__ = ["MAX_PIXELS", "load_image", "load_sample"]
 
 #: Default decompression-bomb limit: the largest width * height :func:`load_image` will decode.
 MAX_PIXELS = 64_000_000
@@ -107,6 +111,35 @@ numpy.ndarray or torch.Tensor
     )
 
 
+def load_sample(name: str = DEFAULT_SAMPLE) -> Image.Image:
+    """Load a bundled sample photo as an 8-bit RGB PIL image.
+
+    Parameters
+    ----------
+    name : str, optional
+        A name from :func:`~zfwidgets.data.samples.sample_images`; defaults to
+        :data:`~zfwidgets.data.samples.DEFAULT_SAMPLE` (``"chelsea"``).
+
+    Returns
+    -------
+    PIL.Image.Image
+        A fully loaded image of mode ``"RGB"`` (grayscale samples are converted).
+
+    Raises
+    ------
+    BadParameterError
+        ``name`` is not a known sample; the message suggests close names.
+    DataError
+        The sample's file is not part of the installed scikit-image.
+
+    Examples
+    --------
+    >>> load_sample().size
+    (451, 300)
+    """
+    return load_image(sample_path(name))
+
+
 # -- sources ---------------------------------------------------------------------------------
 
 
@@ -137,8 +170,6 @@ def _from_path(src: str | os.PathLike, limit: int) -> Image.Image:
 def _sample_hint(path: str) -> str:
     """Point a user who typed a sample name as a path to :func:`load_sample`."""
     try:
-        from zfwidgets.data.samples import sample_images
-
         if path in sample_images():
             return f"; to load the bundled sample use load_sample({path!r})"
     except Exception:  # the hint is a courtesy; never let it mask the real error

@@ -1,9 +1,10 @@
-"""Offline sample photos: the natural images bundled inside the scikit-image wheel.
+"""Offline sample photos: which natural images the scikit-image wheel bundles, and where.
 
-Only files that ship inside the installed ``skimage/data`` folder are used, read from disk via
-:func:`~zfwidgets.data.images.load_image` (so EXIF and mode handling is exactly the path user
-files take). Nothing is ever downloaded: a sample whose file is missing from the installed
-scikit-image version is simply not listed by :func:`sample_images`.
+A catalogue of names (with aliases) -> files inside the installed ``skimage/data`` folder, found
+without importing scikit-image. Nothing is ever downloaded: a sample whose file is missing from
+the installed scikit-image version is simply not listed by :func:`sample_images`. Nothing here
+decodes pixels: :func:`~zfwidgets.data.images.load_sample` reads a sample through
+:func:`~zfwidgets.data.images.load_image`, exactly the path user files take.
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
-from PIL import Image
-
-from zfwidgets.data.images import load_image
 from zfwidgets.errors import BadParameterError, DataError, did_you_mean
 
-__all__ = ["DEFAULT_SAMPLE", "load_sample", "sample_images", "sample_path"]
+__all__ = ["DEFAULT_SAMPLE", "sample_images", "sample_path"]
 
 #: The sample used when none is named: Chelsea the cat (a tabby; a clear ImageNet class).
 DEFAULT_SAMPLE = "chelsea"
@@ -60,9 +58,10 @@ def sample_images() -> list[str]:
     Returns
     -------
     list of str
-        The names accepted by :func:`load_sample` and :func:`sample_path`, with
-        :data:`DEFAULT_SAMPLE` first (when available). Only samples whose file ships with the
-        installed scikit-image are listed; the list is empty if scikit-image is not installed.
+        The names accepted by :func:`~zfwidgets.data.images.load_sample` and
+        :func:`sample_path`, with :data:`DEFAULT_SAMPLE` first (when available). Only samples
+        whose file ships with the installed scikit-image are listed; the list is empty if
+        scikit-image is not installed.
     """
     folder = _data_dir()
     if folder is None:
@@ -119,31 +118,3 @@ def sample_path(name: str = DEFAULT_SAMPLE) -> pathlib.Path:
             f"sample {key!r} is not bundled with the installed scikit-image ({path} is missing)"
         )
     return path
-
-
-def load_sample(name: str = DEFAULT_SAMPLE) -> Image.Image:
-    """Load a bundled sample photo as an 8-bit RGB PIL image.
-
-    Parameters
-    ----------
-    name : str, optional
-        A name from :func:`sample_images`; defaults to :data:`DEFAULT_SAMPLE` (``"chelsea"``).
-
-    Returns
-    -------
-    PIL.Image.Image
-        A fully loaded image of mode ``"RGB"`` (grayscale samples are converted).
-
-    Raises
-    ------
-    BadParameterError
-        ``name`` is not a known sample; the message suggests close names.
-    DataError
-        The sample's file is not part of the installed scikit-image.
-
-    Examples
-    --------
-    >>> load_sample().size
-    (451, 300)
-    """
-    return load_image(sample_path(name))

@@ -3,21 +3,17 @@
 Importing this package registers ``efficientnet_lite0``, ``alexnet``, ``vgg16``, ``zfnet`` and
 ``zfnet_small``; :func:`get_model` builds one by name, :func:`wrap_model` describes any user
 ``nn.Module`` the same way.
+
+* :mod:`.registry`: names -> builders, :class:`LoadedModel`, :func:`wrap_model`.
+* :mod:`.preprocessing`: :class:`Preprocessing` and the ImageNet mean/std.
+* :mod:`.weights`: checkpoint loading (``weights_only=True``) and class names.
+* :mod:`.efficientnet_lite0`, :mod:`.torchvision_models`, :mod:`.zfnet`: the registered networks.
 """
 
-from zfwidgets.models.registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    LoadedModel,
-    Preprocessing,
-    class_name,
-    get_model,
-    imagenet_labels,
-    list_models,
-    load_checkpoint,
-    register_model,
-    wrap_model,
-)
+from zfwidgets.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from zfwidgets.models.registry import (LoadedModel, get_model, list_models, register_model,
+                                       wrap_model)
+from zfwidgets.models.weights import class_name, imagenet_labels, load_checkpoint
 from zfwidgets.models.efficientnet_lite0 import EfficientNetLite0  # noqa: E402 (registers)
 from zfwidgets.models.torchvision_models import preprocessing_from_weights  # noqa: E402
 from zfwidgets.models.zfnet import ZFNet, ZFNetSmall, feature_scale_clipping  # noqa: E402

@@ -26,13 +26,10 @@ import torch
 from torch import nn
 
 from zfwidgets.errors import WeightsUnavailableError
-from zfwidgets.models.registry import (
-    LoadedModel,
-    Preprocessing,
-    imagenet_labels,
-    register_model,
-)
 from zfwidgets.fingerprint import file_digest
+from zfwidgets.models.preprocessing import Preprocessing
+from zfwidgets.models.registry import LoadedModel, register_model
+from zfwidgets.models.weights import imagenet_labels
 
 __all__ = [
     "EfficientNetLite0",

@@ -16,7 +16,8 @@ from torch import nn
 from torchvision.models import AlexNet_Weights, VGG16_Weights, WeightsEnum
 
 from zfwidgets.errors import WeightsUnavailableError
-from zfwidgets.models.registry import LoadedModel, Preprocessing, register_model
+from zfwidgets.models.preprocessing import Preprocessing
+from zfwidgets.models.registry import LoadedModel, register_model
 
 __all__ = ["preprocessing_from_weights", "TORCHVISION_LAYERS"]
 

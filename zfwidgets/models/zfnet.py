@@ -15,12 +15,9 @@ import torch
 from torch import nn
 
 from zfwidgets.errors import BadParameterError
-from zfwidgets.models.registry import (
-    LoadedModel,
-    Preprocessing,
-    imagenet_labels,
-    register_model,
-)
+from zfwidgets.models.preprocessing import Preprocessing
+from zfwidgets.models.registry import LoadedModel, register_model
+from zfwidgets.models.weights import imagenet_labels
 
 __all__ = ["ZFNet", "ZFNetSmall", "feature_scale_clipping", "SMALL_PREPROCESSING"]
 

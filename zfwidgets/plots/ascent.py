@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import new_figure
+from .base import new_figure
 
 __all__ = ["ascent_figure", "ascent_title", "stretch", "update_ascent_image"]
 

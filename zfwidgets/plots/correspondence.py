@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import new_figure
+from .base import new_figure
 from matplotlib.patches import Rectangle
 
 __all__ = ["correspondence_figure"]

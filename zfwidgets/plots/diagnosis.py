@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import filters_to_rgb, new_figure, tile_maps
+from .base import new_figure
+from .mosaic import filters_to_rgb, tile_maps
 
 __all__ = ["diagnosis_figure"]
 

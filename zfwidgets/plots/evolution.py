@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from .figures import new_figure, projection_image
+from .base import new_figure
+from .deconv import projection_image
 
 __all__ = ["evolution_figure"]
 

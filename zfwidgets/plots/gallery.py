@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from .figures import projection_image
+from .deconv import projection_image
 
 __all__ = ["GalleryArtists", "fit_tile", "mosaic", "projection_tiles", "gallery_figure",
            "update_gallery", "show_source", "tile_index", "fig2_figure"]
@@ -72,7 +72,7 @@ def projection_tiles(gallery, n: int | None = None, percentile: float | None = 9
                      ) -> list[np.ndarray]:
     """The gallery's projections as RGB images (``[h, w, 3]``), contrast per tile.
 
-    See :func:`zfwidgets.plots.figures.projection_image` for ``percentile``.
+    See :func:`zfwidgets.plots.deconv.projection_image` for ``percentile``.
     """
     return [projection_image(p, percentile) for p in gallery.projections[:n]]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import new_figure
+from .base import new_figure
 
 __all__ = ["InvariancePanels", "invariance_figure", "update_amount", "example_strip"]
 

@@ -24,7 +24,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from .figures import new_figure
+from .base import new_figure
 
 __all__ = ["OcclusionPanels", "occlusion_figure", "update_occlusion_maps", "update_occluder",
            "occluded_image", "class_index_map", "CLASS_COLORS"]

@@ -10,8 +10,8 @@ import traitlets as T
 from ..backend.rules import check_rule
 from ..errors import check_choice
 from ..backend.defaults import opening_layer
-from ..plots.figures import (deconv_panel_figure, deconv_titles, projection_image,
-                             update_deconv_panel)
+from ..plots.deconv import (deconv_panel_figure, deconv_titles, projection_image,
+                            update_deconv_panel)
 from .base import ErrorBox, Requests, SessionView, canvas_figure
 
 __all__ = ["DeconvView"]

@@ -9,8 +9,8 @@ import traitlets as T
 
 from ..errors import check_choice
 from ..backend.defaults import opening_layer
-from ..plots.figures import (feature_mosaic_figure, filters_to_rgb,
-                             first_rgb_conv, update_feature_mosaic)
+from ..backend.layers import first_rgb_conv
+from ..plots.mosaic import feature_mosaic_figure, filters_to_rgb, update_feature_mosaic
 from .base import ErrorBox, Latest, Requests, SessionView, canvas_figure
 
 __all__ = ["FeatureMapGrid"]

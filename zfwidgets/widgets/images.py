@@ -8,7 +8,7 @@ import ipywidgets as W
 import traitlets as T
 
 from ..data import load_sample, sample_images
-from ..plots.figures import topk_figure, update_topk
+from ..plots.topk import topk_figure, update_topk
 from .base import ErrorBox, Requests, SessionView, canvas_figure
 
 __all__ = ["ImageChooser", "TopPredictions"]

@@ -25,7 +25,7 @@ import traitlets as T
 from ..backend.defaults import top_layer
 from ..backend.occlusion import fill_rgb, occluded_prediction, occlusion_job
 from ..errors import BadParameterError, Cancelled
-from ..plots.figures import projection_image
+from ..plots.deconv import projection_image
 from ..plots.occlusion import (occluded_image, occlusion_figure, update_occluder,
                                update_occlusion_maps)
 from .base import ErrorBox, Requests, SessionView, canvas_figure

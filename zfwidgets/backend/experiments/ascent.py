@@ -16,25 +16,28 @@ One step, in the model's normalized input space ``x``::
 
 with a random shift of up to ``jitter`` pixels applied before the forward pass and undone after
 (so no single pixel grid is favoured).
+
+The ascent is a job (:mod:`zfwidgets.backend.jobs`): :func:`ascent_job` gives the generator of
+steps (a widget's background runner advances it), :func:`ascent` runs it to the end.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import BadParameterError, Cancelled, OutOfRangeError
+from ...errors import BadParameterError, OutOfRangeError
 from ...models import class_name
+from ..jobs import Job, Step
 from ..layers import resolve_layer, run_captured, scoped_eval
 from ..ops import RECTIFIER_MODULES
 
-__all__ = ["AscentResult", "ascent", "gaussian_blur"]
-
+__all__ = ["AscentResult", "AscentState", "ascent", "ascent_job", "gaussian_blur"]
 
 
 @dataclass
@@ -72,6 +75,34 @@ class AscentResult:
     channel: int | None = None
     settings: dict = field(default_factory=dict)
 
+
+@dataclass(frozen=True)
+class AscentState:
+    """Where an ascent stands after one step: the ``partial`` of its job's
+    :class:`~zfwidgets.backend.jobs.Step`.
+
+    Attributes
+    ----------
+    objective : float
+        The objective's value at the input the step started from (``AscentResult.history``).
+    input : torch.Tensor
+        ``[1, 3, H, W]`` the input after the step, in the model's normalized space (never
+        changed in place afterwards).
+    """
+
+    objective: float
+    input: torch.Tensor = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Goal:
+    """What one ascent maximizes: a class logit (``target``) or a feature map's mean."""
+
+    text: str
+    target: int | None = None
+    layer: str | None = None
+    channel: int | None = None
+    pre: bool = False           # climb the rectifier's input, not its output
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     """1-d Gaussian of standard deviation ``sigma`` pixels, radius ``ceil(3 sigma)``, sum 1."""
@@ -184,122 +215,145 @@ def ascent(session, target: int | str | None = None, *, layer: str | None = None
         Unknown class or channel.
     UnknownLayerError
         Unknown ``layer``.
+    Cancelled
+        ``should_stop`` asked to stop.
     """
-    steps = _positive("steps", steps, integer=True)
-    lr = _positive("lr", lr)
-    decay = _positive("decay", decay, zero=True)
-    blur_every = _positive("blur_every", blur_every, integer=True, zero=True)
-    blur_sigma = _positive("blur_sigma", blur_sigma)
-    jitter = _positive("jitter", jitter, integer=True, zero=True)
-    if decay >= 1:
-        raise BadParameterError(f"decay must be below 1, got {decay}")
+    job = ascent_job(session, target, layer=layer, channel=channel, steps=steps, lr=lr,
+                     decay=decay, blur_every=blur_every, blur_sigma=blur_sigma, jitter=jitter,
+                     start=start, seed=seed)
+    report = None if on_step is None else \
+        (lambda step: on_step(step.done, step.partial.objective))
+    return job.run(progress=progress, on_step=report, should_stop=should_stop)
+
+
+def ascent_job(session, target: int | str | None = None, *, layer: str | None = None,
+               channel: int | None = None, steps: int = 100, lr: float = 0.02,
+               decay: float = 0.002, blur_every: int = 4, blur_sigma: float = 0.5,
+               jitter: int = 4, start: str | torch.Tensor | None = None,
+               seed: int = 0) -> Job[AscentResult]:
+    """The ascent of :func:`ascent` as a :class:`~zfwidgets.backend.jobs.Job`, not yet started.
+
+    Parameters are those of :func:`ascent` (checked here, before any step). The job yields one
+    :class:`~zfwidgets.backend.jobs.Step` per ascent step, whose ``partial`` is an
+    :class:`AscentState` (the objective and the current input, to draw while it runs), and
+    returns the :class:`AscentResult`. Between two steps the model is left as it was (its
+    module flags are set to eval only during a step).
+
+    Returns
+    -------
+    Job of AscentResult
+        ``job.run(...)`` runs it to the end; ``job.step()`` advances it by one step.
+    """
+    settings = dict(steps=_positive("steps", steps, integer=True), lr=_positive("lr", lr),
+                    decay=_positive("decay", decay, zero=True),
+                    blur_every=_positive("blur_every", blur_every, integer=True, zero=True),
+                    blur_sigma=_positive("blur_sigma", blur_sigma),
+                    jitter=_positive("jitter", jitter, integer=True, zero=True), seed=int(seed))
+    if settings["decay"] >= 1:
+        raise BadParameterError(f"decay must be below 1, got {settings['decay']}")
     if channel is not None and layer is None:
         raise BadParameterError("channel needs a layer (ascent(session, layer=..., channel=...))")
-
-    model = session.model
-    x0 = session.input_tensor
-    if layer is not None:
-        info = session.layer_info(layer)
-        if channel is None:
-            channel = session.strongest_channel(layer)
-        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) \
-                or not 0 <= int(channel) < info.shape[0]:
-            raise OutOfRangeError(f"channel {channel!r} is out of range for layer {layer!r} "
-                                  f"({info.shape[0]} channels: 0..{info.shape[0] - 1})")
-        channel, target = int(channel), None
-        module, _ = resolve_layer(model, layer, session.layers)
-        # a rectified unit that is off (0) or saturated (ReLU6 at 6) has no gradient: climb the
-        # rectifier's input (the pre-activation) instead of its output
-        pre = isinstance(module, RECTIFIER_MODULES)
-        objective = f"mean of {layer} channel {channel}" + \
-            (f" (its input, before the {type(module).__name__})" if pre else "")
-    else:
-        target = int(session.probabilities().argmax()) if target is None else \
-            _resolve_class(session, target)
-        objective = f"score of class {target} ({class_name(session.labels, target)})"
-
-    gen = torch.Generator().manual_seed(int(seed))
-    prep = session.preprocessing
-    mean = torch.as_tensor(prep.mean, dtype=x0.dtype).view(1, -1, 1, 1)
-    std = torch.as_tensor(prep.std, dtype=x0.dtype).view(1, -1, 1, 1)
-    low, high = ((0 - mean) / std).to(x0.device), ((1 - mean) / std).to(x0.device)
+    goal = _goal(session, target, layer, channel)
     if start is None:
         start = "noise" if layer is not None else "gray"
+    gen = torch.Generator().manual_seed(settings["seed"])
+    x = _start(session, start, gen)
+    settings["start"] = start if isinstance(start, str) else "tensor"
+    return Job(_ascent_steps(session, goal, x, gen, settings), what=f"ascent: {goal.text}",
+               unit="step")
+
+
+def _goal(session, target, layer: str | None, channel) -> _Goal:
+    """Check what to maximize and say it in words."""
+    if layer is None:
+        target = int(session.probabilities().argmax()) if target is None else \
+            _resolve_class(session, target)
+        return _Goal(f"score of class {target} ({class_name(session.labels, target)})",
+                     target=target)
+    info = session.layer_info(layer)
+    if channel is None:
+        channel = session.strongest_channel(layer)
+    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) \
+            or not 0 <= int(channel) < info.shape[0]:
+        raise OutOfRangeError(f"channel {channel!r} is out of range for layer {layer!r} "
+                              f"({info.shape[0]} channels: 0..{info.shape[0] - 1})")
+    module, _ = resolve_layer(session.model, layer, session.layers)
+    # a rectified unit that is off (0) or saturated (ReLU6 at 6) has no gradient: climb the
+    # rectifier's input (the pre-activation) instead of its output
+    pre = isinstance(module, RECTIFIER_MODULES)
+    text = f"mean of {layer} channel {int(channel)}" + \
+        (f" (its input, before the {type(module).__name__})" if pre else "")
+    return _Goal(text, layer=layer, channel=int(channel), pre=pre)
+
+
+def _start(session, start, gen: torch.Generator) -> torch.Tensor:
+    """The first input, in the model's normalized space."""
+    x0 = session.input_tensor
     if isinstance(start, torch.Tensor):
         if start.shape != x0.shape:
             raise BadParameterError(f"start tensor must have the input's shape "
                                     f"{list(x0.shape)}, got {list(start.shape)}")
-        x = start.detach().to(x0).clone()
-    elif start == "gray":
-        x = torch.zeros_like(x0)
-    elif start == "noise":
-        x = (0.5 * torch.randn(x0.shape, generator=gen, dtype=x0.dtype)).to(x0.device)
-    elif start == "image":
-        x = x0.detach().clone()
-    else:
-        raise BadParameterError(f"start must be 'gray', 'noise', 'image' or a tensor, "
-                                f"got {start!r}")
+        return start.detach().to(x0).clone()
+    if start == "gray":
+        return torch.zeros_like(x0)
+    if start == "noise":
+        return (0.5 * torch.randn(x0.shape, generator=gen, dtype=x0.dtype)).to(x0.device)
+    if start == "image":
+        return x0.detach().clone()
+    raise BadParameterError(f"start must be 'gray', 'noise', 'image' or a tensor, got {start!r}")
 
-    def logits(inp: torch.Tensor) -> torch.Tensor:
-        out = model(inp)
-        return out[0] if isinstance(out, (tuple, list)) else out
 
-    def value(inp: torch.Tensor) -> torch.Tensor:
-        if layer is not None:
-            found: dict[str, torch.Tensor] = {}
-            run_captured(model, inp, [layer], found.__setitem__, known=session.layers,
-                         inputs=pre)
-            return found[layer][:, channel].mean()
-        return logits(inp)[0, target]
+def _logits(model, inp: torch.Tensor) -> torch.Tensor:
+    out = model(inp)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
+
+def _value(session, goal: _Goal, inp: torch.Tensor) -> torch.Tensor:
+    """The objective at ``inp`` (a scalar tensor, differentiable)."""
+    if goal.layer is None:
+        return _logits(session.model, inp)[0, goal.target]
+    found: dict[str, torch.Tensor] = {}
+    run_captured(session.model, inp, [goal.layer], found.__setitem__, known=session.layers,
+                 inputs=goal.pre)
+    return found[goal.layer][:, goal.channel].mean()
+
+
+def _ascent_steps(session, goal: _Goal, x: torch.Tensor, gen: torch.Generator,
+                  settings: dict) -> Generator[Step, None, AscentResult]:
+    """The ascent loop: one :class:`Step` per update, the :class:`AscentResult` at the end."""
+    model, prep = session.model, session.preprocessing
+    steps, lr, decay, jitter = (settings[k] for k in ("steps", "lr", "decay", "jitter"))
+    blur_every, blur_sigma = settings["blur_every"], settings["blur_sigma"]
+    mean = torch.as_tensor(prep.mean, dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
+    std = torch.as_tensor(prep.std, dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
+    low, high = (0 - mean) / std, (1 - mean) / std
     history = []
-    bar = _bar(steps, progress, objective)
-    try:
+    for step in range(steps):
+        dy, dx = (torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
+                  if jitter else (0, 0))
         with scoped_eval(model), torch.enable_grad():
-            for step in range(steps):
-                if should_stop is not None and should_stop():
-                    raise Cancelled(f"gradient ascent stopped after {step} of {steps} steps")
-                dy, dx = (torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
-                          if jitter else (0, 0))
-                xs = torch.roll(x, (dy, dx), dims=(2, 3)).requires_grad_(True)
-                obj = value(xs)
-                (grad,) = torch.autograd.grad(obj, xs)
-                history.append(float(obj.detach()))
-                grad = torch.roll(grad, (-dy, -dx), dims=(2, 3))
-                with torch.no_grad():
-                    x = x + lr * grad / grad.abs().mean().clamp(min=1e-12)
-                    x = x * (1 - decay)
-                    if blur_every and (step + 1) % blur_every == 0:
-                        x = gaussian_blur(x, blur_sigma)
-                    x = torch.maximum(torch.minimum(x, high), low)
-                if on_step is not None:
-                    on_step(step + 1, history[-1])
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(objective=f"{history[-1]:.3g}", refresh=False)
-            with torch.no_grad():
-                prob = None
-                if target is None:
-                    history.append(float(value(x)))
-                else:  # one forward pass for the last score and the probability
-                    out = logits(x)
-                    history.append(float(out[0, target]))
-                    prob = float(torch.softmax(out.float(), 1)[0, target])
-    finally:
-        if bar is not None:
-            bar.close()
-    image = (x * std.to(x.device) + mean.to(x.device)).clamp(0, 1)[0].permute(1, 2, 0)
-    return AscentResult(
-        image=image.cpu().numpy(), input=x.detach(), objective=objective,
-        history=np.asarray(history), prob=prob, target=target, layer=layer, channel=channel,
-        settings=dict(steps=steps, lr=lr, decay=decay, blur_every=blur_every,
-                      blur_sigma=blur_sigma, jitter=jitter, seed=int(seed),
-                      start=start if isinstance(start, str) else "tensor"))
-
-
-def _bar(total: int, progress: bool, what: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"ascent: {what}", unit="step", leave=False)
+            xs = torch.roll(x, (dy, dx), dims=(2, 3)).requires_grad_(True)
+            obj = _value(session, goal, xs)
+            (grad,) = torch.autograd.grad(obj, xs)
+        history.append(float(obj.detach()))
+        grad = torch.roll(grad, (-dy, -dx), dims=(2, 3))
+        with torch.no_grad():
+            x = x + lr * grad / grad.abs().mean().clamp(min=1e-12)
+            x = x * (1 - decay)
+            if blur_every and (step + 1) % blur_every == 0:
+                x = gaussian_blur(x, blur_sigma)
+            x = torch.maximum(torch.minimum(x, high), low)
+        yield Step(step + 1, steps, note=f"objective {history[-1]:.3g}",
+                   partial=AscentState(history[-1], x))
+    prob = None
+    with scoped_eval(model), torch.no_grad():
+        if goal.target is None:
+            history.append(float(_value(session, goal, x)))
+        else:  # one forward pass for the last score and the probability
+            out = _logits(model, x)
+            history.append(float(out[0, goal.target]))
+            prob = float(torch.softmax(out.float(), 1)[0, goal.target])
+    image = (x * std + mean).clamp(0, 1)[0].permute(1, 2, 0)
+    return AscentResult(image=image.cpu().numpy(), input=x.detach(), objective=goal.text,
+                        history=np.asarray(history), prob=prob, target=goal.target,
+                        layer=goal.layer, channel=goal.channel, settings=settings)

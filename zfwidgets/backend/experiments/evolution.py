@@ -6,14 +6,15 @@ few epochs; upper layers only after many. Here the training is yours: hand
 :func:`feature_evolution` the snapshots you saved (state dicts or checkpoint files, in training
 order) and the data; for every snapshot it mines the top activations of each layer over the data
 (:func:`zfwidgets.mine`) and projects each chosen map's strongest hit (:func:`zfwidgets.gallery`).
-The session's own model is never touched: every snapshot is loaded into a copy.
+The session's own model is never touched: every snapshot is loaded into a copy. Mining the
+snapshots is a job (:mod:`zfwidgets.backend.jobs`): one step per snapshot.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 
 from ...errors import BadParameterError, OutOfRangeError, WeightsUnavailableError
-from ...models import load_checkpoint, wrap_model
+from ...models import LoadedModel, load_checkpoint, wrap_model
+from ..jobs import Job, Step
 
 __all__ = ["EvolutionResult", "feature_evolution"]
 
@@ -101,6 +103,44 @@ def _load(module: torch.nn.Module, name: str, state) -> None:
                                       f"{type(module).__name__}: {first}") from exc
 
 
+def _snapshot_model(session, name: str, state) -> LoadedModel:
+    """A copy of the session's model holding the snapshot's weights, described like the entry."""
+    module = copy.deepcopy(session.model)
+    _load(module, name, state)
+    entry = session.entry
+    return wrap_model(module, preprocessing=session.preprocessing, labels=session.labels,
+                      name=f"{entry.name} @ {name}", default_layer=entry.default_layer,
+                      middle_layer=entry.middle_layer)
+
+
+def _chosen_channels(session, layers: list[str], channels) -> dict[str, list[int]] | None:
+    """The maps given per layer (checked), or ``None`` when an int asks for the strongest."""
+    for layer in layers:
+        session.layer_info(layer)
+    if isinstance(channels, Mapping):
+        chosen = {layer: [int(c) for c in channels.get(layer, ())] for layer in layers}
+        for layer, chs in chosen.items():
+            n = session.layer_info(layer).shape[0]
+            bad = [c for c in chs if not 0 <= c < n]
+            if bad:
+                raise OutOfRangeError(f"channels {bad} are out of range for layer {layer!r} "
+                                      f"({n} channels)")
+        return chosen
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise BadParameterError(f"channels must be a positive int or a mapping, got {channels!r}")
+    return None
+
+
+def _mining_steps(items: list[tuple[str, Any]], mine_snapshot: Callable[[str, Any], Any]
+                  ) -> Generator[Step, None, dict[str, Any]]:
+    """Mine every snapshot in turn, one :class:`Step` each; returns name -> what was mined."""
+    mined = {}
+    for done, (name, state) in enumerate(items, 1):
+        mined[name] = mine_snapshot(name, state)
+        yield Step(done, len(items), note=name)
+    return mined
+
+
 def feature_evolution(session, snapshots, images: Any = None,
                       layers: Sequence[str] | None = None,
                       channels: int | Mapping[str, Sequence[int]] = 4, *, k: int = 1,
@@ -151,57 +191,25 @@ def feature_evolution(session, snapshots, images: Any = None,
 
     items = _snapshot_items(snapshots)
     layers = list(mining_layers(session) if layers is None else dict.fromkeys(layers))
-    for layer in layers:
-        session.layer_info(layer)
-    if isinstance(channels, Mapping):
-        chosen = {layer: [int(c) for c in channels.get(layer, ())] for layer in layers}
-        for layer, chs in chosen.items():
-            n = session.layer_info(layer).shape[0]
-            bad = [c for c in chs if not 0 <= c < n]
-            if bad:
-                raise OutOfRangeError(f"channels {bad} are out of range for layer {layer!r} "
-                                      f"({n} channels)")
-    elif isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise BadParameterError(f"channels must be a positive int or a mapping, got {channels!r}")
-    else:
-        chosen = None
+    chosen = _chosen_channels(session, layers, channels)
 
-    entry = session.entry
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), desc="feature evolution", unit="snapshot", leave=False)
-    sessions, mined, values = {}, {}, {}
-    try:
-        for name, state in items:
-            module = copy.deepcopy(session.model)
-            _load(module, name, state)
-            snap = Session(wrap_model(module, preprocessing=session.preprocessing,
-                                      labels=session.labels, name=f"{entry.name} @ {name}",
-                                      default_layer=entry.default_layer,
-                                      middle_layer=entry.middle_layer), session.image)
-            result = mine(snap, images, layers, k=k, per_image=1, batch_size=batch_size,
+    def mine_snapshot(name: str, state):
+        snap = Session(_snapshot_model(session, name, state), session.image)
+        return snap, mine(snap, images, layers, k=k, per_image=1, batch_size=batch_size,
                           progress=False)
-            sessions[name], mined[name] = snap, result
-            for layer in layers:
-                values[(name, layer)] = result[layer].values[:, 0].numpy().astype(np.float64)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+
+    mined = Job(_mining_steps(items, mine_snapshot), what="feature evolution",
+                unit="snapshot").run(progress=progress)
+    values = {(name, layer): result[layer].values[:, 0].numpy().astype(np.float64)
+              for name, (_, result) in mined.items() for layer in layers}
     last = items[-1][0]
     if chosen is None:
         chosen = {layer: [int(c) for c in np.argsort(-values[(last, layer)],
                                                      kind="stable")[:channels]]
                   for layer in layers}
-    galleries = {}
-    for name, _ in items:
-        for layer in layers:
-            for c in chosen[layer]:
-                galleries[(name, layer, c)] = gallery(sessions[name], mined[name], layer, c,
-                                                      rule=rule, k=k)
+    galleries = {(name, layer, c): gallery(snap, result, layer, c, rule=rule, k=k)
+                 for name, (snap, result) in mined.items()
+                 for layer in layers for c in chosen[layer]}
     return EvolutionResult(snapshots=[n for n, _ in items], layers=layers, channels=chosen,
                            values=values, galleries=galleries,
-                           n_images=mined[last].n_images)
+                           n_images=mined[last][1].n_images)

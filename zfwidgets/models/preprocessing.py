@@ -1,0 +1,237 @@
+"""How an image becomes a model's input: resize, center-crop, scale, normalize.
+
+:class:`Preprocessing` is the one pipeline every registry entry carries (as torchvision's weights
+carry their ``transforms``). The ImageNet normalization constants live here and nowhere else in
+the project.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zfwidgets.errors import BadImageError, BadParameterError
+from zfwidgets.fingerprint import digest
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
+
+#: Per-channel RGB mean of ImageNet, in [0, 1] pixel units.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+#: Per-channel RGB standard deviation of ImageNet, in [0, 1] pixel units.
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+
+def _triple(value: Any, what: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise BadParameterError(f"{what} must be three numbers (R, G, B), got {value!r}") from None
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise BadParameterError(f"{what} must be three finite numbers (R, G, B), got {value!r}")
+    return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a PIL image becomes the model's input tensor.
+
+    The pipeline is the usual ImageNet evaluation one (as in torchvision's weight transforms):
+    convert to RGB, resize the shorter side to ``resize`` (bilinear, antialiased), center-crop to
+    ``size``, scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel.
+
+    Parameters
+    ----------
+    size : tuple of int or int
+        Model input ``(H, W)``; an int means a square input.
+    resize : int or None
+        Length the shorter image side is resized to before the center crop. ``None`` resizes the
+        image straight to ``size`` (aspect ratio not kept). Should the resized image not cover
+        ``size`` (``resize`` smaller than the crop), it is enlarged just enough to cover it.
+    mean, std : tuple of float
+        Per-channel RGB normalization in [0, 1] pixel units.
+
+    Examples
+    --------
+    >>> pre = Preprocessing()                      # ImageNet, 256 -> 224
+    >>> x = pre(Image.new("RGB", (320, 240)))      # doctest: +SKIP
+    >>> x.shape                                    # doctest: +SKIP
+    torch.Size([1, 3, 224, 224])
+    """
+
+    size: tuple[int, int] = (224, 224)
+    resize: int | None = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        size = self.size
+        if isinstance(size, (int, np.integer)):
+            size = (int(size), int(size))
+        try:
+            size = tuple(int(s) for s in size)
+        except (TypeError, ValueError):
+            raise BadParameterError(f"size must be (H, W) or an int, got {self.size!r}") from None
+        if len(size) != 2 or min(size) < 1:
+            raise BadParameterError(f"size must be two positive ints (H, W), got {self.size!r}")
+        resize = self.resize
+        if resize is not None:
+            if isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 1:
+                raise BadParameterError(f"resize must be a positive int or None, got {resize!r}")
+            resize = int(resize)
+        mean = _triple(self.mean, "mean")
+        std = _triple(self.std, "std")
+        if min(std) <= 0:
+            raise BadParameterError(f"std must be positive, got {self.std!r}")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "resize", resize)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    # -- pixels -----------------------------------------------------------------------------
+
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step, before the crop."""
+        out_h, out_w = self.size
+        if self.resize is None:
+            return out_w, out_h
+        # torchvision's rule: the short side becomes `resize`, the long side int(resize*long/short)
+        if width <= height:
+            new_w, new_h = self.resize, int(self.resize * height / width)
+        else:
+            new_w, new_h = int(self.resize * width / height), self.resize
+        if new_w < out_w or new_h < out_h:  # would not cover the crop: enlarge to cover it
+            scale = max(out_w / width, out_h / height)
+            new_w = max(out_w, math.ceil(width * scale))
+            new_h = max(out_h, math.ceil(height * scale))
+        return new_w, new_h
+
+    def to_pixels(self, image: Image.Image | np.ndarray) -> Image.Image:
+        """Resize and crop an image exactly as the model sees it, without normalization.
+
+        Parameters
+        ----------
+        image : PIL.Image.Image or numpy.ndarray
+            Any PIL image (converted to RGB), or an ``HxW``/``HxWx3``/``HxWx4`` ``uint8`` array.
+
+        Returns
+        -------
+        PIL.Image.Image
+            RGB image of size ``size`` (PIL reports it as ``(W, H)``).
+
+        Raises
+        ------
+        BadImageError
+            If ``image`` is not an image or cannot be converted to RGB.
+        """
+        image = _as_pil(image)
+        try:
+            rgb = image.convert("RGB") if image.mode != "RGB" else image
+        except (OSError, ValueError) as exc:
+            raise BadImageError(f"cannot convert a {image.mode} image to RGB: {exc}") from exc
+        width, height = rgb.size
+        if width < 1 or height < 1:
+            raise BadImageError(f"image is empty ({width}x{height})")
+        new_w, new_h = self._resized_size(width, height)
+        if (new_w, new_h) != (width, height):
+            rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        out_h, out_w = self.size
+        if (new_w, new_h) != (out_w, out_h):
+            left = int(round((new_w - out_w) / 2.0))
+            top = int(round((new_h - out_h) / 2.0))
+            rgb = rgb.crop((left, top, left + out_w, top + out_h))
+        return rgb
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """Turn an image into a normalized model input.
+
+        Parameters
+        ----------
+        image : PIL.Image.Image or numpy.ndarray
+            See :meth:`to_pixels`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[1, 3, H, W]`` float32 tensor on the CPU.
+        """
+        pixels = np.asarray(self.to_pixels(image), dtype=np.float32) / 255.0
+        x01 = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
+        return self.normalize(x01)
+
+    # -- normalization ----------------------------------------------------------------------
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() < 3 or x.shape[-3] != 3:
+            raise BadParameterError(f"expected a [..., 3, H, W] tensor, got shape {tuple(x.shape)}")
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(3, 1, 1)
+        return mean, std
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """Normalize ``[..., 3, H, W]`` pixels in [0, 1] to model input.
+
+        Parameters
+        ----------
+        x01 : torch.Tensor
+            Pixels in [0, 1], channels RGB in dimension ``-3``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(x01 - mean) / std``, same shape and device.
+        """
+        mean, std = self._stats(x01)
+        return (x01 - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`, clamped to [0, 1].
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Normalized ``[..., 3, H, W]`` tensor.
+
+        Returns
+        -------
+        torch.Tensor
+            ``clamp(x * std + mean, 0, 1)``.
+        """
+        mean, std = self._stats(x)
+        return (x * std + mean).clamp(0.0, 1.0)
+
+    def fingerprint(self) -> str:
+        """Short string that changes whenever the preprocessing does, for cache keys.
+
+        Returns
+        -------
+        str
+            e.g. ``"224x224r256-1a2b3c4d"``; stable across processes and platforms.
+        """
+        d = digest(repr((self.size, self.resize, self.mean, self.std)), length=8)
+        h, w = self.size
+        return f"{h}x{w}r{self.resize if self.resize is not None else 'none'}-{d}"
+
+
+def _as_pil(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[2] not in (3, 4)
+        ):
+            raise BadImageError(
+                "an array image must be uint8 HxW, HxWx3 or HxWx4, "
+                f"got {image.dtype} with shape {image.shape}"
+            )
+        if image.size == 0:
+            raise BadImageError(f"image is empty (shape {image.shape})")
+        return Image.fromarray(np.ascontiguousarray(image))
+    raise BadImageError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
+
