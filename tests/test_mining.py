@@ -21,8 +21,9 @@ from PIL import Image
 from torch import nn
 
 from zfwidgets import Preprocessing, Session
-from zfwidgets.backend.topk import (LayerTopK, Miner, MiningResult, gallery, load_result, merge,
-                                    mine)
+from zfwidgets.backend.mining import (LayerTopK, Miner, MiningResult, load_result, merge, mine,
+                                      mine_job)
+from zfwidgets.backend.project import gallery
 from zfwidgets.data.datasets import (DatasetSource, ImageFolder, ImageList, as_source,
                                      sample_collection)
 from zfwidgets.errors import BadParameterError, DataError, UnknownLayerError
@@ -439,11 +440,87 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert not list(tmp_path.glob("*.partial.pt"))
 
 
+def test_mine_job_steps_equal_mine_and_report_progress():
+    s = tiny_session()
+    images = random_images(9)
+    images[4] = b"not an image"                                  # one unreadable item
+    kw = dict(k=3, batch_size=2, workers=0)
+    clean = mine(s, images, TINY_LAYERS, progress=False, **kw)
+    seen = []
+    assert_same_result(mine(s, images, TINY_LAYERS, progress=False,
+                            on_progress=lambda *a: seen.append(a), **kw), clean)
+    job = mine_job(s, images, TINY_LAYERS, **kw)
+    assert job.what == "mining 3 layers" and job.unit == "img"
+    steps = []
+    while (step := job.step()) is not None:                      # as an event loop drives it
+        steps.append(step)
+    assert_same_result(job.result, clean)
+    assert [(st.done, st.total) for st in steps] == [(2, 9), (4, 9), (6, 9), (8, 9), (9, 9)]
+    assert [st.note for st in steps] == ["", "", "1 skipped", "1 skipped", "1 skipped"]
+    assert seen == [(2, 9, 0), (4, 9, 0), (6, 9, 1), (8, 9, 1), (9, 9, 1)]
+    assert job.result.n_skipped == 1 and job.result.skipped[0][0] == 4
+    with pytest.raises(BadParameterError):                       # arguments checked up front
+        mine_job(s, images, ["act2"], k=0)
+
+
+def test_closing_the_job_keeps_a_checkpoint_to_resume_from(tmp_path):
+    s = tiny_session()
+    images = random_images(10)
+    kw = dict(k=4, batch_size=2, workers=0)
+    clean = mine(s, images, ["conv1", "act2"], progress=False, **kw)
+    job = mine_job(s, images, ["conv1", "act2"], cache_dir=tmp_path, checkpoint_every=1e9, **kw)
+    assert [job.step().done for _ in range(3)] == [2, 4, 6]
+    assert not list(tmp_path.glob("*.partial.pt"))               # none periodic (1e9 s)
+    job.close()                                                  # a newer request drops it
+    assert job.closed and not job.done and job.step() is None
+    (ckpt,) = tmp_path.glob("*.partial.pt")
+    assert torch.load(ckpt, weights_only=True)["next"] == 6
+
+    class Counting(ImageList):
+        loads = 0
+
+        def load(self, i):
+            type(self).loads += 1
+            return super().load(i)
+
+    resumed = mine_job(s, Counting(images), ["conv1", "act2"], cache_dir=tmp_path, **kw)
+    assert resumed.step().done == 8                              # went on from image 6
+    assert_same_result(resumed.run(progress=False), clean)
+    assert Counting.loads == 10 - 6
+    assert not list(tmp_path.glob("*.partial.pt"))
+
+
+def test_miner_snapshot_and_restore_continue_exactly():
+    s = tiny_session()
+    images = random_images(12)
+    batches = [(list(range(j, j + 3)), torch.cat([s.preprocessing(im) for im in images[j:j + 3]]))
+               for j in range(0, 12, 3)]
+    whole = Miner(s.model, TINY_LAYERS, k=5, per_image=2)
+    half = Miner(s.model, TINY_LAYERS, k=5, per_image=2)
+    for ids, x in batches:
+        whole.update(x, ids)
+    for ids, x in batches[:2]:
+        half.update(x, ids)
+    buf = io.BytesIO()
+    torch.save(half.snapshot(), buf)                             # plain data, as a checkpoint
+    buf.seek(0)
+    again = Miner(s.model, TINY_LAYERS, k=5, per_image=2)
+    again.restore(torch.load(buf, weights_only=True))
+    for ids, x in batches[2:]:
+        again.update(x, ids)
+    for layer in TINY_LAYERS:
+        a, b = again.result()[layer], whole.result()[layer]
+        assert torch.equal(a.values, b.values) and torch.equal(a.image, b.image)
+        assert torch.equal(a.y, b.y) and torch.equal(a.x, b.x)
+    with pytest.raises(BadParameterError, match="does not mine"):
+        Miner(s.model, ["act2"], k=5).restore(half.snapshot())
+
+
 KILLED_RUN = textwrap.dedent("""
     import sys, time
     from zfwidgets import Session, get_model
     from zfwidgets.data.datasets import ImageFolder
-    from zfwidgets.backend.topk import mine
+    from zfwidgets.backend.mining import mine
 
     class Slow(ImageFolder):
         def load(self, i):

@@ -11,9 +11,9 @@ Several processes (one machine or many; gloo on CPUs, nccl on GPUs)::
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) rank ``r`` mines items
 ``r, r + W, r + 2W, ...`` of the folder (image ids stay global), the shard results are gathered
-on rank 0 and merged exactly (:func:`zfwidgets.backend.topk.merge`), and rank 0 writes the result
+on rank 0 and merged exactly (:func:`zfwidgets.backend.mining.merge`), and rank 0 writes the result
 file. Every rank uses rank 0's weights (broadcast), so a randomly initialized model is the same
-everywhere. Read the file back with :func:`zfwidgets.backend.topk.load_result`.
+everywhere. Read the file back with :func:`zfwidgets.load_result`.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from zfwidgets.backend.session import Session
-    from zfwidgets.backend.topk import gather_merge, mine
+    from zfwidgets.backend.mining import gather_merge, mine
     from zfwidgets.data.datasets import ImageFolder
     from zfwidgets.errors import ZFError
 

@@ -147,7 +147,8 @@ def feature_evolution(session, snapshots, images: Any = None,
     """
     from ..session import Session
     from ..defaults import mining_layers
-    from ..topk import gallery, mine
+    from ..mining import mine
+    from ..project import gallery
 
     items = _snapshot_items(snapshots)
     layers = list(mining_layers(session) if layers is None else dict.fromkeys(layers))
