@@ -606,16 +606,16 @@ def test_torchrun_two_processes_equal_single_process(tmp_path):
     out = tmp_path / "dist.pt"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "zfwidgets.mining_cli",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "zfwidgets.cli", "mine",
          *args, "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from zfwidgets.mining_cli import main
+    from zfwidgets.cli import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(args + ["--out", str(tmp_path / "single.pt")]) == 0
+        assert main(["mine", *args, "--out", str(tmp_path / "single.pt")]) == 0
     finally:
         torch.set_num_threads(threads)
     dist, single = load_result(out), load_result(tmp_path / "single.pt")
@@ -623,6 +623,23 @@ def test_torchrun_two_processes_equal_single_process(tmp_path):
     assert dist.skipped[0][1] == "broken.jpg"
     assert_same_result(dist, single, exact_values=False)
     assert isinstance(dist.source, ImageFolder) and len(dist.source) == 10
+
+
+def test_cli_mine_parser_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "zfwidgets.cli", "mine", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    help_text = " ".join(proc.stdout.split())
+    assert help_text.startswith("usage: zfwidgets mine")
+    for option in ("folder", "--layers", "--per-image", "--cache-dir", "--checkpoint-every",
+                   "--backend"):
+        assert option in help_text
+    assert "mining_batch_size" in help_text and "8 on a CPU" not in help_text
+    from zfwidgets.cli import main
+
+    with pytest.raises(SystemExit) as stop:                      # the folder is required
+        main(["mine"])
+    assert stop.value.code == 2
 
 
 # ----------------------------------------------------------------------------- gallery
