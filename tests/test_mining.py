@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import socket
 import struct
@@ -517,19 +518,28 @@ def test_miner_snapshot_and_restore_continue_exactly():
 
 
 KILLED_RUN = textwrap.dedent("""
-    import sys, time
+    import sys
+    from pathlib import Path
+
+    import torch
+
     from zfwidgets import Session, get_model
     from zfwidgets.data.datasets import ImageFolder
     from zfwidgets.backend.mining import mine
 
-    class Slow(ImageFolder):
+    HANDSHAKE = 8  # batches of 2, a checkpoint after each: loading image 8, images 0-7 are saved
+
+    class Handshake(ImageFolder):
         def load(self, i):
-            time.sleep(0.25)
+            if i == HANDSHAKE:
+                (ckpt,) = Path(sys.argv[3]).glob("*.partial.pt")
+                print("checkpointed", torch.load(ckpt, weights_only=True)["next"], flush=True)
+                sys.stdin.read()  # wait to be killed (the parent never writes)
             return super().load(i)
 
     session = Session(get_model("zfnet_small", weights=sys.argv[1]))
-    mine(session, Slow(sys.argv[2]), ["features.relu2", "features.relu4"], k=4, batch_size=2,
-         cache_dir=sys.argv[3], checkpoint_every=0, workers=0, progress=False)
+    mine(session, Handshake(sys.argv[2]), ["features.relu2", "features.relu4"], k=4,
+         batch_size=2, cache_dir=sys.argv[3], checkpoint_every=0, workers=0, progress=False)
     print("finished")
 """)
 
@@ -544,26 +554,29 @@ def test_killed_process_resumes_from_checkpoint(tmp_path):
     torch.save(ZFNetSmall().state_dict(), weights)
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
-    proc = subprocess.Popen([sys.executable, str(script), str(weights), str(folder), str(cache)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen([sys.executable, str(script), str(weights), str(folder),
+                                 str(cache)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            found = list(cache.glob("*.partial.pt")) if cache.exists() else []
-            if found and torch.load(found[0], weights_only=True)["next"] >= 4:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
+        # the handshake: the child says it has checkpointed, then waits to be killed
+        readable, _, _ = select.select([proc.stdout], [], [], 120)
+        line = proc.stdout.readline() if readable else b""
+        assert line.split() == [b"checkpointed", b"8"], (line, errors.read_text()[-3000:])
+        assert proc.poll() is None
         proc.send_signal(signal.SIGKILL)  # no chance to clean up
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(30)
+        proc.stdin.close()
+    assert proc.returncode == -signal.SIGKILL
     assert b"finished" not in proc.stdout.read()
     (ckpt,) = cache.glob("*.partial.pt")
     done = torch.load(ckpt, weights_only=True)["next"]
-    assert 4 <= done < 16
+    assert done == 8
 
     from zfwidgets import get_model
 
