@@ -21,6 +21,7 @@ chromium:
 explore: $(VENV)/.installed
 	$(VENV)/bin/zfwidgets explore $(ARGS)
 
+# The overview figures as PNG files, in a new temporary folder it prints (ARGS="--out DIR": there).
 render: $(VENV)/.installed
 	$(VENV)/bin/zfwidgets render $(ARGS)
 

@@ -8,7 +8,7 @@ EfficientNet-Lite0 (real weights), batches of 32 preprocessed 224x224 images cut
 photos, torch's default threads. In one run it measures
 
 * **core overhead**: the same preloaded batches through ``model(x)`` (bare forward, eval mode,
-  ``torch.inference_mode``) and through :class:`zfwidgets.backend.topk.Miner` (scoped hooks on the
+  ``torch.inference_mode``) and through :class:`zfwidgets.backend.mining.Miner` (scoped hooks on the
   requested layers only, per-batch candidates, exact streaming merge), for one layer
   (``head.act``), for the five default gallery layers, and for the five layers with
   ``per_image=None``. The goal is an overhead of at most 5 %. Rounds interleave the methods so
@@ -43,7 +43,7 @@ from _common import load_note, load_text, machine_info, machine_table, wait_for_
 from zfwidgets import Session
 from zfwidgets.backend.layers import scoped_eval
 from zfwidgets.backend.defaults import mining_layers
-from zfwidgets.backend.topk import Miner, _batches, mine, mining_batch_size
+from zfwidgets.backend.mining import Miner, load_batches, mine, mining_batch_size
 from zfwidgets.data.datasets import ImageFolder, sample_collection
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mining.md"
@@ -76,8 +76,8 @@ def timed(fn) -> float:
 def bare_forward_loader(session, folder: ImageFolder, workers: int) -> None:
     model = session.model
     with torch.inference_mode(), scoped_eval(model):
-        for _, prepared in _batches(folder, session.preprocessing, range(len(folder)), 0, BATCH,
-                                    workers):
+        for _, prepared in load_batches(folder, session.preprocessing, range(len(folder)), 0,
+                                        BATCH, workers):
             model(torch.stack([t for _, t, err in prepared if err is None]))
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import zfwidgets as zf
-from zfwidgets.backend.topk import gallery, mine
+from zfwidgets.backend.mining import mine
+from zfwidgets.backend.project import gallery
 from zfwidgets.errors import BadParameterError, OutOfRangeError, WeightsUnavailableError
 
 LAYERS = ["features.relu1", "features.relu4"]

@@ -11,7 +11,7 @@ import traitlets
 from events import click
 
 from zfwidgets import Session
-from zfwidgets.backend.topk import gallery
+from zfwidgets.backend.project import gallery
 from zfwidgets.data.datasets import ImageList, sample_collection
 from zfwidgets.plots.deconv import projection_image
 from zfwidgets.plots.gallery import fig2_figure, fit_tile, mosaic, tile_index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import socket
 import struct
@@ -21,8 +22,9 @@ from PIL import Image
 from torch import nn
 
 from zfwidgets import Preprocessing, Session
-from zfwidgets.backend.topk import (LayerTopK, Miner, MiningResult, gallery, load_result, merge,
-                                    mine)
+from zfwidgets.backend.mining import (LayerTopK, Miner, MiningResult, load_result, merge, mine,
+                                      mine_job)
+from zfwidgets.backend.project import gallery
 from zfwidgets.data.datasets import (DatasetSource, ImageFolder, ImageList, as_source,
                                      sample_collection)
 from zfwidgets.errors import BadParameterError, DataError, UnknownLayerError
@@ -439,20 +441,105 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert not list(tmp_path.glob("*.partial.pt"))
 
 
+def test_mine_job_steps_equal_mine_and_report_progress():
+    s = tiny_session()
+    images = random_images(9)
+    images[4] = b"not an image"                                  # one unreadable item
+    kw = dict(k=3, batch_size=2, workers=0)
+    clean = mine(s, images, TINY_LAYERS, progress=False, **kw)
+    seen = []
+    assert_same_result(mine(s, images, TINY_LAYERS, progress=False,
+                            on_progress=lambda *a: seen.append(a), **kw), clean)
+    job = mine_job(s, images, TINY_LAYERS, **kw)
+    assert job.what == "mining 3 layers" and job.unit == "img"
+    steps = []
+    while (step := job.step()) is not None:                      # as an event loop drives it
+        steps.append(step)
+    assert_same_result(job.result, clean)
+    assert [(st.done, st.total) for st in steps] == [(2, 9), (4, 9), (6, 9), (8, 9), (9, 9)]
+    assert [st.note for st in steps] == ["", "", "1 skipped", "1 skipped", "1 skipped"]
+    assert seen == [(2, 9, 0), (4, 9, 0), (6, 9, 1), (8, 9, 1), (9, 9, 1)]
+    assert job.result.n_skipped == 1 and job.result.skipped[0][0] == 4
+    with pytest.raises(BadParameterError):                       # arguments checked up front
+        mine_job(s, images, ["act2"], k=0)
+
+
+def test_closing_the_job_keeps_a_checkpoint_to_resume_from(tmp_path):
+    s = tiny_session()
+    images = random_images(10)
+    kw = dict(k=4, batch_size=2, workers=0)
+    clean = mine(s, images, ["conv1", "act2"], progress=False, **kw)
+    job = mine_job(s, images, ["conv1", "act2"], cache_dir=tmp_path, checkpoint_every=1e9, **kw)
+    assert [job.step().done for _ in range(3)] == [2, 4, 6]
+    assert not list(tmp_path.glob("*.partial.pt"))               # none periodic (1e9 s)
+    job.close()                                                  # a newer request drops it
+    assert job.closed and not job.done and job.step() is None
+    (ckpt,) = tmp_path.glob("*.partial.pt")
+    assert torch.load(ckpt, weights_only=True)["next"] == 6
+
+    class Counting(ImageList):
+        loads = 0
+
+        def load(self, i):
+            type(self).loads += 1
+            return super().load(i)
+
+    resumed = mine_job(s, Counting(images), ["conv1", "act2"], cache_dir=tmp_path, **kw)
+    assert resumed.step().done == 8                              # went on from image 6
+    assert_same_result(resumed.run(progress=False), clean)
+    assert Counting.loads == 10 - 6
+    assert not list(tmp_path.glob("*.partial.pt"))
+
+
+def test_miner_snapshot_and_restore_continue_exactly():
+    s = tiny_session()
+    images = random_images(12)
+    batches = [(list(range(j, j + 3)), torch.cat([s.preprocessing(im) for im in images[j:j + 3]]))
+               for j in range(0, 12, 3)]
+    whole = Miner(s.model, TINY_LAYERS, k=5, per_image=2)
+    half = Miner(s.model, TINY_LAYERS, k=5, per_image=2)
+    for ids, x in batches:
+        whole.update(x, ids)
+    for ids, x in batches[:2]:
+        half.update(x, ids)
+    buf = io.BytesIO()
+    torch.save(half.snapshot(), buf)                             # plain data, as a checkpoint
+    buf.seek(0)
+    again = Miner(s.model, TINY_LAYERS, k=5, per_image=2)
+    again.restore(torch.load(buf, weights_only=True))
+    for ids, x in batches[2:]:
+        again.update(x, ids)
+    for layer in TINY_LAYERS:
+        a, b = again.result()[layer], whole.result()[layer]
+        assert torch.equal(a.values, b.values) and torch.equal(a.image, b.image)
+        assert torch.equal(a.y, b.y) and torch.equal(a.x, b.x)
+    with pytest.raises(BadParameterError, match="does not mine"):
+        Miner(s.model, ["act2"], k=5).restore(half.snapshot())
+
+
 KILLED_RUN = textwrap.dedent("""
-    import sys, time
+    import sys
+    from pathlib import Path
+
+    import torch
+
     from zfwidgets import Session, get_model
     from zfwidgets.data.datasets import ImageFolder
-    from zfwidgets.backend.topk import mine
+    from zfwidgets.backend.mining import mine
 
-    class Slow(ImageFolder):
+    HANDSHAKE = 8  # batches of 2, a checkpoint after each: loading image 8, images 0-7 are saved
+
+    class Handshake(ImageFolder):
         def load(self, i):
-            time.sleep(0.25)
+            if i == HANDSHAKE:
+                (ckpt,) = Path(sys.argv[3]).glob("*.partial.pt")
+                print("checkpointed", torch.load(ckpt, weights_only=True)["next"], flush=True)
+                sys.stdin.read()  # wait to be killed (the parent never writes)
             return super().load(i)
 
     session = Session(get_model("zfnet_small", weights=sys.argv[1]))
-    mine(session, Slow(sys.argv[2]), ["features.relu2", "features.relu4"], k=4, batch_size=2,
-         cache_dir=sys.argv[3], checkpoint_every=0, workers=0, progress=False)
+    mine(session, Handshake(sys.argv[2]), ["features.relu2", "features.relu4"], k=4,
+         batch_size=2, cache_dir=sys.argv[3], checkpoint_every=0, workers=0, progress=False)
     print("finished")
 """)
 
@@ -467,26 +554,29 @@ def test_killed_process_resumes_from_checkpoint(tmp_path):
     torch.save(ZFNetSmall().state_dict(), weights)
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
-    proc = subprocess.Popen([sys.executable, str(script), str(weights), str(folder), str(cache)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen([sys.executable, str(script), str(weights), str(folder),
+                                 str(cache)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            found = list(cache.glob("*.partial.pt")) if cache.exists() else []
-            if found and torch.load(found[0], weights_only=True)["next"] >= 4:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
+        # the handshake: the child says it has checkpointed, then waits to be killed
+        readable, _, _ = select.select([proc.stdout], [], [], 120)
+        line = proc.stdout.readline() if readable else b""
+        assert line.split() == [b"checkpointed", b"8"], (line, errors.read_text()[-3000:])
+        assert proc.poll() is None
         proc.send_signal(signal.SIGKILL)  # no chance to clean up
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(30)
+        proc.stdin.close()
+    assert proc.returncode == -signal.SIGKILL
     assert b"finished" not in proc.stdout.read()
     (ckpt,) = cache.glob("*.partial.pt")
     done = torch.load(ckpt, weights_only=True)["next"]
-    assert 4 <= done < 16
+    assert done == 8
 
     from zfwidgets import get_model
 
@@ -529,16 +619,16 @@ def test_torchrun_two_processes_equal_single_process(tmp_path):
     out = tmp_path / "dist.pt"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "zfwidgets.mining_cli",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "zfwidgets.cli", "mine",
          *args, "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from zfwidgets.mining_cli import main
+    from zfwidgets.cli import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(args + ["--out", str(tmp_path / "single.pt")]) == 0
+        assert main(["mine", *args, "--out", str(tmp_path / "single.pt")]) == 0
     finally:
         torch.set_num_threads(threads)
     dist, single = load_result(out), load_result(tmp_path / "single.pt")
@@ -546,6 +636,23 @@ def test_torchrun_two_processes_equal_single_process(tmp_path):
     assert dist.skipped[0][1] == "broken.jpg"
     assert_same_result(dist, single, exact_values=False)
     assert isinstance(dist.source, ImageFolder) and len(dist.source) == 10
+
+
+def test_cli_mine_parser_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "zfwidgets.cli", "mine", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    help_text = " ".join(proc.stdout.split())
+    assert help_text.startswith("usage: zfwidgets mine")
+    for option in ("folder", "--layers", "--per-image", "--cache-dir", "--checkpoint-every",
+                   "--backend"):
+        assert option in help_text
+    assert "mining_batch_size" in help_text and "8 on a CPU" not in help_text
+    from zfwidgets.cli import main
+
+    with pytest.raises(SystemExit) as stop:                      # the folder is required
+        main(["mine"])
+    assert stop.value.code == 2
 
 
 # ----------------------------------------------------------------------------- gallery

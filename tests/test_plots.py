@@ -1,6 +1,7 @@
 """Plots: mosaic tiling, filters, deconv panel, top-k bars, headless overview and `zfwidgets render`."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,6 +233,26 @@ def test_cli_render_default_model(tmp_path, capsys):
     assert "Egyptian cat" in text or "tabby" in text or "tiger cat" in text   # chelsea's top-5
     _check_pngs(sorted(out.glob("*.png")))
     assert len(list(out.glob("*.png"))) == 4
+
+
+def test_cli_render_writes_to_a_new_temporary_folder_by_default(tmp_path, monkeypatch, capsys):
+    import re
+    import shutil
+
+    from zfwidgets.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["render", "--model", "zfnet_small", "--image", "coffee"]) == 0
+    text = capsys.readouterr().out
+    (folder,) = re.findall(r"wrote 4 figures to (.+):", text)
+    out = Path(folder)
+    try:
+        assert out.is_dir() and out.name.startswith("zfwidgets-figures-")
+        assert sorted(p.name for p in out.glob("*.png")) == sorted(
+            line.strip() for line in text.splitlines() if line.strip().endswith(".png"))
+        assert not any(tmp_path.iterdir())                 # nothing left in the working folder
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_cli_errors_and_help(tmp_path, capsys):

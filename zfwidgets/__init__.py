@@ -11,7 +11,8 @@ from .backend.experiments import (AscentResult, CorrespondenceResult, EvolutionR
                                   correspondence, diagnose_filters, feature_evolution, invariance,
                                   probe)
 from .backend.occlusion import OcclusionResult, occlusion_maps
-from .backend.topk import Gallery, LayerTopK, MiningResult, gallery, load_result, merge, mine
+from .backend.mining import LayerTopK, MiningResult, load_result, merge, mine
+from .backend.project import Gallery, gallery
 from .data import DEFAULT_SAMPLE, load_image, load_sample, sample_images
 from .data.datasets import ImageFolder, ImageList, sample_collection
 from .errors import (BadImageError, BadParameterError, Cancelled, DataError, OutOfRangeError,

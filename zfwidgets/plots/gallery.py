@@ -5,7 +5,7 @@ crops) that caused its strongest activations beside a 3x3 grid of the deconvnet 
 those activations (cropped to the same boxes), and optionally one source image with the box of
 a selected hit. Each grid is one image (a mosaic), so an update is one ``set_data`` per grid.
 
-Functions take a :class:`zfwidgets.backend.topk.Gallery` (plain data) and return or update
+Functions take a :class:`zfwidgets.backend.project.Gallery` (plain data) and return or update
 matplotlib artists; nothing here computes activations.
 """
 

@@ -20,7 +20,8 @@ import ipywidgets as W
 import traitlets as T
 
 from ..backend.rules import RULES, check_rule
-from ..backend.topk import MiningResult, gallery, mine_steps
+from ..backend.mining import MiningResult, mine_job
+from ..backend.project import gallery
 from ..data.datasets import SampleCollection, as_source
 from ..backend.defaults import mining_layers, opening_layer
 from ..plots.gallery import gallery_figure, show_source, tile_index, update_gallery
@@ -64,7 +65,7 @@ class PatchGallery(SessionView, W.VBox):
     cache_dir : path, optional
         Disk cache of mining results (see :func:`zfwidgets.mine`).
     batch_size : int, optional
-        Images per forward pass (default: :func:`zfwidgets.backend.topk.mining_batch_size`).
+        Images per forward pass (default: :func:`zfwidgets.backend.mining.mining_batch_size`).
     auto : bool, optional
         Mine without waiting for the button whenever the selected layer is not mined yet, as a
         task on the kernel's event loop (one batch per turn, so the page stays live). Outside an
@@ -287,46 +288,51 @@ class PatchGallery(SessionView, W.VBox):
             self.request_refresh()
             return None
         self.errors.clear()
+        try:  # the arguments are checked here, before any step
+            job = mine_job(self.session, self.source, layers, k=self.k, per_image=self.per_image,
+                           batch_size=self.batch_size, cache_dir=self.cache_dir)
+        except Exception as exc:
+            self.errors.show(exc)
+            return None
         self._mining = True
         self.mine_button.disabled = True
         self.progress.layout.display = None
         self.progress.value, self.progress.max = 0, max(len(self.source), 1)
         what = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
         self.status.value = f"<i>mining {html.escape(what)}&hellip;</i>"
-        steps = mine_steps(self.session, self.source, layers, k=self.k, per_image=self.per_image,
-                           batch_size=self.batch_size, cache_dir=self.cache_dir, progress=False)
-        return {"steps": steps, "what": what, "started": time.monotonic(),
+        return {"job": job, "what": what, "started": time.monotonic(),
                 "version": self.session.version}
 
     def _step(self, run):
         """Advance ``run`` by one batch: ``_RUNNING``, or the outcome (result or None)."""
+        job = run["job"]
         if self.session.version != run["version"]:  # the model changed: stop, stale
-            run["steps"].close()
+            job.close()
             self._end()
             self.request_refresh()
             return None
         try:
-            done, total, skipped = next(run["steps"])
-        except StopIteration as stop:
+            step = job.step()
+        except Exception as exc:
             self._end()
-            result = stop.value
+            self.status.value = ""
+            self.errors.show(exc)
+            return None
+        if step is None:
+            self._end()
+            result = job.result
             if self.result is None or self.result.model != result.model:
                 self.result = result
             else:
                 self.result.layers.update(result.layers)
             self.request_refresh()
             return self.result
-        except Exception as exc:
-            self._end()
-            self.status.value = ""
-            self.errors.show(exc)
-            return None
-        rate = done / max(time.monotonic() - run["started"], 1e-6)
-        self.progress.max = max(total, 1)
-        self.progress.value = done
-        extra = f", {skipped} skipped" if skipped else ""
-        self.status.value = (f"<i>mining {html.escape(run['what'])}: {done}/{total} images "
-                             f"({rate:.0f} img/s{extra})</i>")
+        rate = step.done / max(time.monotonic() - run["started"], 1e-6)
+        self.progress.max = max(step.total, 1)
+        self.progress.value = step.done
+        extra = f", {html.escape(step.note)}" if step.note else ""
+        self.status.value = (f"<i>mining {html.escape(run['what'])}: {step.done}/{step.total} "
+                             f"images ({rate:.0f} img/s{extra})</i>")
         return _RUNNING
 
     def _end(self) -> None:

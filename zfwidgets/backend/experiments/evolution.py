@@ -168,7 +168,7 @@ def feature_evolution(session, snapshots, images: Any = None,
         Hits shown per map and snapshot (the paper shows the strongest, 1).
     rule : {"deconvnet", "guided", "gradient"}
     batch_size : int, optional
-        Mining batch size (default :func:`zfwidgets.backend.topk.mining_batch_size`).
+        Mining batch size (default :func:`zfwidgets.backend.mining.mining_batch_size`).
     progress : bool
         Show a ``tqdm.auto`` bar over the snapshots.
 
@@ -187,7 +187,8 @@ def feature_evolution(session, snapshots, images: Any = None,
     """
     from ..session import Session
     from ..defaults import mining_layers
-    from ..topk import gallery, mine
+    from ..mining import mine
+    from ..project import gallery
 
     items = _snapshot_items(snapshots)
     layers = list(mining_layers(session) if layers is None else dict.fromkeys(layers))

@@ -1,0 +1,396 @@
+"""A mining run: stream a data set once through a :class:`Miner`, as a :class:`Job`.
+
+:func:`mine_job` plans a run (checks the arguments, fingerprints the model, preprocessing and
+data) and returns it as a :class:`~zfwidgets.backend.jobs.Job` that yields one
+:class:`~zfwidgets.backend.jobs.Step` per batch; :func:`mine` runs that job to the end (progress
+bar, callback). Images are loaded and preprocessed by a few threads ahead of the model; one
+forward pass per batch serves every requested layer, and unreadable items are skipped and
+counted.
+
+With a cache folder (:class:`~zfwidgets.backend.mining.store.MiningStore`) layers already mined
+are read back instead of recomputed, a long run writes a checkpoint every ``checkpoint_every``
+seconds (and when it is interrupted or closed), and a rerun resumes from it to the same result
+as one clean run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...data.datasets import ImageSource, as_source
+from ...errors import BadImageError, BadParameterError, DataError, UnknownLayerError
+from ..defaults import mining_layers
+from ..jobs import Job, Step
+from .results import LayerTopK, MiningResult, Tally, session_model_id
+from .store import MiningStore
+from .topk import Miner, check_k, check_per_image
+
+__all__ = ["CPU_BATCH_BYTES", "MiningRun", "load_batches", "mine", "mine_job",
+           "mining_batch_size"]
+
+ProgressCallback = Callable[[int, int, int], None]
+
+#: On a CPU, keep each activation tensor of a batch under this size (glibc's largest mmap
+#: threshold: a bigger block is mapped fresh, and page-faulted in again, on every batch).
+CPU_BATCH_BYTES = 32 << 20
+
+
+def mining_batch_size(session) -> int:
+    """Images per forward pass when mining with ``session``: 64 on a GPU; on a CPU, as many as
+    keep the model's largest activation under 32 MB (between 1 and 32).
+
+    On a CPU larger batches are slower per image, not faster, once a layer's output passes that
+    size: EfficientNet-Lite0 at 224 x 224 (largest activation 4.8 MB per image, so batch 6)
+    measured 41-44 images/s at batch 1-4, 35 at batch 8-16 and 18-20 at batch 32-64 on the
+    2-core development machine.
+    """
+    if session.device.type == "cuda":
+        return 64
+    itemsize = session.input_tensor.element_size()
+    largest = max((int(np.prod(info.shape)) * itemsize for info in session.layer_table()),
+                  default=0)
+    return int(min(32, max(1, CPU_BATCH_BYTES // max(1, largest))))
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+# ============================================================================ data loading
+
+def _prepare(source: ImageSource, preprocessing, index: int):
+    try:
+        return index, preprocessing(source.load(index))[0], None
+    except BadImageError as exc:
+        return index, None, str(exc)
+
+
+def load_batches(source: ImageSource, preprocessing, ids: Sequence[int], start: int,
+                 batch_size: int, workers: int) -> Iterator[tuple[int, list]]:
+    """Load and preprocess ``ids[start:]`` batch by batch, ``workers`` threads ahead.
+
+    Yields
+    ------
+    (int, list)
+        ``end``, the position after the batch, and the batch as ``(id, tensor, None)`` for a
+        readable item or ``(id, None, reason)`` for one that is not an image.
+    """
+    spans = ((p, min(p + batch_size, len(ids))) for p in range(start, len(ids), batch_size))
+    if workers <= 0:
+        for lo, hi in spans:
+            yield hi, [_prepare(source, preprocessing, ids[j]) for j in range(lo, hi)]
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfwidgets-mine")
+    pending: deque = deque()
+    todo = iter(spans)
+    try:
+        while True:
+            while len(pending) < 2:  # keep two batches in flight ahead of the model
+                span = next(todo, None)
+                if span is None:
+                    break
+                lo, hi = span
+                pending.append((hi, [pool.submit(_prepare, source, preprocessing, ids[j])
+                                     for j in range(lo, hi)]))
+            if not pending:
+                return
+            hi, futures = pending.popleft()
+            yield hi, [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ============================================================================ the run
+
+def _check_layers(session, layers) -> list[str]:
+    if layers is None:
+        layers = mining_layers(session)
+    elif isinstance(layers, str):
+        layers = [layers]
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise BadParameterError("no layers to mine")
+    known = session.layers
+    for layer in layers:
+        if layer not in known:
+            raise UnknownLayerError(layer, known)
+    return layers
+
+
+def _check_shard(shard) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    rank, world = (int(v) for v in shard)
+    if world < 1 or not 0 <= rank < world:
+        raise BadParameterError(f"shard must be (rank, world_size) with 0 <= rank < "
+                                f"world_size, got {shard!r}")
+    return rank, world
+
+
+@dataclass
+class MiningRun:
+    """One mining pass, planned: what to mine, over which data, how, and where it is cached.
+
+    Build it with :meth:`plan` (which checks the arguments); :meth:`job` runs it.
+
+    Attributes
+    ----------
+    session : Session
+    source : ImageSource
+    layers : list of str
+    k : int
+    per_image : int or None
+    batch_size : int
+    workers : int
+        Image-loading threads (0: in the caller's thread).
+    shard : (int, int) or None
+    checkpoint_every : float
+        Seconds between checkpoints (with a store).
+    model, preprocessing : str
+        Model id and preprocessing fingerprint the result records.
+    data : str or None
+        Data fingerprint.
+    store : MiningStore or None
+        The cache folder.
+    tally : Tally
+        Images mined and items skipped so far (updated as the run goes).
+    """
+
+    session: Any
+    source: ImageSource
+    layers: list[str]
+    k: int
+    per_image: int | None
+    batch_size: int
+    workers: int
+    shard: tuple[int, int] | None
+    checkpoint_every: float
+    model: str
+    preprocessing: str
+    data: str | None
+    store: MiningStore | None = None
+    tally: Tally = field(default_factory=Tally)
+
+    @classmethod
+    def plan(cls, session, images: Any = None, layers: str | Sequence[str] | None = None,
+             k: int = 9, per_image: int | None = 1, *, batch_size: int | None = None,
+             cache_dir: str | os.PathLike | None = None, shard: tuple[int, int] | None = None,
+             workers: int | None = None, checkpoint_every: float = 60.0) -> MiningRun:
+        """Check the arguments of :func:`mine` and plan the run (nothing is mined yet)."""
+        source = as_source(images)
+        if len(source) == 0:
+            raise DataError(f"{source!r} holds no images")
+        layers = _check_layers(session, layers)
+        k, per_image, shard = check_k(k), check_per_image(per_image), _check_shard(shard)
+        if batch_size is None:
+            batch_size = mining_batch_size(session)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise BadParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+        run = cls(session=session, source=source, layers=layers, k=k, per_image=per_image,
+                  batch_size=int(batch_size),
+                  workers=_default_workers() if workers is None else max(0, int(workers)),
+                  shard=shard, checkpoint_every=float(checkpoint_every),
+                  model=session_model_id(session),
+                  preprocessing=session.preprocessing.fingerprint(), data=source.fingerprint())
+        if cache_dir is not None and run.data is None:
+            warnings.warn(f"{source!r} has no fingerprint, so results are not cached on disk; "
+                          "give DatasetSource(dataset, fingerprint=...) one", stacklevel=3)
+        elif cache_dir is not None:
+            run.store = MiningStore(cache_dir, model=run.model, k=k, per_image=per_image,
+                                    preprocessing=run.preprocessing, data=run.data, shard=shard)
+        return run
+
+    @property
+    def ids(self) -> range:
+        """The global image ids this run mines (its shard's)."""
+        n = len(self.source)
+        return range(self.shard[0], n, self.shard[1]) if self.shard else range(n)
+
+    @property
+    def what(self) -> str:
+        """What the run does, for progress bars."""
+        return f"mining {self.layers[0]}" if len(self.layers) == 1 else \
+            f"mining {len(self.layers)} layers"
+
+    def job(self) -> Job[MiningResult]:
+        """The run as a :class:`~zfwidgets.backend.jobs.Job`: one step per batch."""
+        return Job(self.steps(), what=self.what, unit="img")
+
+    def steps(self) -> Generator[Step, None, MiningResult]:
+        """The run as a generator of steps (cached layers are read, the others mined in one
+        pass); returns the :class:`MiningResult`."""
+        found: dict[str, LayerTopK] = {}
+        if self.store is not None:
+            for layer in self.layers:
+                hit = self.store.load_layer(layer)
+                if hit is not None:
+                    found[layer] = LayerTopK.from_state(hit[0])
+                    self.tally = Tally.from_state(hit[1])
+        todo = [layer for layer in self.layers if layer not in found]
+        if todo:
+            found.update((yield from self._stream(todo)))
+        else:
+            seen = self.tally.n_images + self.tally.n_skipped
+            yield Step(seen, seen, note=self._note())
+        return MiningResult(layers={layer: found[layer] for layer in self.layers}, k=self.k,
+                            per_image=self.per_image, n_images=self.tally.n_images,
+                            n_skipped=self.tally.n_skipped, skipped=list(self.tally.skipped),
+                            source=self.source, source_spec=self.source.spec(),
+                            model=self.model, preprocessing=self.preprocessing, data=self.data,
+                            shard=self.shard)
+
+    def _note(self) -> str:
+        return f"{self.tally.n_skipped} skipped" if self.tally.n_skipped else ""
+
+    @property
+    def _device(self) -> torch.device:
+        return getattr(self.session, "device", None) or torch.device("cpu")
+
+    def _stream(self, layers: list[str]) -> Generator[Step, None, dict[str, LayerTopK]]:
+        """One pass over the data for ``layers``, with checkpoints and, at the end, files."""
+        miner = Miner(self.session.model, layers, self.k, self.per_image, self.session.layers)
+        position = self._resume(miner, layers)
+        saved_at, last_save, total = position, time.monotonic(), len(self.ids)
+
+        def checkpoint() -> None:
+            self.store.save_checkpoint(layers, {"next": position, **miner.snapshot(),
+                                                **self.tally.to_state()})
+
+        try:
+            with contextlib.closing(load_batches(self.source, self.session.preprocessing,
+                                                 self.ids, position, self.batch_size,
+                                                 self.workers)) as batches:
+                for end, prepared in batches:
+                    self._feed(miner, prepared)
+                    position = end
+                    yield Step(position, total, note=self._note())
+                    if self.store is not None and position < total and \
+                            time.monotonic() - last_save >= self.checkpoint_every:
+                        checkpoint()
+                        saved_at, last_save = position, time.monotonic()
+        except BaseException:  # an error, an interrupt or a closed job: keep what was done
+            if self.store is not None and position > saved_at:
+                with contextlib.suppress(Exception):
+                    checkpoint()
+            raise
+        if not miner.shapes:  # no readable image at all: shapes from one blank pass
+            h, w = self.session.preprocessing.size
+            miner.learn_shapes(torch.zeros(1, 3, h, w, device=self._device))
+        results = miner.result()
+        if self.store is not None:
+            self.store.save_layers({layer: results[layer].to_state() for layer in layers},
+                                   self.tally.to_state())
+            self.store.drop_checkpoint(layers)
+        return results
+
+    def _resume(self, miner: Miner, layers: list[str]) -> int:
+        """Start afresh, or from the store's checkpoint: the position to go on from."""
+        self.tally = Tally()
+        state = self.store.load_checkpoint(layers) if self.store is not None else None
+        if state is None:
+            return 0
+        miner.restore(state)
+        self.tally = Tally.from_state(state)
+        return int(state["next"])
+
+    def _feed(self, miner: Miner, prepared: list) -> None:
+        good = [(i, x) for i, x, err in prepared if err is None]
+        if good:
+            miner.update(torch.stack([x for _, x in good]).to(self._device),
+                         [i for i, _ in good])
+        self.tally.add(len(good), [(i, self.source.name(i), err)
+                                   for i, _, err in prepared if err is not None])
+
+
+# ============================================================================ entry points
+
+def mine_job(session, images: Any = None, layers: str | Sequence[str] | None = None,
+             k: int = 9, per_image: int | None = 1, *, batch_size: int | None = None,
+             cache_dir: str | os.PathLike | None = None, shard: tuple[int, int] | None = None,
+             workers: int | None = None, checkpoint_every: float = 60.0) -> Job[MiningResult]:
+    """:func:`mine` as a :class:`~zfwidgets.backend.jobs.Job`: one step per batch.
+
+    Each :class:`~zfwidgets.backend.jobs.Step` counts images (``done`` of ``total``; a resumed
+    run starts above 0) and notes the items skipped so far (``"3 skipped"``). ``job.run()``
+    returns the :class:`MiningResult`; a caller on an event loop (a widget) calls
+    ``job.step()`` between other work. Closing the job early keeps a checkpoint (with
+    ``cache_dir``). Arguments as for :func:`mine`; they are checked now, before any step.
+    """
+    return MiningRun.plan(session, images, layers, k, per_image, batch_size=batch_size,
+                          cache_dir=cache_dir, shard=shard, workers=workers,
+                          checkpoint_every=checkpoint_every).job()
+
+
+def mine(session, images: Any = None, layers: str | Sequence[str] | None = None, k: int = 9,
+         per_image: int | None = 1, *, batch_size: int | None = None,
+         cache_dir: str | os.PathLike | None = None,
+         progress: bool = True, shard: tuple[int, int] | None = None, workers: int | None = None,
+         checkpoint_every: float = 60.0, on_progress: ProgressCallback | None = None
+         ) -> MiningResult:
+    """Stream a data set once and keep, per channel of each layer, the ``k`` strongest hits.
+
+    Parameters
+    ----------
+    session : Session
+        Gives the model, its preprocessing and its layer ids.
+    images : None, folder path, list of images, torch Dataset or ImageSource
+        See :func:`zfwidgets.data.as_source`; ``None`` is the offline sample collection.
+    layers : str or sequence of str, optional
+        Layer ids; default :func:`~zfwidgets.backend.defaults.mining_layers`.
+    k : int
+        Hits kept per channel.
+    per_image : int or None
+        At most this many hits per image and channel (1: the image's strongest position, as in
+        the paper); ``None``: no limit.
+    batch_size : int, optional
+        Images per forward pass; default :func:`mining_batch_size` for the session's device
+        (results do not depend on it).
+    cache_dir : path, optional
+        Where results and checkpoints are kept. ``None``: no disk cache.
+    progress : bool
+        Show a ``tqdm.auto`` progress bar (images/s, skipped count).
+    shard : (rank, world_size), optional
+        Mine only items ``rank, rank + world_size, ...`` (ids stay global); merge the shards
+        with :func:`~zfwidgets.merge`.
+    workers : int, optional
+        Threads that load and preprocess images ahead of the model (0: in the main thread).
+    checkpoint_every : float
+        Seconds between checkpoints of a run (with ``cache_dir``).
+    on_progress : callable, optional
+        ``on_progress(done, total, skipped)`` after every batch (for widgets).
+
+    Returns
+    -------
+    MiningResult
+
+    See Also
+    --------
+    mine_job : the same as a job, one step per batch (for event loops).
+
+    Raises
+    ------
+    UnknownLayerError
+        A layer id is not one of the session's.
+    BadParameterError
+        Bad ``k``, ``per_image``, ``batch_size`` or ``shard``.
+    DataError
+        ``images`` cannot be used as a collection of images.
+    """
+    run = MiningRun.plan(session, images, layers, k, per_image, batch_size=batch_size,
+                         cache_dir=cache_dir, shard=shard, workers=workers,
+                         checkpoint_every=checkpoint_every)
+    report = None if on_progress is None else \
+        (lambda step: on_progress(step.done, step.total, run.tally.n_skipped))
+    return run.job().run(progress=progress, on_step=report)

@@ -1,0 +1,145 @@
+"""``zfwidgets explore``: serve the explorer as a web app (Voila) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import DEFAULT_MODEL, check_inputs, fail, kernel_env, model_names, one_cell_notebook
+
+__all__ = ["DEFAULT_PORT", "add_parser", "explorer_notebook", "run"]
+
+DEFAULT_PORT = 8866
+
+_EXPLORER_CODE = """\
+# The zfwidgets explorer, as served by `zfwidgets explore` (options come from the environment).
+import os
+
+from zfwidgets.cli import open_session
+from zfwidgets.widgets import Explorer
+
+Explorer(open_session(os.environ.get("ZFWIDGETS_MODEL") or "efficientnet_lite0",
+                      os.environ.get("ZFWIDGETS_IMAGE") or None))
+"""
+
+
+def explorer_notebook(path: str | os.PathLike) -> Path:
+    """Write the one-cell notebook that ``zfwidgets explore`` serves with Voila.
+
+    The cell reads the model name and image path from the ``ZFWIDGETS_MODEL`` and
+    ``ZFWIDGETS_IMAGE`` environment variables, which the kernel inherits from the server.
+    """
+    return one_cell_notebook(path, _EXPLORER_CODE)
+
+
+def add_parser(sub) -> None:
+    """Add the ``explore`` command to the ``zfwidgets`` subparsers."""
+    p = sub.add_parser("explore", help="serve the interactive explorer (Voila) on 127.0.0.1",
+                       description="Serve the explorer as a web app with Voila on 127.0.0.1 and "
+                                   "print its URL. Ctrl-C stops it.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name ({model_names()}); "
+                   f"default {DEFAULT_MODEL} (offline, ImageNet weights)")
+    p.add_argument("--image", help="image file, or a sample photo's name (chelsea, coffee, "
+                   "astronaut ...), to start with; default chelsea")
+    p.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}, or a free one)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    p.set_defaults(run=run)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def _pick_port(asked: int | None) -> int | str:
+    """The port to serve on, or a message saying why ``asked`` cannot be used."""
+    if asked is None:
+        return DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+    if not 0 < asked < 65536:
+        return f"--port must be between 1 and 65535, got {asked}"
+    if not _port_free(asked):
+        return (f"port {asked} on 127.0.0.1 is already in use; pick another with --port, or "
+                "leave it out to get a free one")
+    return asked
+
+
+def run(args) -> int:
+    """Run ``zfwidgets explore``; returns the exit status."""
+    bad = check_inputs(args)
+    if bad is not None:
+        return bad
+    if importlib.util.find_spec("voila") is None:
+        return fail("the explorer app needs Voila: pip install voila")
+    port = _pick_port(args.port)
+    if isinstance(port, str):
+        return fail(port)
+
+    folder = Path(tempfile.mkdtemp(prefix="zfwidgets-explore-"))
+    notebook = explorer_notebook(folder / "zfwidgets explorer.ipynb")
+    env = kernel_env(args.model, args.image, os.environ)
+    cmd = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
+           "--Voila.ip=127.0.0.1", "--Voila.root_dir=" + str(folder),
+           "--VoilaConfiguration.show_tracebacks=True"]
+    # Same process group as this command: Ctrl-C in a terminal, or killing the group, stops both.
+    proc = subprocess.Popen(cmd, env=env, cwd=folder, stdin=subprocess.DEVNULL)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        if not _wait_for_port(port, proc, timeout=120):
+            code = proc.poll()
+            return fail(f"Voila did not start (exit code {code}); see its messages above")
+        url = f"http://127.0.0.1:{port}/"
+        print(f"zfwidgets explorer ({args.model}) at {url}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        if not args.no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        return proc.wait()
+    except KeyboardInterrupt:
+        print("\nstopping the explorer", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
