@@ -405,7 +405,7 @@ def test_explore_one_liner_and_optional_tabs(shared):
 
 def test_canvas_frames_rebuild_the_figure():
     """The frames sent to the browser (full, then diffs) add up to the figure's pixels."""
-    from zfwidgets.widgets.base import canvas_figure
+    from zfwidgets.widgets.canvas import canvas_figure
 
     fig = canvas_figure(2.0, 1.5, dpi=50)
     ax = fig.add_axes((0, 0, 1, 1))
