@@ -68,6 +68,7 @@ class Explorer(MapView):
 
     def __init__(self, session: Session | None = None, *, layer: str | None = None,
                  channel: int | None = None, rule: str = "deconvnet", **kwargs):
+        tabs, missing = _optional_tabs()  # before anything is built: a broken tab raises here
         super().__init__(session if session is not None else Session(), **kwargs)
         # The explorer hears about model changes before its views (see session_changed).
         self.listen()
@@ -89,21 +90,13 @@ class Explorer(MapView):
         self.link((self, "rule"), (self.deconv, "rule"))
 
         self.extra: dict = {}
-        self.missing_tabs: dict = {}
-        self._tab_specs = []
+        self.missing_tabs: dict = missing
+        self._tab_specs = tabs
         pages = [W.HBox([self.grid, self.deconv],
                         layout=W.Layout(flex_flow="row wrap", align_items="flex-start",
                                         grid_gap="12px"))]
-        titles = ["Feature maps"]
-        for title, module, cls, options in OPTIONAL_TABS:
-            factory, missing = _optional(module, cls)
-            if factory is None:
-                self.missing_tabs[title] = missing
-                continue
-            self._tab_specs.append((title, (factory, options)))
-            pages.append(W.VBox([W.HTML(f"<i>{title}: opening&hellip;</i>")]))
-            titles.append(title)
-        self.tabs = W.Tab(children=pages, titles=titles)
+        pages += [W.VBox([W.HTML(f"<i>{title}: opening&hellip;</i>")]) for title, _ in tabs]
+        self.tabs = W.Tab(children=pages, titles=["Feature maps"] + [title for title, _ in tabs])
         self.tabs.observe(self._tab_selected, names="selected_index")
 
         header = W.HTML("<div style='font-size:15px;font-weight:600;margin:2px 0 4px'>"
@@ -212,6 +205,19 @@ class Explorer(MapView):
         if shared is not None:
             shared.close()
         super().close()
+
+
+def _optional_tabs() -> tuple[list, dict]:
+    """The :data:`OPTIONAL_TABS` that can be shown, ``[(title, (class, options))]``, and the
+    reasons of those left out, ``{title: reason}``."""
+    tabs, missing = [], {}
+    for title, module, cls, options in OPTIONAL_TABS:
+        factory, reason = _optional(module, cls)
+        if factory is None:
+            missing[title] = reason
+        else:
+            tabs.append((title, (factory, options)))
+    return tabs, missing
 
 
 def _optional(module: str, cls: str):
