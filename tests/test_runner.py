@@ -42,10 +42,17 @@ def counting(n, log, name="job", fail_at=None, skipped=0):
 
 
 class Recorder:
-    """Callbacks of a runner, in the order they came."""
+    """A runner (with an error box) whose callbacks record what came, in order."""
 
-    def __init__(self):
+    def __init__(self, session=None, **kwargs):
         self.events = []
+        self.errors = ErrorBox()
+        self.runner = Runner(session, errors=self.errors, on_step=self.step, on_end=self.end,
+                             **kwargs)
+
+    def start(self, job):
+        self.runner.start(job, on_done=self.done)
+        return job
 
     def step(self, step):
         self.events.append(("step", step.done, step.total, step.note))
@@ -57,54 +64,46 @@ class Recorder:
         self.events.append(("done", result))
 
 
-def runner_with(rec, session=None, **kwargs):
-    errors = ErrorBox()
-    runner = Runner(session, errors=errors, on_step=rec.step, on_end=rec.end, **kwargs)
-    return runner, errors
+async def turns(n):
+    """Let the event loop turn ``n`` times."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 def test_steps_arrive_over_several_loop_turns():
     rec, log = Recorder(), []
 
     async def scenario():
-        runner, errors = runner_with(rec)
-        job = counting(3, log, skipped=2)
-        runner.start(job, on_done=rec.done)
-        assert runner.running and runner.job is job
+        job = rec.start(counting(3, log, skipped=2))
+        assert rec.runner.running and rec.runner.job is job
         assert log == [] and rec.events == []          # nothing before the loop turns
-        await asyncio.sleep(0)
+        await turns(1)
         assert log == [("job", 0)]                     # one step per turn
         assert rec.events == [("step", 1, 3, "2 skipped")]
-        await asyncio.sleep(0)
+        await turns(1)
         assert log == [("job", 0), ("job", 1)]
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return runner, errors
+        await turns(3)
 
-    runner, errors = asyncio.run(scenario())
+    asyncio.run(scenario())
     assert rec.events == [("step", 1, 3, "2 skipped"), ("step", 2, 3, "2 skipped"),
                           ("step", 3, 3, "2 skipped"), ("end", "job"), ("done", "job result")]
-    assert log[-1] == ("job", "closed") and not runner.running and errors.message == ""
+    assert log[-1] == ("job", "closed") and not rec.runner.running
+    assert rec.errors.message == ""
 
 
 def test_a_newer_job_closes_the_older():
     rec, log = Recorder(), []
 
     async def scenario():
-        runner, _ = runner_with(rec)
-        old = counting(50, log, "old")
-        runner.start(old, on_done=rec.done)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        new = counting(2, log, "new")
-        runner.start(new, on_done=rec.done)
+        old = rec.start(counting(50, log, "old"))
+        await turns(2)
+        new = rec.start(counting(2, log, "new"))
         assert old.closed and not old.done             # closed at once, half way
         assert ("old", "closed") in log
-        for _ in range(5):
-            await asyncio.sleep(0)
-        return runner, old, new
+        await turns(5)
+        return new
 
-    runner, old, new = asyncio.run(scenario())
+    new = asyncio.run(scenario())
     assert [e for e in log if e[0] == "old"] == [("old", 0), ("old", 1), ("old", "closed")]
     assert new.done and new.result == "new result"
     # the superseded job hands the display on: no "end" and no result of its own
@@ -117,74 +116,62 @@ def test_an_error_goes_to_the_error_box():
     rec, log = Recorder(), []
 
     async def scenario():
-        runner, errors = runner_with(rec)
-        runner.start(counting(5, log, "bad", fail_at=2), on_done=rec.done)
-        for _ in range(6):
-            await asyncio.sleep(0)
-        return runner, errors
+        rec.start(counting(5, log, "bad", fail_at=2))
+        await turns(6)
 
-    runner, errors = asyncio.run(scenario())
-    assert errors.message == "RuntimeError: bad broke at 2"
-    assert errors.layout.display is None and "RuntimeError" in errors.details
+    asyncio.run(scenario())
+    assert rec.errors.message == "RuntimeError: bad broke at 2"
+    assert rec.errors.layout.display is None and "RuntimeError" in rec.errors.details
     assert rec.events == [("step", 1, 5, ""), ("step", 2, 5, ""), ("end", "bad")]
-    assert log[-1] == ("bad", "closed") and not runner.running
+    assert log[-1] == ("bad", "closed") and not rec.runner.running
 
 
 def test_a_job_whose_session_changed_is_dropped():
-    rec, log = Recorder(), []
     session = FakeSession()
+    rec, log = Recorder(session), []
 
     async def scenario():
-        runner, errors = runner_with(rec, session)
-        job = counting(10, log, "stale")
-        runner.start(job, on_done=rec.done)
-        await asyncio.sleep(0)
+        job = rec.start(counting(10, log, "stale"))
+        await turns(1)
         session.version += 1                           # a new image while the job runs
-        for _ in range(4):
-            await asyncio.sleep(0)
-        assert job.closed and not runner.running
-        runner.start(counting(1, log, "fresh"), on_done=rec.done)   # the next one runs
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return errors
+        await turns(4)
+        assert job.closed and not rec.runner.running
+        rec.start(counting(1, log, "fresh"))           # the next one runs
+        await turns(3)
 
-    errors = asyncio.run(scenario())
+    asyncio.run(scenario())
     assert [e for e in log if e[0] == "stale"] == [("stale", 0), ("stale", "closed")]
     assert rec.events == [("step", 1, 10, ""), ("end", "stale"),
                           ("step", 1, 1, ""), ("end", "fresh"), ("done", "fresh result")]
-    assert errors.message == ""
+    assert rec.errors.message == ""
 
 
 def test_cancel_stops_the_job_and_ends_it():
     rec, log = Recorder(), []
 
     async def scenario():
-        runner, _ = runner_with(rec)
-        job = counting(10, log, "long")
-        runner.start(job, on_done=rec.done)
-        await asyncio.sleep(0)
-        runner.cancel()                                # a cancel button
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return runner, job
+        job = rec.start(counting(10, log, "long"))
+        await turns(1)
+        rec.runner.cancel()                            # a cancel button
+        await turns(3)
+        return job
 
-    runner, job = asyncio.run(scenario())
-    assert job.closed and not runner.running
+    job = asyncio.run(scenario())
+    assert job.closed and not rec.runner.running
     assert log == [("long", 0), ("long", "closed")]
     assert rec.events == [("step", 1, 10, ""), ("end", "long")]
 
 
 def test_without_a_loop_the_job_runs_at_once():
-    rec, log = Recorder(), []
-    runner, errors = runner_with(rec, FakeSession())
-    runner.start(counting(3, log), on_done=rec.done)
+    rec, log = Recorder(FakeSession()), []
+    rec.start(counting(3, log))
     assert rec.events == [("step", 1, 3, ""), ("step", 2, 3, ""), ("step", 3, 3, ""),
                           ("end", "job"), ("done", "job result")]
-    assert not runner.running and log[-1] == ("job", "closed")
+    assert not rec.runner.running and log[-1] == ("job", "closed")
 
     rec.events.clear()                                 # errors: shown, the runner free again
-    runner.start(counting(3, log, "bad", fail_at=1), on_done=rec.done)
-    assert errors.message == "RuntimeError: bad broke at 1" and not runner.running
+    rec.start(counting(3, log, "bad", fail_at=1))
+    assert rec.errors.message == "RuntimeError: bad broke at 1" and not rec.runner.running
     assert rec.events == [("step", 1, 3, ""), ("end", "bad")]
 
     with pytest.raises(RuntimeError, match="broke at 0"):   # no error box: raised
@@ -207,11 +194,10 @@ def test_at_once_a_newer_job_started_from_a_step_wins():
 
 
 def test_background_false_runs_at_once_inside_a_loop():
-    rec = Recorder()
+    rec = Recorder(background=False)
 
     async def scenario():
-        runner, _ = runner_with(rec, background=False)
-        runner.start(counting(2, []), on_done=rec.done)
+        rec.start(counting(2, []))
         return list(rec.events)
 
     assert asyncio.run(scenario())[-1] == ("done", "job result")
@@ -219,13 +205,12 @@ def test_background_false_runs_at_once_inside_a_loop():
 
 def test_a_failing_callback_shows_its_error():
     rec = Recorder()
-    runner, errors = runner_with(rec)
 
     def show(result):
         raise ValueError(f"cannot draw {result}")
 
-    runner.start(counting(1, []), on_done=show)
-    assert errors.message == "ValueError: cannot draw job result"
+    rec.runner.start(counting(1, []), on_done=show)
+    assert rec.errors.message == "ValueError: cannot draw job result"
     assert rec.events[-1] == ("end", "job")
 
 
@@ -240,10 +225,9 @@ def test_a_view_stops_its_runner_when_closed():
         assert runner.session is session and runner.errors is view.errors
         job = counting(10, log, "view job")
         runner.start(job, on_done=rec.done)
-        await asyncio.sleep(0)
+        await turns(1)
         view.close()
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await turns(3)
         return job
 
     job = asyncio.run(scenario())
