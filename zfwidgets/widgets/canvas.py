@@ -68,7 +68,20 @@ def canvas_figure(width: float, height: float, dpi: float = 100) -> Figure:
     """A matplotlib figure drawn by an ipympl canvas widget (``fig.canvas``).
 
     The canvas has no header, footer or toolbar (clicks select things here, they do not pan)
-    and a fixed size of ``width`` x ``height`` inches.
+    and a fixed size. A view makes its figures with :meth:`View.new_figure
+    <zfwidgets.widgets.base.View.new_figure>`, which closes them with the view.
+
+    Parameters
+    ----------
+    width, height : float
+        Size in inches.
+    dpi : float
+        Pixels per inch (the canvas is ``width * dpi`` x ``height * dpi`` pixels).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Outside pyplot's registry; close it with :func:`close_figure`.
     """
     from ipympl.backend_nbagg import FigureManager
 
@@ -103,7 +116,13 @@ def _keep_fixed_size(canvas, content, buffers) -> None:
 
 
 def close_figure(fig: Figure | None) -> None:
-    """Close a figure made by :func:`canvas_figure`: its canvas and toolbar widgets too."""
+    """Close a figure made by :func:`canvas_figure`: its canvas and toolbar widgets too.
+
+    Parameters
+    ----------
+    fig : Figure or None
+        ``None`` does nothing.
+    """
     if fig is None:
         return
     canvas = fig.canvas
