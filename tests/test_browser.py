@@ -56,7 +56,7 @@ def test_explorer_renders(page):
     from PIL import Image
 
     shown = np.asarray(Image.open(io.BytesIO(grid)).convert("L"))
-    assert shown.shape == (460, 460)                  # the whole grid figure (4.6 in, 100 dpi)
+    assert abs(shown.shape[0] - 460) <= 2 and abs(shown.shape[1] - 460) <= 2  # 4.6 in, 100 dpi
     assert len(np.unique(shown)) > 32                 # showing maps, not a flat canvas
     assert "480 maps 14×14" in page.locator(".zf-grid").inner_text()
     assert "blocks.7.depthwise.act" in page.locator(".zf-layer-selector select").input_value() \
