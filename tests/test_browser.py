@@ -51,7 +51,13 @@ def test_explorer_renders(page):
     grid = wait_canvas_painted(page, grid_canvas(page), timeout=240)
     wait_canvas_painted(page, deconv_canvas(page), timeout=60)
     wait_canvas_painted(page, page.locator(f".zf-top5 {CANVAS}"), timeout=60)
-    assert grid
+    import io
+
+    from PIL import Image
+
+    shown = np.asarray(Image.open(io.BytesIO(grid)).convert("L"))
+    assert abs(shown.shape[0] - 460) <= 2 and abs(shown.shape[1] - 460) <= 2  # 4.6 in, 100 dpi
+    assert len(np.unique(shown)) > 32                 # showing maps, not a flat canvas
     assert "480 maps 14×14" in page.locator(".zf-grid").inner_text()
     assert "blocks.7.depthwise.act" in page.locator(".zf-layer-selector select").input_value() \
         or "blocks.7.depthwise.act" in page.locator(".zf-layer-selector").inner_text()

@@ -49,7 +49,9 @@ def slider(page, k: int):
 
 def test_panel_paints(page):
     png = wait_canvas_painted(page, canvas(page), timeout=240)
-    assert png
+    shown = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    assert abs(shown.shape[0] - 279) <= 2 and abs(shown.shape[1] - 990) <= 2  # 11 x 3.1 in, 90 dpi
+    assert len(np.unique(shown)) > 32                 # showing the panels, not a flat canvas
     page.locator(".zf-occlusion-top5", has_text="top-5 with the occluder").wait_for(
         timeout=60_000)
     assert page.locator(".zf-error:visible").count() == 0

@@ -194,7 +194,8 @@ def test_auto_mining_runs_as_a_task_with_progress_and_follows_the_model():
             assert g._mining and not g.mined()  # started, not done: the loop runs it
             assert "mining" in g.status.value
             await until_mined(g)
-            assert g.layer == "features.relu2" and g.current is not None
+            assert g.layer == g.current.layer == "features.relu2"
+            assert g.current.channel == g.channel and len(g.current) == 9
             assert steps[-1] == 12 and len(steps) >= 3  # one step per batch of 4
             assert "over 12 images" in g.status.value
             assert not g.mined("features.conv2")
@@ -205,7 +206,9 @@ def test_auto_mining_runs_as_a_task_with_progress_and_follows_the_model():
             s.set_model("zfnet_small", weights=None)  # new weights: results are stale
             assert g.result is None
             await until_mined(g)  # mined again for the new model
-            assert g.result.model != old.model and g.current is not None
+            assert g.result.model != old.model
+            assert g.current.layer == g.layer  # drawn from the new result:
+            assert g.current.image_ids == g.result[g.layer].image[g.channel].tolist()
         finally:
             g.close()
         return g

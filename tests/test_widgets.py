@@ -404,9 +404,37 @@ def test_explore_one_liner_and_optional_tabs(shared):
     ex.close()
 
 
+def test_only_a_missing_package_leaves_a_tab_out(shared, tmp_path, monkeypatch):
+    """A tab whose module needs an uninstalled package is left out, with the reason; any other
+    error importing a tab's module (a bug) surfaces instead of hiding the tab."""
+    import zfwidgets.widgets.explorer as E
+
+    (tmp_path / "zf_tab_needs_pkg.py").write_text("import zf_no_such_package\n")
+    (tmp_path / "zf_tab_broken.py").write_text("x = 1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ZeroDivisionError):
+        E._optional("zf_tab_broken", "View")
+    with pytest.raises(ModuleNotFoundError, match="zfwidgets.widgets.no_such_tab"):
+        E._optional("zfwidgets.widgets.no_such_tab", "View")
+    with pytest.raises(AttributeError, match="NoSuchView"):
+        E._optional("zfwidgets.widgets.grid", "NoSuchView")
+    assert E._optional("zfwidgets.widgets.grid", "FeatureMapGrid") == (FeatureMapGrid, None)
+
+    monkeypatch.setattr(E, "OPTIONAL_TABS", (("Needs", "zf_tab_needs_pkg", "View", {}),)
+                        + E.OPTIONAL_TABS)
+    ex = Explorer(shared)
+    assert "Needs" not in ex.tabs.titles and list(ex.tabs.titles)[1:] == \
+        [title for title, *_ in E.OPTIONAL_TABS[1:]]
+    assert "'zf_no_such_package'" in ex.missing_tabs["Needs"]
+    ex.close()
+    monkeypatch.setattr(E, "OPTIONAL_TABS", (("Broken", "zf_tab_broken", "View", {}),))
+    with pytest.raises(ZeroDivisionError):
+        Explorer(shared)
+
+
 def test_canvas_frames_rebuild_the_figure():
     """The frames sent to the browser (full, then diffs) add up to the figure's pixels."""
-    from zfwidgets.widgets.base import canvas_figure
+    from zfwidgets.widgets.canvas import canvas_figure
 
     fig = canvas_figure(2.0, 1.5, dpi=50)
     ax = fig.add_axes((0, 0, 1, 1))

@@ -4,10 +4,16 @@ Every view takes the session as its first argument, keeps its state in traits (`
 ``channel`` ...), redraws in place when the session's image or model changes, and shows errors
 inside itself. :class:`Explorer` puts them together; :func:`explore` is the one-liner.
 
+Modules: ``canvas`` (ipympl figures outside pyplot), ``base`` (the view skeleton every view
+subclasses), ``runner`` (long jobs stepped from the kernel's event loop), then one module per
+view (``selector``, ``grid``, ``deconv``, ``images``, ``occlusion``, ``gallery``) and
+``explorer``, which combines them.
+
 Importing this package needs no display and no running kernel.
 """
 
-from .base import ErrorBox, canvas_figure, close_figure
+from .base import ErrorBox
+from .canvas import canvas_figure, close_figure
 from .deconv import DeconvView
 from .explorer import Explorer, explore
 from .grid import FeatureMapGrid

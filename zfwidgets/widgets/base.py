@@ -1,120 +1,34 @@
-"""Shared pieces of the widgets: ipympl figures outside pyplot, error display, request tokens.
+"""The view skeleton: what every widget over a Session has, so that a view holds only what it draws.
 
-Figures are made with :class:`matplotlib.figure.Figure` and given an ipympl canvas directly, so
-they work whatever matplotlib backend the notebook uses (``%matplotlib widget`` or not), never
-enter pyplot's figure registry, and are closed with :func:`close_figure` when a view is closed.
+* :class:`View` owns the session, an :class:`ErrorBox`, request tokens (:class:`Requests`), the
+  figures, links and runners it makes (closed or removed by :meth:`View.close`), batched
+  refreshes (:meth:`View.hold` / :meth:`View.release`: several traits, one redraw) and the
+  reaction to the session's changes (override :meth:`View.session_changed`).
+* :class:`LayerView` adds the validated ``layer`` trait, :class:`MapView` the ``channel`` trait
+  of one feature map of that layer.
+* :class:`SharedTraits` keeps traits equal across several views (the :class:`Explorer`'s layer
+  and channel): a change reaches every view, and each redraws once.
+
+A new view subclasses one of them, builds its controls, calls :meth:`View.ready` at the end of
+its constructor and implements :meth:`View.refresh` (what it draws).
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
-import itertools
 import traceback
-import warnings
 
 import ipywidgets as W
+import traitlets as T
 from matplotlib.figure import Figure
 
-__all__ = ["canvas_figure", "close_figure", "close_tree", "ErrorBox", "Latest", "Requests",
-           "SessionView"]
+from ..backend.defaults import opening_layer
+from ..errors import OutOfRangeError, UnknownLayerError
+from .canvas import canvas_figure, close_figure, close_widget
+from .runner import Runner
 
-_numbers = itertools.count(10_000)
-
-
-def _canvas_class():
-    """ipympl's canvas widget, with frames PNG-encoded at zlib level 1.
-
-    A frame is the figure's pixels ("full" mode) or, after the first one, only the pixels
-    that changed ("diff" mode), as matplotlib's web backend protocol expects. Level 1 encodes
-    about 2-3x faster than the default level 6 for the same size within ~10 %, and encoding
-    is most of the cost of a redraw.
-    """
-    global _Canvas
-    if _Canvas is None:
-        import io
-
-        import numpy as np
-        from ipympl.backend_nbagg import Canvas
-        from PIL import Image
-
-        class FastCanvas(Canvas):
-            def get_diff_image(self):
-                if not self._png_is_old:
-                    return None
-                rgba = np.asarray(self.get_renderer().buffer_rgba())
-                words = rgba.view(np.uint32)[..., 0]   # one integer per pixel: fast compare
-                previous = self._last_buff
-                if (self._force_full or previous.shape != words.shape
-                        or not (rgba[..., 3] == 255).all()):
-                    self.set_image_mode("full")
-                    frame = words
-                else:
-                    self.set_image_mode("diff")
-                    frame = np.where(words != previous, words, 0)
-                self._last_buff = words.copy()
-                self._force_full = False
-                self._png_is_old = False
-                pixels = np.ascontiguousarray(frame).view(np.uint8).reshape(frame.shape + (4,))
-                with io.BytesIO() as out:
-                    Image.fromarray(pixels).save(out, format="png", compress_level=1)
-                    return out.getvalue()
-
-        _Canvas = FastCanvas
-    return _Canvas
-
-
-_Canvas = None
-
-
-def canvas_figure(width: float, height: float, dpi: float = 100) -> Figure:
-    """A matplotlib figure drawn by an ipympl canvas widget (``fig.canvas``).
-
-    The canvas has no header, footer or toolbar (clicks select things here, they do not pan)
-    and a fixed size of ``width`` x ``height`` inches.
-    """
-    from ipympl.backend_nbagg import FigureManager
-
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    fig.patch.set_facecolor("white")
-    canvas = _canvas_class()(fig)
-    with warnings.catch_warnings():
-        # ipympl's Toolbar hands its canvas on to traitlets' constructor, which warns (a
-        # DeprecationWarning about ipympl's code, not ours or the user's).
-        warnings.filterwarnings("ignore", "Passing unrecognized arguments",
-                                DeprecationWarning)
-        FigureManager(canvas, next(_numbers))
-    canvas.header_visible = False
-    canvas.footer_visible = False
-    canvas.toolbar_visible = False
-    canvas.resizable = False
-    canvas.capture_scroll = False
-    canvas.on_msg(_keep_fixed_size)
-    # The size a view starts with. ipympl sets it only when the browser side says hello, and
-    # a view created before that answer (e.g. "run all" in JupyterLab) would stay 0 x 0.
-    canvas._size = (float(width * dpi), float(height * dpi))
-    canvas.layout.width = f"{int(round(width * dpi))}px"
-    canvas.layout.height = f"{int(round(height * dpi))}px"
-    return fig
-
-
-def _keep_fixed_size(canvas, content, buffers) -> None:
-    # ipympl's front-end turns `resizable` back on when a view connects; say it again then,
-    # so no resize handle sits where a click should select a map.
-    if isinstance(content, dict) and content.get("type") == "initialized":
-        canvas.send_state("resizable")
-
-
-def close_figure(fig: Figure | None) -> None:
-    """Close a figure made by :func:`canvas_figure`: its canvas and toolbar widgets too."""
-    if fig is None:
-        return
-    canvas = fig.canvas
-    manager = getattr(canvas, "manager", None)
-    toolbar = getattr(manager, "toolbar", None)
-    for widget in (toolbar, canvas):
-        if isinstance(widget, W.Widget):
-            _close_with_parts(widget)
+__all__ = ["ErrorBox", "LayerView", "MapView", "Requests", "SharedTraits", "View", "close_tree"]
 
 
 class ErrorBox(W.HTML):
@@ -122,6 +36,13 @@ class ErrorBox(W.HTML):
 
     ``show(exc)`` displays ``exc``: the message of a zfwidgets error (they name the problem and
     the value), the type and message of anything else.
+
+    Attributes
+    ----------
+    message : str
+        The text shown ("" when hidden).
+    details : str
+        The traceback of the exception shown, if any.
     """
 
     def __init__(self, **kwargs):
@@ -174,43 +95,70 @@ class Requests:
         return token == (self._count, self.session.version)
 
 
-class Latest:
-    """Run only the newest of quickly repeated UI requests (clicks arriving in a burst).
+class View(W.VBox):
+    """Base of every widget over a :class:`~zfwidgets.Session`.
 
-    Inside a running kernel the call waits ``delay`` seconds on the event loop and is
-    cancelled by a newer one: clicks that queued up while a projection was computing collapse
-    into the last one. Without an event loop (scripts, tests) the call runs at once.
+    Parameters
+    ----------
+    session : zfwidgets.Session
+    **kwargs
+        Passed to :class:`ipywidgets.VBox`.
+
+    Attributes
+    ----------
+    session : zfwidgets.Session
+        A plain attribute, not a synced trait.
+    errors : ErrorBox
+        Where the view shows what went wrong (ipympl would swallow callback errors); the
+        subclass places it among its children.
     """
 
-    def __init__(self, delay: float = 0.03):
-        self.delay = delay
-        self._handle = None
+    def __init__(self, session, **kwargs):
+        super().__init__(**kwargs)
+        self.session = session
+        self.errors = ErrorBox()
+        self._requests = Requests(session)
+        self._figures: list[Figure] = []
+        self._links: list = []
+        self._runners: list[Runner] = []
+        self._holds = 0
+        self._dirty = False
+        self._listening = False
 
-    def __call__(self, fn) -> None:
-        import asyncio
+    # ------------------------------------------------------------------ what the view owns
+    def new_figure(self, width: float, height: float, dpi: float = 100) -> Figure:
+        """A figure drawn by an ipympl canvas (see :func:`canvas_figure`), closed with the view."""
+        fig = canvas_figure(width, height, dpi=dpi)
+        self._figures.append(fig)
+        return fig
 
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            fn()
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = loop.call_later(self.delay, fn)
+    def link(self, source: tuple, target: tuple) -> T.link:
+        """:func:`traitlets.link` ``source`` and ``target``; unlinked when the view closes."""
+        link = T.link(source, target)
+        self._links.append(link)
+        return link
 
+    def new_runner(self, **callbacks) -> Runner:
+        """A :class:`~zfwidgets.widgets.runner.Runner` of long jobs over this view's session,
+        showing errors in its error box; its job is stopped when the view closes.
 
-class SessionView:
-    """Mixin for widgets over a :class:`~zfwidgets.Session`: listens to it, closes cleanly.
+        ``callbacks``: ``on_step``, ``on_end``, ``background`` (see the Runner).
+        """
+        runner = Runner(self.session, errors=self.errors, **callbacks)
+        self._runners.append(runner)
+        return runner
 
-    A subclass sets ``self.session`` and calls :meth:`_listen` once built; it implements
-    ``_on_session(what)`` (``"image"`` or ``"model"``) and lists its figures in ``self._figures``.
-    """
+    def ready(self, refresh: bool = True) -> None:
+        """End of the constructor: draw (unless ``refresh`` is false), then follow the session."""
+        if refresh:
+            self.request_refresh()
+        self.listen()
 
-    _holds = 0
-    _dirty = False
-
-    def _listen(self) -> None:
-        self.session.on_change(self._session_changed)
+    def listen(self) -> None:
+        """Follow the session's changes (once; :meth:`ready` calls it)."""
+        if not self._listening:
+            self.session.on_change(self._session_changed)
+            self._listening = True
 
     # ------------------------------------------------------------------ batched refreshes
     def hold(self) -> None:
@@ -226,7 +174,7 @@ class SessionView:
 
     @contextlib.contextmanager
     def held(self):
-        """Context manager around :meth:`hold` / :meth:`release`."""
+        """Context manager around :meth:`hold` / :meth:`release`: several changes, one redraw."""
         self.hold()
         try:
             yield self
@@ -243,35 +191,39 @@ class SessionView:
         except Exception as exc:
             self.errors.show(exc)
 
-    def select_strongest(self, layer: str) -> None:
-        """Select ``layer``'s strongest channel (what a view does when the layer changes);
-        an error is shown inside the widget and the channel is left as it was."""
-        try:
-            self.channel = self.session.strongest_channel(layer)
-        except Exception as exc:
-            self.errors.show(exc)
+    def refresh(self) -> None:
+        """Override point: bring the figures up to date with the traits and the session."""
 
-    def refresh(self) -> None:  # pragma: no cover - overridden
-        """Bring the figures up to date with the traits and the session."""
+    # ------------------------------------------------------------------ the session
+    def session_changed(self, what: str) -> None:
+        """Override point: the session's image (``what="image"``) or model (``"model"``) changed.
+
+        Runs inside a hold (one redraw at the end); errors are shown inside the widget. The
+        default redraws.
+        """
+        self.request_refresh()
 
     def _session_changed(self, what: str) -> None:
         try:
-            self._on_session(what)
+            with self.held():
+                self.session_changed(what)
         except Exception as exc:  # keep the session's other listeners running
             self.errors.show(exc)
 
-    def _on_session(self, what: str) -> None:  # pragma: no cover - overridden
-        pass
-
     def close(self) -> None:
-        """Stop listening to the session and close the figures and child widgets."""
-        session = getattr(self, "session", None)
-        if session is not None:
-            session.off_change(self._session_changed)
-        for fig in getattr(self, "_figures", []):
+        """Stop listening to the session, stop runners, unlink, close figures and children."""
+        if getattr(self, "_listening", False):
+            self.session.off_change(self._session_changed)
+            self._listening = False
+        for runner in getattr(self, "_runners", ()):
+            runner.close()
+        for link in getattr(self, "_links", ()):
+            link.unlink()
+        self._links = []
+        for fig in getattr(self, "_figures", ()):
             close_figure(fig)
         self._figures = []
-        for child in list(getattr(self, "children", ())):
+        for child in list(self.children):
             close_tree(child)
         parts = [getattr(self, name, None) for name in ("layout", "style")]
         super().close()
@@ -280,19 +232,175 @@ class SessionView:
                 part.close()
 
 
+class LayerView(View):
+    """A :class:`View` of one layer of the session's model.
+
+    Attributes
+    ----------
+    layer : str
+        A layer id of the session's model (a trait). Setting anything else raises
+        :class:`~zfwidgets.errors.UnknownLayerError`, with the nearest names as suggestions
+        (or shows it inside the view: :attr:`raise_unknown_layer`).
+    """
+
+    layer = T.Unicode("")
+
+    #: Setting an unknown layer raises (``True``), or shows the error inside the view and keeps
+    #: the layer (``False``; a view whose first layer is unknown always raises).
+    raise_unknown_layer = True
+
+    def fallback_layer(self) -> str:
+        """The layer shown when none is given, and when the layer left the model (override:
+        the occlusion view opens on the top layer)."""
+        return opening_layer(self.session)
+
+    @T.validate("layer")
+    def _check_layer(self, proposal):
+        name = proposal["value"]
+        try:
+            self.session.layer_info(name)  # UnknownLayerError with suggestions
+        except UnknownLayerError as exc:
+            if self.raise_unknown_layer or not self.layer:
+                raise
+            self.errors.show(exc)
+            return self.layer
+        return name
+
+    @T.observe("layer")
+    def _layer_changed(self, change) -> None:
+        with self.held():
+            self.on_layer(change["new"])
+            self.request_refresh()
+
+    def on_layer(self, layer: str) -> None:
+        """Override point: what follows a new ``layer`` before the (one) redraw."""
+
+    def session_changed(self, what: str) -> None:
+        """A new model that lacks the layer falls back to :meth:`fallback_layer`; redraw."""
+        if what == "model" and self.layer not in self.session.layers:
+            self.layer = self.fallback_layer()
+        self.request_refresh()
+
+
+class MapView(LayerView):
+    """A :class:`LayerView` of one feature map: a layer and a channel.
+
+    Attributes
+    ----------
+    channel : int
+        The map (a trait, ``>= 0``). Whether the layer has it is checked when drawing, not
+        when setting (the layer may change in the same batch): see :meth:`check_channel`.
+    """
+
+    channel = T.Int(0)
+
+    def open_at(self, layer: str | None, channel: int | None, **traits) -> None:
+        """Set the first ``layer`` (default :meth:`fallback_layer`), then ``traits`` in order,
+        then ``channel`` (default: the layer's strongest); one redraw."""
+        with self.held():
+            self.layer = layer or self.fallback_layer()
+            for name, value in traits.items():
+                setattr(self, name, value)
+            self.channel = self.session.strongest_channel(self.layer) if channel is None \
+                else channel
+
+    @T.validate("channel")
+    def _check_channel(self, proposal):
+        value = int(proposal["value"])
+        if value < 0:
+            raise T.TraitError(f"channel must be >= 0, got {value}")
+        return value
+
+    @T.observe("channel")
+    def _channel_changed(self, change) -> None:
+        self.request_refresh()
+
+    def on_layer(self, layer: str) -> None:
+        """A new layer selects its strongest channel (override to keep the channel)."""
+        self.select_strongest(layer)
+
+    def select_strongest(self, layer: str) -> None:
+        """Select ``layer``'s strongest channel; an error is shown inside the widget and the
+        channel is left as it was."""
+        try:
+            self.channel = self.session.strongest_channel(layer)
+        except Exception as exc:
+            self.errors.show(exc)
+
+    def check_channel(self) -> int:
+        """The layer's channel count; :class:`~zfwidgets.errors.OutOfRangeError` when the layer
+        has no map ``channel``."""
+        count = self.session.layer_info(self.layer).shape[0]
+        if not 0 <= self.channel < count:
+            raise OutOfRangeError(f"channel {self.channel} is out of range for layer "
+                                  f"{self.layer!r} ({count} channels: 0..{count - 1})")
+        return count
+
+
+class SharedTraits:
+    """Keep traits equal across several widgets, each redrawing once per change.
+
+    When a member changes a shared trait, every :class:`View` member is held, the value is
+    copied to the other members (whose own reactions, such as a new layer selecting its
+    strongest channel, are shared the same way), and the views are released: each redraws
+    once, with every shared value already new (never the new channel with the old layer).
+
+    Parameters
+    ----------
+    owner : traitlets.HasTraits
+        The first member; later members take its values when they join.
+    names : sequence of str
+        The shared traits (a member shares those it has).
+    """
+
+    def __init__(self, owner, names):
+        self.names = tuple(names)
+        self._members: list[tuple[object, list[str]]] = []
+        self.add(owner)
+
+    def add(self, member) -> None:
+        """Share the traits ``member`` has: it takes the owner's values, then follows."""
+        names = [name for name in self.names if member.has_trait(name)]
+        if self._members:
+            owner = self._members[0][0]
+            with self.held():
+                for name in names:
+                    if owner.has_trait(name) and getattr(member, name) != getattr(owner, name):
+                        setattr(member, name, getattr(owner, name))
+        member.observe(self._changed, names=names)
+        self._members.append((member, names))
+
+    @contextlib.contextmanager
+    def held(self):
+        """Hold every view member: changes made inside redraw each view once, at the end."""
+        views = [member for member, _ in self._members if isinstance(member, View)]
+        for view in views:
+            view.hold()
+        try:
+            yield
+        finally:
+            for view in views:
+                view.release()
+
+    def _changed(self, change) -> None:
+        name, value = change["name"], change["new"]
+        with self.held():
+            for member, names in list(self._members):
+                if name in names and getattr(member, name) != value:
+                    setattr(member, name, value)
+
+    def close(self) -> None:
+        """Stop sharing (the members stay as they are)."""
+        for member, names in self._members:
+            member.unobserve(self._changed, names=names)
+        self._members = []
+
+
 def close_tree(widget) -> None:
     """Close a widget and, for boxes, everything inside it."""
-    if isinstance(widget, SessionView):
+    if isinstance(widget, View):
         widget.close()
         return
     for child in list(getattr(widget, "children", ())):
         close_tree(child)
-    _close_with_parts(widget)
-
-
-def _close_with_parts(widget) -> None:
-    parts = [getattr(widget, name, None) for name in ("layout", "style")]
-    widget.close()
-    for part in parts:
-        if isinstance(part, W.Widget):
-            part.close()
+    close_widget(widget)

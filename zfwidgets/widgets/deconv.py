@@ -9,17 +9,16 @@ import traitlets as T
 
 from ..backend.rules import check_rule
 from ..errors import check_choice
-from ..backend.defaults import opening_layer
 from ..plots.deconv import (deconv_panel_figure, deconv_titles, projection_image,
                             update_deconv_panel)
-from .base import ErrorBox, Requests, SessionView, canvas_figure
+from .base import MapView
 
 __all__ = ["DeconvView"]
 
 SCOPES = ("strongest", "map")
 
 
-class DeconvView(SessionView, W.VBox):
+class DeconvView(MapView):
     """Image with the receptive-field box | projection | receptive-field crop, for one map.
 
     The box is the receptive field of the map's strongest activation. The projection carries
@@ -48,23 +47,17 @@ class DeconvView(SessionView, W.VBox):
         Its artists.
     """
 
-    layer = T.Unicode("")
-    channel = T.Int(0)
     rule = T.Unicode("deconvnet")
     scope = T.Unicode("strongest")
 
     def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
                  rule: str = "deconvnet", scope: str = "strongest",
                  size: tuple[float, float] = (6.6, 2.25), dpi: float = 100, **kwargs):
-        super().__init__(**kwargs)
-        self.session = session
-        self.errors = ErrorBox()
-        self._requests = Requests(session)
+        super().__init__(session, **kwargs)
         self._drawn = None
         self._image_version = None
         self.panel = None
-        self.fig = canvas_figure(*size, dpi=dpi)
-        self._figures = [self.fig]
+        self.fig = self.new_figure(*size, dpi=dpi)
         self.rule_buttons = W.ToggleButtons(
             options=[("deconvnet", "deconvnet"), ("guided", "guided"), ("gradient", "gradient")],
             tooltips=["Zeiler & Fergus: ReLU applied to the backward signal",
@@ -81,23 +74,16 @@ class DeconvView(SessionView, W.VBox):
         self.header = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
         column = W.Layout(width=f"{size[0] * dpi * 0.98 / 3:.0f}px")
         self.panel_titles = [W.HTML(layout=column) for _ in range(3)]
-        with self.held():
-            self.layer = layer or opening_layer(session)
-            self.channel = session.strongest_channel(self.layer) if channel is None else channel
-            self.rule = rule
-            self.scope = scope
-        self.rule_buttons.value = self.rule
-        self.scope_buttons.value = self.scope
-        self.rule_buttons.observe(lambda ch: setattr(self, "rule", ch["new"]), names="value")
-        self.scope_buttons.observe(lambda ch: setattr(self, "scope", ch["new"]), names="value")
+        self.open_at(layer, channel, rule=rule, scope=scope)
+        self.link((self, "rule"), (self.rule_buttons, "value"))
+        self.link((self, "scope"), (self.scope_buttons, "value"))
         self.children = [W.HBox([self.rule_buttons, self.scope_buttons],
                                 layout=W.Layout(flex_flow="row wrap")),
                          self.header, W.HBox(self.panel_titles, layout=W.Layout(margin="0 0 0 6px")),
                          self.fig.canvas, self.status, self.errors]
         self.add_class("zf-deconv")
         self.layout.width = f"{size[0] * dpi + 12:.0f}px"
-        self.request_refresh()
-        self._listen()
+        self.ready()
 
     # ------------------------------------------------------------------ traits
     @T.validate("rule")
@@ -108,18 +94,8 @@ class DeconvView(SessionView, W.VBox):
     def _check_scope(self, proposal):
         return check_choice("scope", proposal["value"], SCOPES)
 
-    @T.observe("layer")
-    def _layer_changed(self, change) -> None:
-        with self.held():
-            self.select_strongest(change["new"])
-            self.request_refresh()
-
-    @T.observe("channel", "rule", "scope")
+    @T.observe("rule", "scope")
     def _changed(self, change) -> None:
-        if change["name"] == "rule":
-            self.rule_buttons.value = change["new"]
-        elif change["name"] == "scope":
-            self.scope_buttons.value = change["new"]
         self.request_refresh()
 
     # ------------------------------------------------------------------ drawing
@@ -160,9 +136,3 @@ class DeconvView(SessionView, W.VBox):
         self._drawn = key
         self.errors.clear()
         self.fig.canvas.draw_idle()
-
-    def _on_session(self, what: str) -> None:
-        with self.held():
-            if what == "model" and self.layer not in self.session.layers:
-                self.layer = opening_layer(self.session)
-            self.request_refresh()

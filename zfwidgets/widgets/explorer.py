@@ -10,8 +10,7 @@ import traitlets as T
 from ..backend.rules import check_rule
 from ..backend.session import Session
 from ..models import list_models
-from ..backend.defaults import opening_layer
-from .base import ErrorBox, SessionView, close_tree
+from .base import ErrorBox, MapView, SharedTraits
 from .deconv import DeconvView
 from .grid import FeatureMapGrid
 from .images import ImageChooser, TopPredictions
@@ -20,8 +19,8 @@ from .selector import LayerSelector
 __all__ = ["Explorer", "explore", "OPTIONAL_TABS"]
 
 #: Tabs shown when their module can be imported: (title, module, class name, extra keyword
-#: arguments). Each view is built with the explorer's session, layer and channel, so that linking
-#: the shared traits afterwards changes nothing (no second computation); the explorer's own layer
+#: arguments). Each view is built with the explorer's session, layer and channel, so that sharing
+#: the traits afterwards changes nothing (no second computation); the explorer's own layer
 #: selector drives the gallery, which therefore hides its own.
 OPTIONAL_TABS = (
     ("Occlusion", "zfwidgets.widgets.occlusion", "OcclusionExplorer", {}),
@@ -31,13 +30,14 @@ OPTIONAL_TABS = (
 _SHARED = ("layer", "channel")
 
 
-class Explorer(SessionView, W.VBox):
+class Explorer(MapView):
     """The whole explorer: image and model choice, top-5, layer selector, feature-map grid,
     deconvnet view, and (when installed) the occlusion and top-9 patch tabs.
 
     All views share one :class:`~zfwidgets.Session` and the ``layer`` and ``channel`` traits
-    (linked with :func:`traitlets.link`): choosing a layer anywhere changes it everywhere,
-    clicking a map in the grid selects that channel in every view.
+    (a :class:`~zfwidgets.widgets.base.SharedTraits`): choosing a layer anywhere changes it
+    everywhere, clicking a map in the grid selects that channel in every view, and each view
+    redraws once per change.
 
     Parameters
     ----------
@@ -61,32 +61,21 @@ class Explorer(SessionView, W.VBox):
         Optional views built so far, by tab title (built when their tab is first opened, or by
         :meth:`open_tab`).
     missing_tabs : dict
-        Optional tabs left out, with the reason (module not installed ...).
+        Optional tabs left out because a package they need is not installed, with the reason.
     """
 
-    layer = T.Unicode("")
-    channel = T.Int(0)
     rule = T.Unicode("deconvnet")
 
     def __init__(self, session: Session | None = None, *, layer: str | None = None,
                  channel: int | None = None, rule: str = "deconvnet", **kwargs):
-        super().__init__(**kwargs)
-        self.session = session if session is not None else Session()
-        self.errors = ErrorBox()
-        self._views: list = []
-        self._links: list = []
-        self._holding: list = []
-        self._ready = False
-        # The explorer hears about model changes before its views (see _on_session).
-        self._listen()
-        first = layer or opening_layer(self.session)
-        self.session.layer_info(first)
-        self.layer = first
-        self.channel = self.session.strongest_channel(first) if channel is None else int(channel)
-        self.rule = rule
+        tabs, missing = _optional_tabs()  # before anything is built: a broken tab raises here
+        super().__init__(session if session is not None else Session(), **kwargs)
+        # The explorer hears about model changes before its views (see session_changed).
+        self.listen()
+        self.open_at(layer, None if channel is None else int(channel), rule=rule)
 
         self.model_dropdown = W.Dropdown(
-            options=self._model_options(), value=self._model_value(), description="model",
+            options=self._model_options(), value=self.session.entry.name, description="model",
             layout=W.Layout(width="230px"), style={"description_width": "45px"})
         self.model_status = W.HTML()
         self.model_dropdown.observe(self._model_chosen, names="value")
@@ -95,29 +84,19 @@ class Explorer(SessionView, W.VBox):
         self.selector = LayerSelector(self.session, self.layer)
         self.grid = FeatureMapGrid(self.session, self.layer, self.channel)
         self.deconv = DeconvView(self.session, self.layer, self.channel, rule=self.rule)
+        self.shared = SharedTraits(self, _SHARED)
         for view in (self.selector, self.grid, self.deconv):
-            self._attach(view)
-        self._links.append(T.link((self, "rule"), (self.deconv, "rule")))
-        # Registered after the links, so it runs once every linked view has the new value.
-        self.observe(self._release_views, names=list(_SHARED))
-        self._ready = True
+            self.shared.add(view)
+        self.link((self, "rule"), (self.deconv, "rule"))
 
         self.extra: dict = {}
-        self.missing_tabs: dict = {}
-        self._tab_specs = []
+        self.missing_tabs: dict = missing
+        self._tab_specs = tabs
         pages = [W.HBox([self.grid, self.deconv],
                         layout=W.Layout(flex_flow="row wrap", align_items="flex-start",
                                         grid_gap="12px"))]
-        titles = ["Feature maps"]
-        for title, module, cls, options in OPTIONAL_TABS:
-            factory = self._optional(module, cls)
-            if factory is None:
-                self.missing_tabs[title] = f"{module}.{cls} is not available"
-                continue
-            self._tab_specs.append((title, (factory, options)))
-            pages.append(W.VBox([W.HTML(f"<i>{title}: opening&hellip;</i>")]))
-            titles.append(title)
-        self.tabs = W.Tab(children=pages, titles=titles)
+        pages += [W.VBox([W.HTML(f"<i>{title}: opening&hellip;</i>")]) for title, _ in tabs]
+        self.tabs = W.Tab(children=pages, titles=["Feature maps"] + [title for title, _ in tabs])
         self.tabs.observe(self._tab_selected, names="selected_index")
 
         header = W.HTML("<div style='font-size:15px;font-weight:600;margin:2px 0 4px'>"
@@ -135,60 +114,15 @@ class Explorer(SessionView, W.VBox):
                          self.errors, self.tabs]
         self.add_class("zf-explorer")
 
-    # ------------------------------------------------------------------ linking
-    def _attach(self, view) -> None:
-        for name in _SHARED:
-            if view.has_trait(name):
-                self._links.append(T.link((self, name), (view, name)))
-        self._views.append(view)
-
-    def _held_views(self):
-        return [v for v in self._views if hasattr(v, "hold") and hasattr(v, "release")]
-
-    @T.validate("layer")
-    def _check_layer(self, proposal):
-        name = proposal["value"]
-        self.session.layer_info(name)
-        if name != self.layer:
-            self._hold_views()
-        return name
-
-    @T.validate("channel")
-    def _check_channel(self, proposal):
-        value = int(proposal["value"])
-        if value != self.channel:
-            self._hold_views()
-        return value
-
+    # ------------------------------------------------------------------ traits
     @T.validate("rule")
     def _check_rule(self, proposal):
         return check_rule(proposal["value"])
 
-    def _hold_views(self) -> None:
-        # Views redraw once, after the new value has reached all of them (never a half-updated
-        # state such as the new channel with the old layer). Released by _release_views, which
-        # observes after the links.
-        if not self._ready:
-            return
-        views = self._held_views()
-        for view in views:
-            view.hold()
-        self._holding.append(views)
-
-    def _release_views(self, change) -> None:
-        if not self._holding:
-            return
-        for view in self._holding.pop():
-            view.release()
+    def on_layer(self, layer: str) -> None:
+        """Nothing: the views choose the channel that goes with a new layer, and share it."""
 
     # ------------------------------------------------------------------ optional tabs
-    @staticmethod
-    def _optional(module: str, cls: str):
-        try:
-            return getattr(importlib.import_module(module), cls)
-        except Exception:
-            return None
-
     def _tab_selected(self, change) -> None:
         index = change["new"]
         if index is None or index == 0:
@@ -196,7 +130,10 @@ class Explorer(SessionView, W.VBox):
         self.open_tab(self.tabs.titles[index])
 
     def open_tab(self, title: str):
-        """Build (once) and return the optional view of tab ``title``; selects the tab."""
+        """Build (once) and return the optional view of tab ``title``; selects the tab.
+
+        A view that fails to build shows its error in the tab (and ``None`` is returned).
+        """
         titles = list(self.tabs.titles)
         if title not in titles or title == titles[0]:
             raise KeyError(f"no optional tab {title!r}; tabs are {titles}")
@@ -207,10 +144,13 @@ class Explorer(SessionView, W.VBox):
         if title not in self.extra:
             factory, options = dict(self._tab_specs)[title]
             page = self.tabs.children[index]
+            view = None
             try:
                 view = factory(self.session, layer=self.layer, channel=self.channel, **options)
-                self._attach(view)
+                self.shared.add(view)
             except Exception as exc:
+                if view is not None:
+                    view.close()
                 box = ErrorBox()
                 box.show(exc)
                 page.children = [box]
@@ -225,8 +165,17 @@ class Explorer(SessionView, W.VBox):
         current = self.session.entry.name
         return names if current in names else [current] + names
 
-    def _model_value(self) -> str:
-        return self.session.entry.name
+    def _show_model(self) -> None:
+        """Show the session's model in the dropdown without choosing it again."""
+        dropdown, name = self.model_dropdown, self.session.entry.name
+        if dropdown.value == name:
+            return
+        dropdown.unobserve(self._model_chosen, names="value")
+        try:
+            dropdown.options = self._model_options()
+            dropdown.value = name
+        finally:
+            dropdown.observe(self._model_chosen, names="value")
 
     def _model_chosen(self, change) -> None:
         name = change["new"]
@@ -238,39 +187,53 @@ class Explorer(SessionView, W.VBox):
             self.session.set_model(name)
         except Exception as exc:
             self.errors.show(exc)
-            self.model_dropdown.unobserve(self._model_chosen, names="value")
-            self.model_dropdown.value = self.session.entry.name
-            self.model_dropdown.observe(self._model_chosen, names="value")
+            self._show_model()  # the choice snaps back
         finally:
             self.model_status.value = ""
 
-    def _on_session(self, what: str) -> None:
+    def session_changed(self, what: str) -> None:
         if what != "model":
             return
-        if self.model_dropdown.value != self.session.entry.name:
-            self.model_dropdown.unobserve(self._model_chosen, names="value")
-            self.model_dropdown.options = self._model_options()
-            self.model_dropdown.value = self.session.entry.name
-            self.model_dropdown.observe(self._model_chosen, names="value")
-        layer = self.layer if self.layer in self.session.layers else opening_layer(self.session)
-        held = self._held_views()
-        for view in held:
-            view.hold()
-        try:
-            self.layer = layer
-            self.channel = self.session.strongest_channel(layer)
-        finally:
-            for view in held:
-                view.release()
+        self._show_model()
+        with self.shared.held():  # new layer (if it is gone) and channel: one redraw
+            super().session_changed(what)
+            self.channel = self.session.strongest_channel(self.layer)
 
     def close(self) -> None:
-        """Close every view and unlink the shared traits."""
-        for link in self._links:
-            link.unlink()
-        self._links = []
-        for view in list(self._views) + list(getattr(self, "extra", {}).values()):
-            close_tree(view)
+        """Stop sharing the traits and close every view."""
+        shared = getattr(self, "shared", None)
+        if shared is not None:
+            shared.close()
         super().close()
+
+
+def _optional_tabs() -> tuple[list, dict]:
+    """The :data:`OPTIONAL_TABS` that can be shown, ``[(title, (class, options))]``, and the
+    reasons of those left out, ``{title: reason}``."""
+    tabs, missing = [], {}
+    for title, module, cls, options in OPTIONAL_TABS:
+        factory, reason = _optional(module, cls)
+        if factory is None:
+            missing[title] = reason
+        else:
+            tabs.append((title, (factory, options)))
+    return tabs, missing
+
+
+def _optional(module: str, cls: str):
+    """``(view class, None)``, or ``(None, reason)`` when a package the tab needs is missing.
+
+    Only a missing third-party package may leave a tab out; any other error importing the
+    module (a bug in zfwidgets itself, a missing name) is raised.
+    """
+    try:
+        found = importlib.import_module(module)
+    except ImportError as exc:
+        missing = exc.name or ""
+        if not missing or missing == "zfwidgets" or missing.startswith("zfwidgets."):
+            raise
+        return None, f"{module} needs {missing!r}, which is not installed ({exc})"
+    return getattr(found, cls), None
 
 
 def explore(model="efficientnet_lite0", image=None, *, layer: str | None = None,

@@ -23,9 +23,10 @@ from ..backend.rules import RULES, check_rule
 from ..backend.mining import MiningResult, mine_job
 from ..backend.project import gallery
 from ..data.datasets import SampleCollection, as_source
-from ..backend.defaults import mining_layers, opening_layer
+from ..backend.defaults import mining_layers
+from ..errors import OutOfRangeError
 from ..plots.gallery import gallery_figure, show_source, tile_index, update_gallery
-from .base import ErrorBox, Requests, SessionView, canvas_figure
+from .base import MapView
 from .selector import LayerSelector
 
 __all__ = ["PatchGallery"]
@@ -43,7 +44,7 @@ def _has_loop() -> bool:
     return True
 
 
-class PatchGallery(SessionView, W.VBox):
+class PatchGallery(MapView):
     """Top-9 image patches of a feature map beside their deconvnet projections (Fig. 2).
 
     Parameters
@@ -94,8 +95,6 @@ class PatchGallery(SessionView, W.VBox):
         Drawn by an ipympl canvas (``fig.canvas``).
     """
 
-    layer = T.Unicode("")
-    channel = T.Int(0)
     selected = T.Int(-1)
     rule = T.Unicode("deconvnet")
 
@@ -105,10 +104,7 @@ class PatchGallery(SessionView, W.VBox):
                  auto: bool | None = None, rule: str = "deconvnet", tile: int = 80,
                  result: MiningResult | None = None, size: tuple[float, float] = (9.6, 3.6),
                  dpi: float = 100, layer_selector: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.session = session
-        self.errors = ErrorBox()
-        self._requests = Requests(session)
+        super().__init__(session, **kwargs)
         if images is None and result is not None and result.source is not None:
             images = result.source
         self.source = as_source(images)
@@ -129,12 +125,11 @@ class PatchGallery(SessionView, W.VBox):
         self._mining = False
         self._task = None  # the running mining task (a strong reference keeps it alive)
 
-        self.fig = canvas_figure(*size, dpi=dpi)
-        self._figures = [self.fig]
+        self.fig = self.new_figure(*size, dpi=dpi)
         _, self.artists = gallery_figure(None, tile=tile, fig=self.fig)
         self.fig.canvas.mpl_connect("button_press_event", self._clicked)
 
-        first = layer or opening_layer(session)
+        first = layer or self.fallback_layer()
         self.selector = LayerSelector(session, first) if layer_selector else None
         self.channel_slider = W.IntSlider(value=0, min=0, max=1, description="channel",
                                           continuous_update=False,
@@ -153,13 +148,10 @@ class PatchGallery(SessionView, W.VBox):
         self.data_label = W.HTML(f"<span style='font-size:12px;color:#555'>data: "
                                  f"{html.escape(repr(self.source))}</span>")
 
-        with self.held():
-            self.layer = first
-            self.channel = int(channel)
-            self.rule = rule
-        self._links = [T.link((self.rule_dropdown, "value"), (self, "rule"))]
+        self.open_at(first, int(channel), rule=rule)
+        self.link((self.rule_dropdown, "value"), (self, "rule"))
         if self.selector is not None:
-            self._links.append(T.link((self.selector, "layer"), (self, "layer")))
+            self.link((self.selector, "layer"), (self, "layer"))
         self.channel_slider.observe(self._slider_changed, names="value")
         self.mine_button.on_click(lambda _: self.start_mining())
 
@@ -169,32 +161,15 @@ class PatchGallery(SessionView, W.VBox):
                    layout=W.Layout(align_items="center", flex_flow="row wrap")),
             self.status, self.fig.canvas, self.hits, self.data_label, self.errors]
         self._sync_slider()
-        if self.current is None and not self._mining:
-            self.request_refresh()
-        self._listen()
+        self.ready(refresh=self.current is None and not self._mining)
 
     # ------------------------------------------------------------------ traits
-    @T.validate("layer")
-    def _check_layer(self, proposal):
-        name = proposal["value"]
-        self.session.layer_info(name)  # UnknownLayerError with suggestions
-        return name
-
-    @T.validate("channel")
-    def _check_channel(self, proposal):
-        value = int(proposal["value"])
-        if value < 0:
-            raise T.TraitError(f"channel must be >= 0, got {value}")
-        return value
-
     @T.validate("rule")
     def _check_rule(self, proposal):
         return check_rule(proposal["value"])
 
-    @T.observe("layer")
-    def _layer_changed(self, change) -> None:
-        self._sync_slider()
-        self.request_refresh()
+    def on_layer(self, layer: str) -> None:
+        self._sync_slider()  # the channel stays: a grid linked to it selects the map here
 
     @T.observe("channel", "rule")
     def _changed(self, change) -> None:
@@ -344,8 +319,6 @@ class PatchGallery(SessionView, W.VBox):
     def refresh(self) -> None:
         """Redraw for the current layer, channel and rule (starting to mine if ``auto``)."""
         token = self._requests.new()
-        info = self.session.layer_info(self.layer)
-        count = info.shape[0]
         if not self.mined():
             self.current = None
             self.hits.value = ""
@@ -360,12 +333,13 @@ class PatchGallery(SessionView, W.VBox):
                                      f"has not been mined over the {len(self.source)} images "
                                      f"yet: press <b>Mine</b>.</span>")
             return
-        if not 0 <= self.channel < count:
+        try:
+            self.check_channel()
+        except OutOfRangeError as exc:
             self.current = None
             update_gallery(self.artists, None, title=f"{self.layer}: no channel {self.channel}")
             self.hits.value = ""
-            self.errors.show(f"channel {self.channel} is out of range for layer {self.layer!r} "
-                             f"({count} channels: 0..{count - 1})")
+            self.errors.show(exc)
             return
         g = gallery(self.session, self.result, self.layer, self.channel, self.rule,
                     k=self.artists.rows * self.artists.cols, source=self.source)
@@ -406,20 +380,10 @@ class PatchGallery(SessionView, W.VBox):
         self.selected = int(index)
 
     # ------------------------------------------------------------------ session
-    def _on_session(self, what: str) -> None:
+    def session_changed(self, what: str) -> None:
         if what != "model":
             return  # the data set does not depend on the current image
         self.result = None
         self.current = None
-        with self.held():
-            if self.layer not in self.session.layers:
-                self.layer = opening_layer(self.session)
-            self._sync_slider()
-            self.request_refresh()
-
-    def close(self) -> None:
-        """Unlink, stop listening to the session and close the figure."""
-        for link in getattr(self, "_links", []):
-            link.unlink()
-        self._links = []
-        super().close()
+        super().session_changed(what)  # a layer the new model lacks: the opening layer
+        self._sync_slider()

@@ -8,17 +8,17 @@ import ipywidgets as W
 import traitlets as T
 
 from ..errors import check_choice
-from ..backend.defaults import opening_layer
 from ..backend.layers import first_rgb_conv
 from ..plots.mosaic import feature_mosaic_figure, filters_to_rgb, update_feature_mosaic
-from .base import ErrorBox, Latest, Requests, SessionView, canvas_figure
+from .base import MapView
+from .runner import Latest
 
 __all__ = ["FeatureMapGrid"]
 
 MODES = ("activations", "weights")
 
 
-class FeatureMapGrid(SessionView, W.VBox):
+class FeatureMapGrid(MapView):
     """All channels of a layer for the current image, as one mosaic; click a map to select it.
 
     The mosaic is one image artist, updated in place, so layers with hundreds of maps redraw
@@ -47,23 +47,17 @@ class FeatureMapGrid(SessionView, W.VBox):
         Its artists.
     """
 
-    layer = T.Unicode("")
-    channel = T.Int(0)
     mode = T.Unicode("activations")
 
     def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
                  mode: str = "activations", size: tuple[float, float] = (4.6, 4.6),
                  dpi: float = 100, **kwargs):
-        super().__init__(**kwargs)
-        self.session = session
-        self.errors = ErrorBox()
-        self._requests = Requests(session)
+        super().__init__(session, **kwargs)
         self._latest_click = Latest()
         self._maps_key = None
         self._drawn = None
         self._maps = None
-        self.fig = canvas_figure(*size, dpi=dpi)
-        self._figures = [self.fig]
+        self.fig = self.new_figure(*size, dpi=dpi)
         self.mode_buttons = W.ToggleButtons(
             options=[("feature maps", "activations"), ("layer-1 filters", "weights")],
             tooltips=["activations of the selected layer for the current image",
@@ -71,35 +65,24 @@ class FeatureMapGrid(SessionView, W.VBox):
             style={"button_width": "110px"})
         self.status = W.HTML()
         self.title = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
-        with self.held():
-            self.layer = layer or opening_layer(session)
-            self.mode = mode
-            self.channel = session.strongest_channel(self.layer) if channel is None else channel
+        self.open_at(layer, channel, mode=mode)
         self.mode_buttons.value = self.mode
         self.mode_buttons.observe(lambda ch: setattr(self, "mode", ch["new"]), names="value")
         self.fig.canvas.mpl_connect("button_press_event", self._clicked)
         self.children = [self.mode_buttons, self.title, self.fig.canvas, self.status, self.errors]
         self.layout.width = f"{size[0] * dpi + 12:.0f}px"   # long titles wrap, never widen it
         self.add_class("zf-grid")
-        self.request_refresh()
-        self._listen()
+        self.ready()
 
     # ------------------------------------------------------------------ traits
     @T.validate("mode")
     def _check_mode(self, proposal):
         return check_choice("mode", proposal["value"], MODES)
 
-    @T.observe("layer")
-    def _layer_changed(self, change) -> None:
-        with self.held():
-            if self.mode == "weights" and not self._is_rgb_conv(change["new"]):
-                self.mode = "activations"
-            self.select_strongest(change["new"])
-            self.request_refresh()
-
-    @T.observe("channel")
-    def _channel_changed(self, change) -> None:
-        self.request_refresh()
+    def on_layer(self, layer: str) -> None:
+        if self.mode == "weights" and not self._is_rgb_conv(layer):
+            self.mode = "activations"
+        self.select_strongest(layer)
 
     @T.observe("mode")
     def _mode_changed(self, change) -> None:
@@ -201,11 +184,7 @@ class FeatureMapGrid(SessionView, W.VBox):
         except Exception as exc:
             self.errors.show(exc)
 
-    def _on_session(self, what: str) -> None:
-        with self.held():
-            if what == "model":
-                if self.layer not in self.session.layers:
-                    self.layer = opening_layer(self.session)
-                elif self.mode == "weights" and not self._is_rgb_conv(self.layer):
-                    self.mode = "activations"
-            self.request_refresh()
+    def session_changed(self, what: str) -> None:
+        super().session_changed(what)  # a layer the new model lacks: the opening layer
+        if what == "model" and self.mode == "weights" and not self._is_rgb_conv(self.layer):
+            self.mode = "activations"

@@ -9,12 +9,12 @@ import traitlets as T
 
 from ..data import load_sample, sample_images
 from ..plots.topk import topk_figure, update_topk
-from .base import ErrorBox, Requests, SessionView, canvas_figure
+from .base import View
 
 __all__ = ["ImageChooser", "TopPredictions"]
 
 
-class ImageChooser(SessionView, W.VBox):
+class ImageChooser(View):
     """Pick the session's image: an offline sample photo, or upload your own file.
 
     A file that cannot be decoded leaves the session's image unchanged and shows the error
@@ -36,9 +36,7 @@ class ImageChooser(SessionView, W.VBox):
     image_name = T.Unicode("")
 
     def __init__(self, session, **kwargs):
-        super().__init__(**kwargs)
-        self.session = session
-        self.errors = ErrorBox()
+        super().__init__(session, **kwargs)
         self._updating = False
         samples = sample_images()
         self.dropdown = W.Dropdown(options=samples, value=None, description="image",
@@ -54,7 +52,7 @@ class ImageChooser(SessionView, W.VBox):
         self.children = [W.HBox([self.dropdown, self.upload], layout=W.Layout(align_items="center")),
                          self.current, self.errors]
         self.add_class("zf-images")
-        self._listen()
+        self.ready(refresh=False)
 
     def choose_sample(self, name: str) -> None:
         """Analyse the offline sample ``name`` (see :func:`zfwidgets.sample_images`)."""
@@ -103,11 +101,11 @@ class ImageChooser(SessionView, W.VBox):
         finally:
             self._updating = False
 
-    def _on_session(self, what: str) -> None:
+    def session_changed(self, what: str) -> None:
         self._show_current()
 
 
-class TopPredictions(SessionView, W.VBox):
+class TopPredictions(View):
     """Bar chart of the model's top-k classes for the session's image.
 
     Parameters
@@ -125,19 +123,14 @@ class TopPredictions(SessionView, W.VBox):
 
     def __init__(self, session, k: int = 5, *, size: tuple[float, float] = (3.6, 1.75),
                  dpi: float = 100, **kwargs):
-        super().__init__(**kwargs)
-        self.session = session
+        super().__init__(session, **kwargs)
         self.k = int(k)
-        self.errors = ErrorBox()
-        self._requests = Requests(session)
         self._drawn = None
-        self.fig = canvas_figure(*size, dpi=dpi)
-        self._figures = [self.fig]
+        self.fig = self.new_figure(*size, dpi=dpi)
         self.bars = None
         self.children = [self.fig.canvas, self.errors]
         self.add_class("zf-top5")
-        self.request_refresh()
-        self._listen()
+        self.ready()
 
     def refresh(self) -> None:
         """Redraw for the session's current model and image."""
@@ -160,6 +153,3 @@ class TopPredictions(SessionView, W.VBox):
         self._drawn = s.version
         self.errors.clear()
         self.fig.canvas.draw_idle()
-
-    def _on_session(self, what: str) -> None:
-        self.request_refresh()

@@ -28,7 +28,7 @@ from ..errors import BadParameterError, Cancelled
 from ..plots.deconv import projection_image
 from ..plots.occlusion import (occluded_image, occlusion_figure, update_occluder,
                                update_occlusion_maps)
-from .base import ErrorBox, Requests, SessionView, canvas_figure
+from .base import MapView
 
 __all__ = ["OcclusionExplorer"]
 
@@ -40,7 +40,7 @@ def _running_loop():
         return None
 
 
-class OcclusionExplorer(SessionView, W.VBox):
+class OcclusionExplorer(MapView):
     """Occlusion sensitivity of the session's image: Fig. 7 (a)-(e) with an occluder you move.
 
     Parameters
@@ -74,31 +74,26 @@ class OcclusionExplorer(SessionView, W.VBox):
     panels : zfwidgets.plots.occlusion.OcclusionPanels
     """
 
-    layer = T.Unicode("")
-    channel = T.Int(0)
     size = T.Int(32)
     stride = T.Int(8)
     y = T.Int(0)
     x = T.Int(0)
+    raise_unknown_layer = False  # an unknown layer shows its error inside, like a failed sweep
 
     def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
                  size: int = 32, stride: int = 8, fill: str | float = "gray",
                  background: bool | None = None, figsize: tuple[float, float] = (11.0, 3.1),
                  dpi: float = 90, **kwargs):
-        super().__init__(**kwargs)
-        self.session = session
+        super().__init__(session, **kwargs)
         self.fill = fill
         self.background = background
-        self.errors = ErrorBox()
-        self._requests = Requests(session)
         self._cache: OrderedDict = OrderedDict()
         self._projections: OrderedDict = OrderedDict()
         self._sweep = None
         self.result = None
         self.prediction: list = []
         self.panels = None
-        self.fig = canvas_figure(*figsize, dpi=dpi)
-        self._figures = [self.fig]
+        self.fig = self.new_figure(*figsize, dpi=dpi)
         self.sweeps = 0  # sweeps started (tests and curious users)
 
         H, W_ = self._input_size()
@@ -118,17 +113,11 @@ class OcclusionExplorer(SessionView, W.VBox):
         self.top5 = W.HTML(layout=W.Layout(min_width="230px"))
         self.top5.add_class("zf-occlusion-top5")
 
-        with self.held():
-            self.layer = layer or top_layer(session)
-            self.channel = session.strongest_channel(self.layer) if channel is None else channel
-            self.size = size
-            self.stride = stride
-            self.y = max(0, (H - size) // 2)
-            self.x = max(0, (W_ - size) // 2)
+        self.open_at(layer, channel, size=size, stride=stride, y=max(0, (H - size) // 2),
+                     x=max(0, (W_ - size) // 2))
         for name, s in (("y", self.y_slider), ("x", self.x_slider), ("size", self.size_slider),
                         ("stride", self.stride_slider)):
-            s.value = getattr(self, name)
-            T.link((s, "value"), (self, name))
+            self.link((self, name), (s, "value"))
         self.fig.canvas.mpl_connect("button_press_event", self._on_click)
 
         controls = W.VBox([W.HBox([self.y_slider, self.x_slider]),
@@ -139,10 +128,13 @@ class OcclusionExplorer(SessionView, W.VBox):
                                 layout=W.Layout(flex_flow="row wrap", grid_gap="12px")),
                          self.fig.canvas, self.errors]
         self.add_class("zf-occlusion")
-        self.request_refresh()
-        self._listen()
+        self.ready()
 
     # ------------------------------------------------------------------ traits
+    def fallback_layer(self) -> str:
+        """The model's top conv layer (the paper's layer 5)."""
+        return top_layer(self.session)
+
     def _input_size(self) -> tuple[int, int]:
         x = self.session.input_tensor
         return int(x.shape[2]), int(x.shape[3])
@@ -179,13 +171,7 @@ class OcclusionExplorer(SessionView, W.VBox):
             self.x = min(self.x, W_ - self.size)
             self.request_refresh()
 
-    @T.observe("layer")
-    def _layer_changed(self, change):
-        with self.held():
-            self.select_strongest(change["new"])
-            self.request_refresh()
-
-    @T.observe("channel", "stride", "y", "x")
+    @T.observe("stride", "y", "x")
     def _changed(self, change):
         self.request_refresh()
 
@@ -351,19 +337,16 @@ class OcclusionExplorer(SessionView, W.VBox):
         self._sweep = None
         super().close()
 
-    def _on_session(self, what: str) -> None:
-        H, W_ = self._input_size()
-        with self.held():
-            self._cache.clear()
-            self._projections.clear()
-            if what == "model":
-                if self.layer not in self.session.layers:
-                    self.layer = top_layer(self.session)
-                self.size_slider.max = min(H, W_)
-                if self.size > min(H, W_):
-                    self.size = min(H, W_)
-                self.y_slider.max = max(0, H - self.size)
-                self.x_slider.max = max(0, W_ - self.size)
-                self.y, self.x = min(self.y, H - self.size), min(self.x, W_ - self.size)
-            self.channel = self.session.strongest_channel(self.layer)
-            self.request_refresh()
+    def session_changed(self, what: str) -> None:
+        self._cache.clear()
+        self._projections.clear()
+        super().session_changed(what)  # a layer the new model lacks: its top layer
+        if what == "model":
+            H, W_ = self._input_size()
+            self.size_slider.max = min(H, W_)
+            if self.size > min(H, W_):
+                self.size = min(H, W_)
+            self.y_slider.max = max(0, H - self.size)
+            self.x_slider.max = max(0, W_ - self.size)
+            self.y, self.x = min(self.y, H - self.size), min(self.x, W_ - self.size)
+        self.channel = self.session.strongest_channel(self.layer)

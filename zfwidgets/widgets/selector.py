@@ -5,8 +5,7 @@ from __future__ import annotations
 import ipywidgets as W
 import traitlets as T
 
-from ..backend.defaults import opening_layer
-from .base import ErrorBox, SessionView
+from .base import LayerView
 
 __all__ = ["LayerSelector", "layer_label"]
 
@@ -27,7 +26,7 @@ def layer_label(info) -> str:
     return f"{info.name} · {info.kind} · {c}×{h}×{w} · {rf_text}"
 
 
-class LayerSelector(SessionView, W.VBox):
+class LayerSelector(LayerView):
     """A dropdown of the session's layers, each labelled with kind, shape and receptive field.
 
     Parameters
@@ -47,13 +46,10 @@ class LayerSelector(SessionView, W.VBox):
         Trait behind the "containers too" check box.
     """
 
-    layer = T.Unicode("")
     leaves_only = T.Bool(True)
 
     def __init__(self, session, layer: str | None = None, *, leaves_only: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.session = session
-        self.errors = ErrorBox()
+        super().__init__(session, **kwargs)
         self.dropdown = W.Dropdown(description="layer", layout=W.Layout(width="460px"),
                                    style={"description_width": "40px"})
         self.prev_button = W.Button(icon="chevron-left", tooltip="previous layer",
@@ -64,7 +60,7 @@ class LayerSelector(SessionView, W.VBox):
                                   indent=False, layout=W.Layout(width="120px"))
         self.leaves_only = leaves_only
         self._updating = False
-        self._rebuild_options(layer or opening_layer(session))
+        self._rebuild_options(layer or self.fallback_layer())
         self.dropdown.observe(self._dropdown_changed, names="value")
         self.prev_button.on_click(lambda _: self.step(-1))
         self.next_button.on_click(lambda _: self.step(+1))
@@ -72,14 +68,14 @@ class LayerSelector(SessionView, W.VBox):
         self.children = [W.HBox([self.dropdown, self.prev_button, self.next_button, self.all_box],
                                 layout=W.Layout(align_items="center")), self.errors]
         self.add_class("zf-layer-selector")
-        self._listen()
+        self.ready(refresh=False)
 
     # ------------------------------------------------------------------ options
     def _rebuild_options(self, keep: str) -> None:
         table = self.session.layer_table()
         names = {i.name for i in table}
         if keep not in names:
-            keep = opening_layer(self.session)
+            keep = self.fallback_layer()
         rows = [i for i in table if i.is_leaf or not self.leaves_only or i.name == keep]
         self._updating = True
         try:
@@ -93,23 +89,16 @@ class LayerSelector(SessionView, W.VBox):
         if not self._updating and change["new"]:
             self.layer = change["new"]
 
-    @T.validate("layer")
-    def _check_layer(self, proposal):
-        name = proposal["value"]
-        self.session.layer_info(name)  # UnknownLayerError with suggestions
-        return name
-
-    @T.observe("layer")
-    def _layer_changed(self, change) -> None:
+    def on_layer(self, layer: str) -> None:
         self.errors.clear()
-        if self.dropdown.value != change["new"]:
+        if self.dropdown.value != layer:
             values = [v for _, v in self.dropdown.options]
-            if change["new"] not in values:
-                self._rebuild_options(change["new"])
+            if layer not in values:
+                self._rebuild_options(layer)
             else:
                 self._updating = True
                 try:
-                    self.dropdown.value = change["new"]
+                    self.dropdown.value = layer
                 finally:
                     self._updating = False
 
@@ -126,6 +115,6 @@ class LayerSelector(SessionView, W.VBox):
         i = values.index(self.layer) if self.layer in values else 0
         self.layer = values[max(0, min(len(values) - 1, i + delta))]
 
-    def _on_session(self, what: str) -> None:
-        if what == "model":
+    def session_changed(self, what: str) -> None:
+        if what == "model":  # the layer stays when the new model has it
             self._rebuild_options(self.layer)

@@ -1,0 +1,251 @@
+"""The widgets' background runner without a browser: an asyncio loop drives small jobs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from zfwidgets.backend.jobs import Job, Step
+from zfwidgets.widgets.base import ErrorBox, View
+from zfwidgets.widgets.runner import Latest, Runner
+
+
+class FakeSession:
+    """What a runner and a view need of a session: a version and change listeners."""
+
+    def __init__(self):
+        self.version = 0
+        self.listeners = []
+
+    def on_change(self, callback):
+        self.listeners.append(callback)
+
+    def off_change(self, callback):
+        if callback in self.listeners:
+            self.listeners.remove(callback)
+
+
+def counting(n, log, name="job", fail_at=None, skipped=0):
+    """A job of ``n`` steps; ``log`` records what ran, including the ``finally``."""
+    def steps():
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise RuntimeError(f"{name} broke at {i}")
+                log.append((name, i))
+                yield Step(i + 1, n, note=f"{skipped} skipped" if skipped else "")
+            return f"{name} result"
+        finally:
+            log.append((name, "closed"))
+    return Job(steps(), what=name, unit="item")
+
+
+class Recorder:
+    """A runner (with an error box) whose callbacks record what came, in order."""
+
+    def __init__(self, session=None, **kwargs):
+        self.events = []
+        self.errors = ErrorBox()
+        self.runner = Runner(session, errors=self.errors, on_step=self.step, on_end=self.end,
+                             **kwargs)
+
+    def start(self, job):
+        self.runner.start(job, on_done=self.done)
+        return job
+
+    def step(self, step):
+        self.events.append(("step", step.done, step.total, step.note))
+
+    def end(self, job):
+        self.events.append(("end", job.what))
+
+    def done(self, result):
+        self.events.append(("done", result))
+
+
+async def turns(n):
+    """Let the event loop turn ``n`` times."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_steps_arrive_over_several_loop_turns():
+    rec, log = Recorder(), []
+
+    async def scenario():
+        job = rec.start(counting(3, log, skipped=2))
+        assert rec.runner.running and rec.runner.job is job
+        assert log == [] and rec.events == []          # nothing before the loop turns
+        await turns(1)
+        assert log == [("job", 0)]                     # one step per turn
+        assert rec.events == [("step", 1, 3, "2 skipped")]
+        await turns(1)
+        assert log == [("job", 0), ("job", 1)]
+        await turns(3)
+
+    asyncio.run(scenario())
+    assert rec.events == [("step", 1, 3, "2 skipped"), ("step", 2, 3, "2 skipped"),
+                          ("step", 3, 3, "2 skipped"), ("end", "job"), ("done", "job result")]
+    assert log[-1] == ("job", "closed") and not rec.runner.running
+    assert rec.errors.message == ""
+
+
+def test_a_newer_job_closes_the_older():
+    rec, log = Recorder(), []
+
+    async def scenario():
+        old = rec.start(counting(50, log, "old"))
+        await turns(2)
+        new = rec.start(counting(2, log, "new"))
+        assert old.closed and not old.done             # closed at once, half way
+        assert ("old", "closed") in log
+        await turns(5)
+        return new
+
+    new = asyncio.run(scenario())
+    assert [e for e in log if e[0] == "old"] == [("old", 0), ("old", 1), ("old", "closed")]
+    assert new.done and new.result == "new result"
+    # the superseded job hands the display on: no "end" and no result of its own
+    assert rec.events == [("step", 1, 50, ""), ("step", 2, 50, ""),
+                          ("step", 1, 2, ""), ("step", 2, 2, ""),
+                          ("end", "new"), ("done", "new result")]
+
+
+def test_an_error_goes_to_the_error_box():
+    rec, log = Recorder(), []
+
+    async def scenario():
+        rec.start(counting(5, log, "bad", fail_at=2))
+        await turns(6)
+
+    asyncio.run(scenario())
+    assert rec.errors.message == "RuntimeError: bad broke at 2"
+    assert rec.errors.layout.display is None and "RuntimeError" in rec.errors.details
+    assert rec.events == [("step", 1, 5, ""), ("step", 2, 5, ""), ("end", "bad")]
+    assert log[-1] == ("bad", "closed") and not rec.runner.running
+
+
+def test_a_job_whose_session_changed_is_dropped():
+    session = FakeSession()
+    rec, log = Recorder(session), []
+
+    async def scenario():
+        job = rec.start(counting(10, log, "stale"))
+        await turns(1)
+        session.version += 1                           # a new image while the job runs
+        await turns(4)
+        assert job.closed and not rec.runner.running
+        rec.start(counting(1, log, "fresh"))           # the next one runs
+        await turns(3)
+
+    asyncio.run(scenario())
+    assert [e for e in log if e[0] == "stale"] == [("stale", 0), ("stale", "closed")]
+    assert rec.events == [("step", 1, 10, ""), ("end", "stale"),
+                          ("step", 1, 1, ""), ("end", "fresh"), ("done", "fresh result")]
+    assert rec.errors.message == ""
+
+
+def test_cancel_stops_the_job_and_ends_it():
+    rec, log = Recorder(), []
+
+    async def scenario():
+        job = rec.start(counting(10, log, "long"))
+        await turns(1)
+        rec.runner.cancel()                            # a cancel button
+        await turns(3)
+        return job
+
+    job = asyncio.run(scenario())
+    assert job.closed and not rec.runner.running
+    assert log == [("long", 0), ("long", "closed")]
+    assert rec.events == [("step", 1, 10, ""), ("end", "long")]
+
+
+def test_without_a_loop_the_job_runs_at_once():
+    rec, log = Recorder(FakeSession()), []
+    rec.start(counting(3, log))
+    assert rec.events == [("step", 1, 3, ""), ("step", 2, 3, ""), ("step", 3, 3, ""),
+                          ("end", "job"), ("done", "job result")]
+    assert not rec.runner.running and log[-1] == ("job", "closed")
+
+    rec.events.clear()                                 # errors: shown, the runner free again
+    rec.start(counting(3, log, "bad", fail_at=1))
+    assert rec.errors.message == "RuntimeError: bad broke at 1" and not rec.runner.running
+    assert rec.events == [("step", 1, 3, ""), ("end", "bad")]
+
+    with pytest.raises(RuntimeError, match="broke at 0"):   # no error box: raised
+        Runner().start(counting(2, [], "loud", fail_at=0))
+
+
+def test_at_once_a_newer_job_started_from_a_step_wins():
+    log, results = [], []
+    runner = Runner(errors=ErrorBox())
+
+    def on_step(step):
+        if step.done == 2 and runner.job.what == "first":
+            runner.start(counting(2, log, "second"), on_done=results.append)
+
+    runner.on_step = on_step
+    first = counting(5, log, "first")
+    runner.start(first, on_done=results.append)
+    assert first.closed and not first.done
+    assert results == ["second result"] and not runner.running
+
+
+def test_background_false_runs_at_once_inside_a_loop():
+    rec = Recorder(background=False)
+
+    async def scenario():
+        rec.start(counting(2, []))
+        return list(rec.events)
+
+    assert asyncio.run(scenario())[-1] == ("done", "job result")
+
+
+def test_a_failing_callback_shows_its_error():
+    rec = Recorder()
+
+    def show(result):
+        raise ValueError(f"cannot draw {result}")
+
+    rec.runner.start(counting(1, []), on_done=show)
+    assert rec.errors.message == "ValueError: cannot draw job result"
+    assert rec.events[-1] == ("end", "job")
+
+
+def test_a_view_stops_its_runner_when_closed():
+    session = FakeSession()
+    rec, log = Recorder(), []
+
+    async def scenario():
+        view = View(session)
+        view.listen()
+        runner = view.new_runner(on_step=rec.step, on_end=rec.end)
+        assert runner.session is session and runner.errors is view.errors
+        job = counting(10, log, "view job")
+        runner.start(job, on_done=rec.done)
+        await turns(1)
+        view.close()
+        await turns(3)
+        return job
+
+    job = asyncio.run(scenario())
+    assert job.closed and session.listeners == []
+    assert rec.events == [("step", 1, 10, "")]         # closed without calling back
+
+
+def test_latest_runs_only_the_newest_of_a_burst():
+    calls = []
+    latest = Latest(delay=0.01)
+    latest(lambda: calls.append("now"))                # no loop: at once
+    assert calls == ["now"]
+
+    async def burst():
+        for k in range(4):
+            latest(lambda k=k: calls.append(k))
+        assert calls == ["now"]
+        await asyncio.sleep(0.05)
+
+    asyncio.run(burst())
+    assert calls == ["now", 3]
