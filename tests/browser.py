@@ -29,6 +29,7 @@ chromium``); tests skip with the reason when it is missing.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import secrets
@@ -59,11 +60,8 @@ def needs_chromium():
     reason = None
     if not Path(CHROMIUM).exists():
         reason = f"chromium not found at {CHROMIUM} (apt-get install -y chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            reason = "playwright (Python package) is not installed"
+    elif importlib.util.find_spec("playwright") is None:
+        reason = "playwright (Python package) is not installed"
     return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
