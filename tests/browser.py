@@ -1,18 +1,26 @@
 """Helpers for real-browser tests: a Voila server, Debian's chromium via Playwright, canvas polling.
 
-Usage in a test module::
+Usage in a test module: one server and one chromium for the module, a fresh page (so a fresh
+kernel: the notebook's own starting state) for every test::
 
     import pytest
-    from browser import launch_chromium, serve_voila, wait_canvas_changed, wait_canvas_painted
+    from browser import chromium, needs_chromium, open_page, serve_voila, wait_canvas_changed
 
     pytestmark = [pytest.mark.browser, needs_chromium()]
 
-    def test_x(tmp_path):
-        with serve_voila("notebooks/x.ipynb", tmp_path) as url, sync_playwright() as pw:
-            browser = launch_chromium(pw)
-            page = browser.new_page()
-            page.goto(url)
-            ...
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        tmp = tmp_path_factory.mktemp("x")
+        with serve_voila("notebooks/x.ipynb", tmp) as url, chromium() as browser:
+            yield url, browser
+
+    @pytest.fixture
+    def page(server):
+        with open_page(*server, 1200, 800) as page:
+            yield page
+
+Nothing waits a fixed time: every wait polls a condition (a port, a label, a canvas's pixels)
+until a deadline, and says what it waited for when the deadline passes.
 
 Nothing here downloads a browser: Playwright drives ``/usr/bin/chromium`` (``apt-get install
 chromium``); tests skip with the reason when it is missing.
@@ -21,7 +29,10 @@ chromium``); tests skip with the reason when it is missing.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import io
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -39,8 +50,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 CANVAS = ".jupyter-matplotlib-canvas-div"   # one per ipympl figure
 
 __all__ = ["CHROMIUM", "CANVAS", "needs_chromium", "free_port", "jupyter_env", "wait_for_port",
-           "serve_voila", "serve_command", "launch_chromium", "wait_canvas_painted",
-           "wait_canvas_changed", "screenshot_changed"]
+           "serve_voila", "serve_command", "launch_chromium", "chromium", "open_page",
+           "wait_until", "pixels", "has_content", "wait_canvas_painted", "wait_canvas_changed",
+           "screenshot_changed"]
 
 
 def needs_chromium():
@@ -48,11 +60,8 @@ def needs_chromium():
     reason = None
     if not Path(CHROMIUM).exists():
         reason = f"chromium not found at {CHROMIUM} (apt-get install -y chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            reason = "playwright (Python package) is not installed"
+    elif importlib.util.find_spec("playwright") is None:
+        reason = "playwright (Python package) is not installed"
     return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
@@ -159,65 +168,103 @@ def launch_chromium(playwright, **kwargs):
 
 
 @contextlib.contextmanager
-def browser_page(url: str, width: int, height: int):
-    """A chromium page (headless, Debian's build) at ``url``; the browser closes after."""
+def chromium():
+    """Debian's chromium (headless) for a module of tests; pages are opened with :func:`open_page`."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(url, timeout=180_000)
-            yield page
+            yield browser
         finally:
             browser.close()
 
 
-def _has_content(png: bytes) -> bool:
-    import io
+@contextlib.contextmanager
+def open_page(url: str, browser, width: int, height: int, timeout: float = 180):
+    """A fresh page at ``url`` in its own browser context; Voila starts a kernel for it and runs
+    the notebook, so a test starts from the notebook's own state whatever ran before.
 
+    Leaving the page shuts that kernel down: Voila posts the shutdown from ``beforeunload`` with
+    the page's ``_xsrf`` cookie, which Voila 0.5's own pages never set (voila#1458: the post is
+    refused and every page left would keep its kernel, and its model, running). The context
+    gets one, as a Jupyter page would have.
+    """
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        context.add_cookies([{"name": "_xsrf", "value": secrets.token_hex(16), "url": url}])
+        page = context.new_page()
+        try:
+            page.goto(url, timeout=timeout * 1000)
+            yield page
+        finally:
+            with contextlib.suppress(Exception):
+                page.goto("about:blank")  # runs beforeunload: the kernel shutdown is posted
+    finally:
+        context.close()
+
+
+def wait_until(page, condition, what: str, timeout: float = 60, poll: float = 0.2):
+    """Poll ``condition()`` until it returns something true, and return that; the page keeps
+    running between polls. ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        page.wait_for_timeout(poll * 1000)
+
+
+def pixels(png: bytes, box=None):
+    """RGB array ``[H, W, 3]`` (uint8) of a PNG screenshot, or of its ``box`` = ``(left, top,
+    right, bottom)`` in pixels."""
     import numpy as np
     from PIL import Image
 
-    arr = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    if box is None:
+        return rgb
+    left, top, right, bottom = (int(round(v)) for v in box)
+    return rgb[top:bottom, left:right]
+
+
+def has_content(png: bytes, box=None) -> bool:
+    """Whether a screenshot (or its ``box``) holds a picture rather than one flat colour."""
+    arr = pixels(png, box).mean(-1)
     return arr.size > 0 and float(arr.std()) > 2.0
 
 
-def wait_canvas_painted(page, locator, timeout: float = 90) -> bytes:
-    """Wait until the ipympl canvas at ``locator`` is visible and has content; its screenshot.
+def wait_canvas_painted(page, locator, timeout: float = 90, box=None) -> bytes:
+    """Wait until the ipympl canvas at ``locator`` is visible and has content (within ``box``
+    when given); its screenshot.
 
     ipympl paints only after the kernel sends the first image, so this polls screenshots.
     """
     locator.wait_for(state="visible", timeout=timeout * 1000)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def painted():
         png = locator.screenshot()
-        if _has_content(png):
-            return png
-        if time.monotonic() > deadline:
-            raise TimeoutError("the canvas stayed blank")
-        page.wait_for_timeout(200)
+        return png if has_content(png, box) else None
+
+    where = "the canvas" if box is None else f"the canvas within {box}"
+    return wait_until(page, painted, f"{where} to be painted", timeout)
 
 
-def screenshot_changed(before: bytes, after: bytes) -> bool:
-    """Whether two PNG screenshots differ in their pixels."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    a = np.asarray(Image.open(io.BytesIO(before)).convert("RGB"))
-    b = np.asarray(Image.open(io.BytesIO(after)).convert("RGB"))
+def screenshot_changed(before: bytes, after: bytes, box=None) -> bool:
+    """Whether two PNG screenshots differ in their pixels (within ``box`` when given)."""
+    a, b = pixels(before, box), pixels(after, box)
     return a.shape != b.shape or bool((a != b).any())
 
 
-def wait_canvas_changed(page, locator, before_png: bytes, timeout: float = 30) -> bytes:
-    """Poll element screenshots until they differ from ``before_png``; the new screenshot."""
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_canvas_changed(page, locator, before_png: bytes, timeout: float = 30,
+                        box=None) -> bytes:
+    """Poll element screenshots until they differ from ``before_png`` (within ``box`` when
+    given); the new screenshot."""
+    def changed():
         png = locator.screenshot()
-        if screenshot_changed(before_png, png):
-            return png
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the canvas did not change within {timeout} s")
-        page.wait_for_timeout(150)
+        return png if screenshot_changed(before_png, png, box) else None
+
+    where = "the canvas" if box is None else f"the canvas within {box}"
+    return wait_until(page, changed, f"{where} to change", timeout, poll=0.15)

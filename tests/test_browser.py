@@ -1,9 +1,11 @@
 """The explorer in a real browser, served exactly as `zfwidgets explore` serves it (Voila).
 
 Playwright drives Debian's chromium (never a downloaded browser); skipped, with the reason, when
-/usr/bin/chromium is missing. One server and one page for the module; the tests run in order.
+/usr/bin/chromium is missing. One server and one browser for the module; every test opens its
+own page (its own kernel), so it starts from the explorer as it opens and runs alone.
 """
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -11,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser import (CANVAS, browser_page, free_port, jupyter_env, needs_chromium,
-                     screenshot_changed, serve_command, wait_canvas_changed, wait_canvas_painted)
+from browser import (CANVAS, chromium, free_port, jupyter_env, needs_chromium, open_page, pixels,
+                     serve_command, wait_canvas_changed, wait_canvas_painted)
 
 pytestmark = [pytest.mark.browser, needs_chromium(),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -31,11 +33,17 @@ def explore_command(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("explore")
     port = free_port()
     with serve_command(explore_command(port), port, tmp, env=jupyter_env(tmp),
-                       timeout=180) as url, browser_page(url, 1300, 950) as page:
+                       timeout=180) as url, chromium() as browser:
+        yield url, browser
+
+
+@pytest.fixture
+def page(server):
+    with open_page(*server, 1300, 950) as page:
         yield page
 
 
@@ -47,61 +55,94 @@ def deconv_canvas(page):
     return page.locator(f".zf-deconv {CANVAS}")
 
 
-def test_explorer_renders(page):
-    grid = wait_canvas_painted(page, grid_canvas(page), timeout=240)
-    wait_canvas_painted(page, deconv_canvas(page), timeout=60)
-    wait_canvas_painted(page, page.locator(f".zf-top5 {CANVAS}"), timeout=60)
-    import io
+def mosaic_geometry(count: int, h: int, w: int):
+    """Where the grid widget draws the cells of a mosaic of ``count`` maps ``h x w``: the same
+    figure geometry as the widget's (its default size, 100 dpi), drawn headless.
 
-    from PIL import Image
-
-    shown = np.asarray(Image.open(io.BytesIO(grid)).convert("L"))
-    assert abs(shown.shape[0] - 460) <= 2 and abs(shown.shape[1] - 460) <= 2  # 4.6 in, 100 dpi
-    assert len(np.unique(shown)) > 32                 # showing maps, not a flat canvas
-    assert "480 maps 14×14" in page.locator(".zf-grid").inner_text()
-    assert "blocks.7.depthwise.act" in page.locator(".zf-layer-selector select").input_value() \
-        or "blocks.7.depthwise.act" in page.locator(".zf-layer-selector").inner_text()
-    assert page.locator(".zf-error:visible").count() == 0
-
-
-def test_choosing_a_layer_repaints(page):
-    before_grid = wait_canvas_painted(page, grid_canvas(page))
-    before_deconv = deconv_canvas(page).screenshot()
-    select = page.locator(".zf-layer-selector select")
-    label = [t for t in select.locator("option").all_inner_texts() if t.startswith(TOP + "\xa0")
-             or t.startswith(TOP + " ")][0]
-    select.select_option(label=label)
-    page.locator(".zf-grid", has_text="1280 maps 7×7").wait_for(timeout=60_000)
-    wait_canvas_changed(page, grid_canvas(page), before_grid, timeout=60)
-    wait_canvas_changed(page, deconv_canvas(page), before_deconv, timeout=60)
-    page.locator(".zf-deconv", has_text=f"{TOP}: map").wait_for(timeout=60_000)
-    assert page.locator(".zf-error:visible").count() == 0
-
-
-def test_clicking_a_map_selects_it(page):
+    Returns ``at(k, y, x)``: the canvas pixel ``(column, row)`` of unit ``(y, x)`` of cell ``k``
+    (cells after the last map are the mosaic's empty cells), and the cells' count.
+    """
     import inspect
 
     from zfwidgets.plots.mosaic import feature_mosaic_figure
     from zfwidgets.widgets import FeatureMapGrid
 
-    # Where map k sits: the same figure geometry as the widget's (its default size, 100 dpi).
     params = inspect.signature(FeatureMapGrid.__init__).parameters
     size, dpi = params["size"].default, params["dpi"].default
-    fig, mosaic = feature_mosaic_figure(np.zeros((1280, 7, 7), np.float32), size=size, dpi=dpi)
+    fig, mosaic = feature_mosaic_figure(np.zeros((count, h, w), np.float32), size=size, dpi=dpi)
     fig.canvas.draw()
+    layout, height = mosaic.layout, fig.bbox.height
+
+    def at(k, y, x):
+        r, c = divmod(k, layout.cols)
+        px, py = mosaic.ax.transData.transform((c * (w + layout.pad) + x,
+                                                r * (h + layout.pad) + y))
+        return float(px), float(height - py)
+
+    return at, layout.rows * layout.cols
+
+
+def choose_layer(page, layer: str, maps: str) -> None:
+    """Pick ``layer`` in the layer selector; return once the grid says ``maps`` and both the
+    grid and the deconv panel have been repainted for it."""
+    before_grid = wait_canvas_painted(page, grid_canvas(page), timeout=240)
+    before_deconv = wait_canvas_painted(page, deconv_canvas(page), timeout=60)
+    select = page.locator(".zf-layer-selector select")
+    label = [t for t in select.locator("option").all_inner_texts() if t.startswith(layer + "\xa0")
+             or t.startswith(layer + " ")][0]
+    select.select_option(label=label)
+    page.locator(".zf-grid", has_text=maps).wait_for(timeout=60_000)
+    wait_canvas_changed(page, grid_canvas(page), before_grid, timeout=60)
+    wait_canvas_changed(page, deconv_canvas(page), before_deconv, timeout=60)
+    page.locator(".zf-deconv", has_text=f"{layer}: map").wait_for(timeout=60_000)
+
+
+def test_explorer_renders(page):
+    grid = wait_canvas_painted(page, grid_canvas(page), timeout=240)
+    wait_canvas_painted(page, deconv_canvas(page), timeout=60)
+    wait_canvas_painted(page, page.locator(f".zf-top5 {CANVAS}"), timeout=60)
+    text = page.locator(".zf-grid").inner_text()
+    assert "480 maps 14×14" in text
+    assert "blocks.7.depthwise.act" in page.locator(".zf-layer-selector select").input_value() \
+        or "blocks.7.depthwise.act" in page.locator(".zf-layer-selector").inner_text()
+    assert page.locator(".zf-error:visible").count() == 0
+    # the canvas shows that mosaic: gray maps where the layout puts the 480 maps, the separator
+    # colour in the empty cells after the last one
+    from zfwidgets.plots.base import SEPARATOR_COLOR
+
+    at, cells = mosaic_geometry(480, 14, 14)
+    assert cells > 480
+    shown = pixels(grid)
+    selected = int(re.search(r"map (\d+) of 480", text).group(1))
+    for k in {0, 240, 479} - {selected}:           # the selected map wears a coloured frame
+        x, y = at(k, 7, 7)
+        r, g, b = shown[int(y), int(x)].astype(int)
+        assert r == g == b, (k, (r, g, b))
+    x, y = at(cells - 1, 7, 7)
+    np.testing.assert_allclose(shown[int(y), int(x)], np.array(SEPARATOR_COLOR) * 255, atol=3)
+
+
+def test_choosing_a_layer_repaints(page):
+    choose_layer(page, TOP, "1280 maps 7×7")
+    assert page.locator(".zf-error:visible").count() == 0
+
+
+def test_clicking_a_map_selects_it(page):
+    choose_layer(page, TOP, "1280 maps 7×7")
+    at, _ = mosaic_geometry(1280, 7, 7)
     k = 555
-    y0, x0 = mosaic.layout.origin(k)
-    px, py = mosaic.ax.transData.transform((x0 + 3, y0 + 3))
-    height = fig.bbox.height
+    px, py = at(k, 3, 3)
+    left, top = at(k, -1.5, -1.5)        # map k's tile and its frame, where the highlight goes
+    right, bottom = at(k, 7.5, 7.5)
 
     canvas = grid_canvas(page)
     before_grid = canvas.screenshot()
     before_deconv = deconv_canvas(page).screenshot()
     box = canvas.bounding_box()
-    page.mouse.click(box["x"] + px, box["y"] + (height - py))
+    page.mouse.click(box["x"] + px, box["y"] + py)
     page.locator(".zf-grid", has_text=f"map {k} of 1280").wait_for(timeout=60_000)
-    after = wait_canvas_changed(page, canvas, before_grid, timeout=60)
-    assert screenshot_changed(before_grid, after)
+    # the highlight is drawn around map k itself
+    wait_canvas_changed(page, canvas, before_grid, timeout=60, box=(left, top, right, bottom))
     page.locator(".zf-deconv", has_text=f"map {k},").wait_for(timeout=60_000)
     wait_canvas_changed(page, deconv_canvas(page), before_deconv, timeout=60)
     assert page.locator(".zf-error:visible").count() == 0

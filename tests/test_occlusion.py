@@ -329,11 +329,14 @@ def test_model_unmodified_even_after_cancel(alexnet):
 def test_user_hooks_select_the_plain_path(oddnet):
     seen = []
     handle = oddnet.conv4.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    x = torch.randn(1, 3, 40, 40)
     try:
-        r = occlusion_maps(oddnet, torch.randn(1, 3, 40, 40), 10, 15, layer="conv4")
+        r = occlusion_maps(oddnet, x, 10, 15, layer="conv4")
     finally:
         handle.remove()
-    assert r.method == "plain" and seen
+    assert r.method == "plain" and r.shape == (3, 3)
+    assert sum(seen) >= r.prob.size                  # the hook saw every occluded copy
+    check_equal(r, *plain_loop(oddnet, x, 10, 15, "conv4", r.channel, torch.zeros(3)))
 
 
 def test_result_helpers(lite0):

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
+from zfwidgets.backend.ops import rectifier_call
 from zfwidgets.backend.project import Target, project
 from zfwidgets.backend.rules import RuleMode
 from zfwidgets.errors import BadParameterError, UnknownLayerError, UnsupportedModelError
@@ -14,11 +16,18 @@ from zfwidgets.errors import BadParameterError, UnknownLayerError, UnsupportedMo
 RULES = ["deconvnet", "guided", "gradient"]
 
 
+MODULE_ACTS = {"module": lambda: nn.ReLU(), "inplace": lambda: nn.ReLU(inplace=True),
+               "relu6": lambda: nn.ReLU6(inplace=True),
+               "leaky": lambda: nn.LeakyReLU(0.1, inplace=True),
+               "hardtanh": lambda: nn.Hardtanh(0.0, 6.0), "threshold": lambda: nn.Threshold(0, 0)}
+
+
 class TinyZF(nn.Module):
     """conv -> relu -> maxpool -> conv -> relu -> maxpool -> conv -> relu, ZF-style.
 
     ``act`` picks how the rectifiers are written: separate modules, in-place modules, one module
-    reused everywhere, functional calls, ReLU6 modules, or in-place tensor methods.
+    reused everywhere, functional calls, ReLU6 modules, in-place tensor methods, or the other
+    rectifier modules (in-place LeakyReLU, Hardtanh(0, 6), Threshold(0, 0)).
     """
 
     def __init__(self, act="module", pool=(2, 2)):
@@ -29,10 +38,8 @@ class TinyZF(nn.Module):
         self.conv3 = nn.Conv2d(16, 12, 3, padding=1)
         self.pool1 = nn.MaxPool2d(*pool)
         self.pool2 = nn.MaxPool2d(*pool)
-        if act in ("module", "inplace", "relu6"):
-            make = {"module": lambda: nn.ReLU(),
-                    "inplace": lambda: nn.ReLU(inplace=True),
-                    "relu6": lambda: nn.ReLU6(inplace=True)}[act]
+        if act in MODULE_ACTS:
+            make = MODULE_ACTS[act]
             self.relu1, self.relu2, self.relu3 = make(), make(), make()
         elif act == "shared":
             self.relu = nn.ReLU(inplace=True)
@@ -55,10 +62,12 @@ class TinyZF(nn.Module):
 
 
 def reference(net: TinyZF, x: torch.Tensor, signal: torch.Tensor, rule: str,
-              hi: float | None = None, top_gate: bool = True) -> torch.Tensor:
+              hi: float | None = None, top_gate: bool = True, slope: float = 0.0,
+              ) -> torch.Tensor:
     """The paper's deconvnet written out: rectify, transposed filters, unpool with switches.
 
-    ``guided`` and ``gradient`` use the same walk with their own gate at each rectifier.
+    ``guided`` and ``gradient`` use the same walk with their own gate at each rectifier
+    (``slope``: a leaky rectifier's slope below 0, ``hi``: its upper bound).
     Overlapping pools route with scatter-add (several windows may pick one switch); for
     non-overlapping pools that is exactly ``MaxUnpool2d``.
     """
@@ -70,7 +79,7 @@ def reference(net: TinyZF, x: torch.Tensor, signal: torch.Tensor, rule: str,
         conv_in.append(h.shape)
         z = F.conv2d(h, conv.weight, conv.bias, conv.stride, conv.padding)
         pre.append(z)
-        a = z.clamp(0, hi)
+        a = torch.where(z > 0, z.clamp(max=hi) if hi is not None else z, slope * z)
         if i < 2:
             sizes.append(a.shape)
             a, ind = F.max_pool2d(a, pools[i].kernel_size, pools[i].stride, return_indices=True)
@@ -80,10 +89,11 @@ def reference(net: TinyZF, x: torch.Tensor, signal: torch.Tensor, rule: str,
     def gate(s, z):
         if rule == "deconvnet":
             return s.clamp(min=0)
+        below = torch.full_like(z, slope)  # the derivative under 0 (0 for a plain rectifier)
         if rule == "guided":  # "was the unit active": saturated ReLU6 units count as active
-            return s.clamp(min=0) * (z > 0).to(s.dtype)
-        deriv = ((z > 0) & (z < hi)).to(s.dtype) if hi is not None else (z > 0).to(s.dtype)
-        return s * deriv
+            return s.clamp(min=0) * torch.where(z > 0, torch.ones_like(z), below)
+        inside = ((z > 0) & (z < hi)) if hi is not None else z > 0
+        return s * torch.where(inside, torch.ones_like(z), torch.where(z > 0, 0.0, below))
 
     s = signal
     for i in (2, 1, 0):
@@ -128,7 +138,8 @@ def _net(act="module", pool=(2, 2), seed=0):
 
 
 LAST = {"module": "relu3", "inplace": "relu3", "relu6": "relu3", "shared": "relu@2",
-        "functional": "conv3", "method": "conv3", "clamp": "conv3"}
+        "functional": "conv3", "method": "conv3", "clamp": "conv3", "leaky": "relu3",
+        "hardtanh": "relu3", "threshold": "relu3"}
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -144,13 +155,16 @@ def test_rules_match_explicit_reference(rule, pool, pos):
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
 
 
-@pytest.mark.parametrize("act", ["inplace", "shared", "functional", "method", "clamp", "relu6"])
+@pytest.mark.parametrize("act", ["inplace", "shared", "functional", "method", "clamp", "relu6",
+                                 "leaky", "hardtanh", "threshold"])
 @pytest.mark.parametrize("rule", RULES)
 def test_every_way_of_writing_a_rectifier(act, rule):
-    """Inplace modules, a module reused 3 times, F.relu, x.relu_(), clamp(min=0), ReLU6."""
+    """Inplace modules, a module reused 3 times, F.relu, x.relu_(), clamp(min=0), ReLU6,
+    in-place LeakyReLU(0.1), Hardtanh(0, 6), Threshold(0, 0)."""
     net, x = _net(act)
-    hi = 6.0 if act == "relu6" else None
-    x = x * 30 if act == "relu6" else x  # make some units saturate at 6
+    hi = 6.0 if act in ("relu6", "hardtanh") else None
+    slope = 0.1 if act == "leaky" else 0.0
+    x = x * 30 if hi is not None else x  # make some units saturate at 6
     layer = LAST[act]
     with torch.no_grad():
         acts = net(x.clone())
@@ -159,7 +173,8 @@ def test_every_way_of_writing_a_rectifier(act, rule):
         acts = F.conv2d(_pre_last(net, x), net.conv3.weight, net.conv3.bias, padding=1)
     channel = int(acts[0].flatten(1).sum(1).argmax())
     sig = _signal(acts, channel, (2, 3))
-    ref = reference(net, x, sig, rule, hi, top_gate=act not in ("functional", "method", "clamp"))
+    ref = reference(net, x, sig, rule, hi, top_gate=act not in ("functional", "method", "clamp"),
+                    slope=slope)
     got = project(net, x, layer, [Target(0, channel, 2, 3)], rule)
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4), (got - ref).abs().max()
 
@@ -211,7 +226,13 @@ def test_non_rectifiers_are_refused_not_silently_gradient(act):
     for rule in ("deconvnet", "guided"):
         with pytest.raises(UnsupportedModelError, match="gradient"):
             project(net, x, "2", [Target(0, 0)], rule)
-    assert project(net, x, "2", [Target(0, 0)], "gradient").abs().sum() > 0
+    # the gradient rule goes through them: map 0's own values sent down by plain autograd
+    leaf = x.clone().requires_grad_(True)
+    out = net(leaf)[:, 0]
+    (want,) = torch.autograd.grad(out, leaf, out.detach())
+    got = project(net, x, "2", [Target(0, 0)], "gradient")
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_rule_and_layer():
@@ -228,3 +249,183 @@ def test_mode_leaves_ordinary_results_unchanged():
     with RuleMode("deconvnet"):
         got = net(x.clone())
     assert torch.equal(want, got)
+
+
+# ----------------------------------------------------------------------------- rectifier forms
+# Each way of writing a rectifier, the (lo, hi, slope, inplace) that `rectifier_call` must read
+# from it, and each rule's backward against a hand-written reference.
+
+RECTIFIER_FORMS = {
+    # name: (call, (lo, hi, slope, inplace))
+    "F.relu": (F.relu, (0.0, None, 0.0, False)),
+    "F.relu(inplace=True)": (lambda x: F.relu(x, inplace=True), (0.0, None, 0.0, True)),
+    "torch.relu_": (torch.relu_, (0.0, None, 0.0, True)),
+    "x.relu()": (lambda x: x.relu(), (0.0, None, 0.0, False)),
+    "nn.ReLU(inplace=True)": (nn.ReLU(inplace=True), (0.0, None, 0.0, True)),
+    "F.leaky_relu(x)": (F.leaky_relu, (0.0, None, 0.01, False)),
+    "F.leaky_relu(x, 0.2)": (lambda x: F.leaky_relu(x, 0.2), (0.0, None, 0.2, False)),
+    "F.leaky_relu(x, negative_slope=0.3)": (lambda x: F.leaky_relu(x, negative_slope=0.3),
+                                            (0.0, None, 0.3, False)),
+    "F.leaky_relu(x, 0.2, True)": (lambda x: F.leaky_relu(x, 0.2, True),
+                                   (0.0, None, 0.2, True)),
+    "F.leaky_relu(x, 0.2, inplace=True)": (lambda x: F.leaky_relu(x, 0.2, inplace=True),
+                                           (0.0, None, 0.2, True)),
+    "F.leaky_relu_(x, 0.1)": (lambda x: F.leaky_relu_(x, 0.1), (0.0, None, 0.1, True)),
+    "nn.LeakyReLU(0.05)": (nn.LeakyReLU(0.05), (0.0, None, 0.05, False)),
+    "nn.LeakyReLU(0.05, inplace=True)": (nn.LeakyReLU(0.05, inplace=True),
+                                         (0.0, None, 0.05, True)),
+    "F.hardtanh(x, 0, 4)": (lambda x: F.hardtanh(x, 0.0, 4.0), (0.0, 4.0, 0.0, False)),
+    "F.hardtanh(x, min_val=0, max_val=4, inplace=True)": (
+        lambda x: F.hardtanh(x, min_val=0.0, max_val=4.0, inplace=True), (0.0, 4.0, 0.0, True)),
+    "F.hardtanh_(x, 0, 4)": (lambda x: F.hardtanh_(x, 0.0, 4.0), (0.0, 4.0, 0.0, True)),
+    "nn.Hardtanh(0, 6)": (nn.Hardtanh(0, 6), (0.0, 6.0, 0.0, False)),
+    "nn.ReLU6(inplace=True)": (nn.ReLU6(inplace=True), (0.0, 6.0, 0.0, True)),
+    "F.relu6": (F.relu6, (0.0, 6.0, 0.0, False)),
+    "F.relu6(x, inplace=True)": (lambda x: F.relu6(x, inplace=True), (0.0, 6.0, 0.0, True)),
+    "F.threshold(x, 0, 0)": (lambda x: F.threshold(x, 0.0, 0.0), (0.0, None, 0.0, False)),
+    "F.threshold(x, 0, 0, True)": (lambda x: F.threshold(x, 0.0, 0.0, True),
+                                   (0.0, None, 0.0, True)),
+    "F.threshold_(x, 0, 0)": (lambda x: F.threshold_(x, 0.0, 0.0), (0.0, None, 0.0, True)),
+    "nn.Threshold(0, 0)": (nn.Threshold(0.0, 0.0), (0.0, None, 0.0, False)),
+    "nn.Threshold(0, 0, inplace=True)": (nn.Threshold(0, 0, inplace=True),
+                                         (0.0, None, 0.0, True)),
+    "x.clamp(min=0)": (lambda x: x.clamp(min=0), (0.0, None, 0.0, False)),
+    "torch.clamp(x, 0)": (lambda x: torch.clamp(x, 0), (0.0, None, 0.0, False)),
+    "x.clamp(0, 3)": (lambda x: x.clamp(0, 3), (0.0, 3.0, 0.0, False)),
+    "torch.clip(x, min=0)": (lambda x: torch.clip(x, min=0), (0.0, None, 0.0, False)),
+    "x.clamp_(min=0)": (lambda x: x.clamp_(min=0), (0.0, None, 0.0, True)),
+    "x.clip_(0, 3)": (lambda x: x.clip_(0, 3), (0.0, 3.0, 0.0, True)),
+    "torch.clamp_min(x, 0)": (lambda x: torch.clamp_min(x, 0), (0.0, None, 0.0, False)),
+    "x.clamp_min(0)": (lambda x: x.clamp_min(0), (0.0, None, 0.0, False)),
+    "x.clamp_min_(0)": (lambda x: x.clamp_min_(0), (0.0, None, 0.0, True)),
+}
+
+# Calls of the same functions that are not rectifiers at 0: no rule may treat them as one.
+NOT_RECTIFIERS = {
+    "F.hardtanh(x)": F.hardtanh,                                   # [-1, 1]
+    "nn.Hardtanh()": nn.Hardtanh(),
+    "F.hardtanh(x, -0.5, 6)": lambda x: F.hardtanh(x, -0.5, 6.0),
+    "nn.Hardtanh(-2, 6, inplace=True)": nn.Hardtanh(-2.0, 6.0, inplace=True),
+    "F.hardtanh_(x, 1, 6)": lambda x: F.hardtanh_(x, 1.0, 6.0),
+    "F.threshold(x, 0.5, 0)": lambda x: F.threshold(x, 0.5, 0.0),
+    "F.threshold(x, 0, -1)": lambda x: F.threshold(x, 0.0, -1.0),
+    "nn.Threshold(-1, 0, inplace=True)": nn.Threshold(-1.0, 0.0, inplace=True),
+    "x.clamp(min=-1)": lambda x: x.clamp(min=-1),
+    "x.clamp(max=3)": lambda x: x.clamp(max=3),
+    "x.clamp(min=tensor 0)": lambda x: x.clamp(min=torch.tensor(0.0)),
+    "x.clamp_min(0.5)": lambda x: x.clamp_min(0.5),
+}
+
+
+class _SeenRectifiers(TorchFunctionMode):
+    """Records what `rectifier_call` reads from every call made while active (runs the call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        rect = rectifier_call(func, args, kwargs)
+        if rect is not None:
+            self.seen.append(rect)
+        return func(*args, **kwargs)
+
+
+def _rectifier_input(seed=0):
+    """Values from about -8 to 8 (past 6, so that ReLU6 saturates) and the kinks themselves
+    (0 and every upper bound used here), where the derivative is torch's own convention."""
+    x = torch.randn(400, generator=torch.Generator().manual_seed(seed)) * 4
+    return torch.cat([x, torch.tensor([0.0, -0.0, 3.0, 4.0, 6.0])])
+
+
+def _backward(call, x, g, rule=None):
+    """``(y, dL/dx, input after the call, rectifiers replaced)`` of ``call`` for upstream
+    ``g``, under ``RuleMode(rule)`` (None: plain autograd). The call gets a non-leaf copy of
+    ``x``, so that in-place forms are legal."""
+    leaf = x.clone().requires_grad_(True)
+    inp = leaf * 1.0
+    replaced = 0
+    if rule is None:
+        y = call(inp)
+    else:
+        with RuleMode(rule) as mode:
+            y = call(inp)
+        replaced = mode.rectifiers
+    (dx,) = torch.autograd.grad(y, leaf, g)
+    return y.detach(), dx, inp.detach(), replaced
+
+
+@pytest.mark.parametrize("name", list(RECTIFIER_FORMS))
+def test_rectifier_call_reads_each_form(name):
+    call, want = RECTIFIER_FORMS[name]
+    x = _rectifier_input()
+    with _SeenRectifiers() as mode:
+        call(x)
+    assert len(mode.seen) == 1, [(r.lo, r.hi, r.slope, r.inplace) for r in mode.seen]
+    rect = mode.seen[0]
+    assert (rect.lo, rect.hi, rect.slope, rect.inplace) == want
+    assert rect.x is x                            # the rectified tensor: the call's input
+
+
+@pytest.mark.parametrize("name", list(NOT_RECTIFIERS))
+def test_rectifier_call_refuses_other_bounds(name):
+    with _SeenRectifiers() as mode:
+        NOT_RECTIFIERS[name](_rectifier_input())
+    assert mode.seen == []
+
+
+def test_rectifier_call_refuses_non_float_and_non_tensor_inputs():
+    assert rectifier_call(F.relu, (torch.arange(-3, 3),), {}) is None          # integer tensor
+    assert rectifier_call(torch.clamp, (torch.arange(-3, 3),), {"min": 0}) is None
+    assert rectifier_call(F.relu, (), {}) is None
+    assert rectifier_call(torch.clamp, (3.0,), {"min": 0}) is None
+    assert rectifier_call(torch.add, (torch.ones(2), 1), {}) is None           # not in the table
+    rect = rectifier_call(F.leaky_relu, (torch.ones(2),), {"negative_slope": 0.25,
+                                                           "inplace": True})
+    assert (rect.lo, rect.hi, rect.slope, rect.inplace) == (0.0, None, 0.25, True)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("name", list(RECTIFIER_FORMS))
+def test_each_rectifier_form_against_its_hand_written_backward(name, rule):
+    call, (lo, hi, slope, inplace) = RECTIFIER_FORMS[name]
+    x = _rectifier_input(1)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    y, got, inp, replaced = _backward(call, x, g, rule)
+    assert replaced == 1
+    plain_y, plain_dx, _, _ = _backward(call, x, g)
+    # the forward is the op's own, in place where the op writes into its input
+    want_y = torch.where(x > lo, x if hi is None else x.clamp(max=hi), slope * x)
+    torch.testing.assert_close(y, want_y, rtol=0, atol=0)
+    torch.testing.assert_close(y, plain_y, rtol=0, atol=0)
+    torch.testing.assert_close(inp, want_y if inplace else x, rtol=0, atol=0)
+    if rule == "deconvnet":                       # the signal is rectified, the input ignored
+        want = g.clamp(min=0)
+    elif rule == "guided":                        # ... and gated by "was the unit active"
+        want = g.clamp(min=0) * torch.where(x > lo, 1.0, slope)
+    else:                                         # the derivative of the op itself
+        want = plain_dx
+        inside = (x > lo) & (x < hi) if hi is not None else x > lo
+        deriv = torch.where(inside, 1.0, torch.where(x > lo, 0.0, slope))
+        torch.testing.assert_close(plain_dx, g * deriv, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    if rule != "gradient":                        # the references do tell the rules apart
+        assert not torch.equal(got, plain_dx)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("name", list(NOT_RECTIFIERS))
+def test_other_bounds_keep_their_own_derivative_under_every_rule(name, rule):
+    """hardtanh(-1, 1), threshold(0.5, 0), clamp(min=-1) ... are not rectifiers at 0: no rule
+    rectifies their backward signal; it is the op's ordinary derivative."""
+    call = NOT_RECTIFIERS[name]
+    x = _rectifier_input(3)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    y, got, _, replaced = _backward(call, x, g, rule)
+    want_y, want, _, _ = _backward(call, x, g)
+    assert replaced == 0
+    torch.testing.assert_close(y, want_y, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(got, g.clamp(min=0))             # not treated as deconvnet
+    assert not torch.equal(got, g.clamp(min=0) * (x > 0))   # nor as guided
