@@ -363,7 +363,7 @@ def test_result_helpers(lite0):
 def test_engine_failure_falls_back_to_plain_passes(monkeypatch, alexnet):
     """method="auto": should the engine ever trip over a model, the sweep finishes with plain
     forward passes (and says so); method="incremental" raises instead."""
-    from zfwidgets.backend.occlusion.handlers import HANDLERS
+    from zfwidgets.backend.occlusion.table import HANDLERS
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -426,7 +426,7 @@ class ErfNet(nn.Module):
 def test_an_op_registered_in_the_handler_table_is_used():
     """A handler written against the engine's public interface, registered with ``handles``,
     is called for its op (no dense fallback), and the result stays exact."""
-    from zfwidgets.backend.occlusion.handlers import HANDLERS, Fallback, handles
+    from zfwidgets.backend.occlusion.table import HANDLERS, Fallback, handles
     from zfwidgets.backend.ops import RECTIFIER_FUNCS
 
     assert RECTIFIER_FUNCS <= set(HANDLERS)  # every rectifier of the one table runs windowed

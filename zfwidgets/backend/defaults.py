@@ -14,6 +14,7 @@ policy               used by
 :func:`mining_layers`  ``zf.mine``, the gallery, probes and feature evolution: about five layers
                        spread over the depth (the paper's layers 1-5)
 :func:`invariance_layers`  Fig. 5: the first rectified layer and the top feature layer
+:func:`correspondence_layers`  Fig. 8 / Table 1: the middle and top feature layers
 ==================== =========================================================================
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 from ..errors import UnknownLayerError
 from .ops import RECTIFIER_MODULES
 
-__all__ = ["invariance_layers", "is_rectifier_layer", "mining_layers", "opening_layer",
+__all__ = ["correspondence_layers", "invariance_layers", "is_rectifier_layer", "mining_layers", "opening_layer",
            "top_layer"]
 
 _RECTIFIER_KINDS = frozenset(cls.__name__ for cls in RECTIFIER_MODULES)
@@ -97,3 +98,12 @@ def invariance_layers(session) -> list[str]:
     first = next((info.name for info in table if is_rectifier_layer(info)), table[0].name)
     top = session.entry.default_layer or table[-1].name
     return list(dict.fromkeys([first, top]))
+
+
+def correspondence_layers(session) -> list[str]:
+    """The layers Fig. 8 / Table 1 compares (the paper's layers 5 and 7): the model's
+    ``middle_layer`` and ``default_layer``, else its last layer."""
+    entry = session.entry
+    layers = [layer for layer in dict.fromkeys([entry.middle_layer, entry.default_layer])
+              if layer]
+    return layers or [session.layers[-1]]

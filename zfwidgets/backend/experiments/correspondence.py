@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ...errors import BadParameterError
+from ..defaults import correspondence_layers
 from ..layers import run_captured, scoped_eval
 
 __all__ = ["CorrespondenceResult", "correspondence", "sign_consistency"]
@@ -133,7 +134,8 @@ def correspondence(session, images: Any, parts: Mapping[str, Sequence[Box]],
         Per part name, one ``(top, left, bottom, right)`` box per image, in input pixels of the
         model's view (bottom and right exclusive).
     layers : sequence of str, optional
-        Default: the model's middle and top feature layers (the paper's layers 5 and 7).
+        Default :func:`~zfwidgets.backend.defaults.correspondence_layers` (the model's middle
+        and top feature layers, the paper's layers 5 and 7).
     random_trials : int
         Trials of the random baseline; each puts, in every image, a square of that image's mean
         part size at a random place.
@@ -154,16 +156,7 @@ def correspondence(session, images: Any, parts: Mapping[str, Sequence[Box]],
     UnknownLayerError
         Unknown layer.
     """
-    if isinstance(images, torch.Tensor):
-        if images.dim() != 4:
-            raise BadParameterError(f"an image tensor must be [N, 3, H, W], got "
-                                    f"{list(images.shape)}")
-        x = images.detach().to(session.input_tensor)
-    else:
-        from ...data import load_image
-
-        x = torch.cat([session.preprocessing(load_image(im)) for im in images]).to(
-            session.input_tensor)
+    x = _inputs(session, images)
     n, _, H, W = x.shape
     if n < 2:
         raise BadParameterError("correspondence needs at least two images")
@@ -175,51 +168,69 @@ def correspondence(session, images: Any, parts: Mapping[str, Sequence[Box]],
     boxes = {str(name): _check_boxes(str(name), b, n, H, W) for name, b in parts.items()}
     if "random" in boxes:
         raise BadParameterError("'random' is the baseline's name; call the part something else")
-    if layers is None:
-        entry = session.entry
-        layers = [entry.middle_layer, entry.default_layer]
-        layers = [layer for layer in dict.fromkeys(layers) if layer] or [session.layers[-1]]
-    layers = list(dict.fromkeys(layers))
+    layers = list(dict.fromkeys(correspondence_layers(session) if layers is None else layers))
     for layer in layers:
         session.layer_info(layer)
 
-    model = session.model
+    def consistency(bxs) -> dict[str, np.ndarray]:
+        hidden = _features(session, _occluded(x, bxs, fill), layers)
+        return {layer: sign_consistency(clean[layer] - hidden[layer]) for layer in layers}
 
-    def features(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        found: dict[str, torch.Tensor] = {}
-
-        def keep(layer, out):
-            found[layer] = out.detach().flatten(1).double()
-
-        with torch.inference_mode(), scoped_eval(model):
-            run_captured(model, batch, layers, keep, known=session.layers)
-        return found
-
-    clean = features(x)
+    clean = _features(session, x, layers)
     pairs = {}
     for name, bxs in boxes.items():
-        hidden = features(_occluded(x, bxs, fill))
-        for layer in layers:
-            pairs[(name, layer)] = sign_consistency(clean[layer] - hidden[layer])
+        for layer, score in consistency(bxs).items():
+            pairs[(name, layer)] = score
+    trials = {layer: [] for layer in layers}
+    random_boxes = _random_boxes(boxes, n, H, W, random_trials, seed)
+    for bxs in random_boxes:
+        for layer, score in consistency(bxs).items():
+            trials[layer].append(float(score.mean()))
+    for layer in layers:
+        pairs[("random", layer)] = np.asarray(trials[layer])
+    boxes["random"] = random_boxes[0]
+    return CorrespondenceResult(layers=layers, parts=list(boxes), pairs=pairs, boxes=boxes)
 
-    # the random baseline: squares of each image's mean part size, anywhere
+
+def _inputs(session, images) -> torch.Tensor:
+    """The images as a normalized ``[N, 3, H, W]`` batch on the session's device."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise BadParameterError(f"an image tensor must be [N, 3, H, W], got "
+                                    f"{list(images.shape)}")
+        return images.detach().to(session.input_tensor)
+    from ...data import load_image
+
+    return torch.cat([session.preprocessing(load_image(im)) for im in images]).to(
+        session.input_tensor)
+
+
+def _features(session, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Each layer's output for ``batch``, flattened per image, in float64."""
+    found: dict[str, torch.Tensor] = {}
+
+    def keep(layer, out):
+        found[layer] = out.detach().flatten(1).double()
+
+    with torch.inference_mode(), scoped_eval(session.model):
+        run_captured(session.model, batch, layers, keep, known=session.layers)
+    return found
+
+
+def _random_boxes(boxes: Mapping[str, list[Box]], n: int, H: int, W: int, trials: int,
+                  seed: int) -> list[list[Box]]:
+    """The random baseline: per trial, in every image a square of that image's mean part size
+    at a random place."""
     sizes = np.array([[np.mean([b[i][2] - b[i][0] for b in boxes.values()]),
                        np.mean([b[i][3] - b[i][1] for b in boxes.values()])] for i in range(n)])
     sizes = np.maximum(1, np.round(sizes)).astype(int)
     rng = np.random.default_rng(seed)
-    trials = {layer: [] for layer in layers}
-    first_random = None
-    for _ in range(random_trials):
+    out = []
+    for _ in range(trials):
         bxs = []
         for i in range(n):
             h, w = sizes[i]
             top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
             bxs.append((top, left, top + h, left + w))
-        first_random = first_random or bxs
-        hidden = features(_occluded(x, bxs, fill))
-        for layer in layers:
-            trials[layer].append(float(sign_consistency(clean[layer] - hidden[layer]).mean()))
-    for layer in layers:
-        pairs[("random", layer)] = np.asarray(trials[layer])
-    boxes["random"] = first_random
-    return CorrespondenceResult(layers=layers, parts=list(boxes), pairs=pairs, boxes=boxes)
+        out.append(bxs)
+    return out

@@ -9,7 +9,8 @@ Modules, one idea each:
 * :mod:`.grid`: where the occluder goes and what colour it is (corners, fills, occluded copies);
 * :mod:`.engine`: incremental inference (:class:`IncrementalMode`): placeholders for the batch
   of occluded images, a dense fallback that is always exact, the interface handlers use;
-* :mod:`.handlers`: the per-op handlers, registered in one table (add an op there);
+* :mod:`.table`: the one table of op handlers (``@handles``), read by the engine;
+* :mod:`.handlers`: the per-op handlers, registered in that table (add an op there);
 * :mod:`.fusion`: a pending convolution that folds a following batch norm and ReLU;
 * :mod:`.sweep`: the sweep over any classifier as a job (:func:`occlusion_maps`);
 * :mod:`.result`: :class:`OcclusionResult`, the maps and how to read them;
@@ -19,16 +20,19 @@ Modules, one idea each:
 
 from .engine import IncrementalMode
 from .grid import FILLS, fill_tensor, occlude, occlusion_grid
+from .handlers import HANDLERS, handles  # importing the handlers fills the table
 from .result import OcclusionResult
 from .session import fill_rgb, occluded_prediction, occlusion, occlusion_job
 from .sweep import occlusion_maps, occlusion_maps_job
 
 __all__ = [
     "FILLS",
+    "HANDLERS",
     "IncrementalMode",
     "OcclusionResult",
     "fill_rgb",
     "fill_tensor",
+    "handles",
     "occlude",
     "occluded_prediction",
     "occlusion",

@@ -11,9 +11,9 @@ intermediate tensor of a batch of occluded images as a :class:`Patch`:
 
 The model's own Python code runs unchanged; what it holds in its hands are cheap *placeholders*
 (``clean.expand(N, ...)``, no memory) that the mode looks up. Each call on a placeholder goes to
-the handler registered for its function in :data:`~.handlers.HANDLERS` (convolutions, pools,
+the handler registered for its function in :data:`~.table.HANDLERS` (convolutions, pools,
 padding, elementwise ops, concatenation), which computes only each image's dirty window. Every
-other call, or any case a handler does not treat exactly (it raises :class:`~.handlers.Fallback`),
+other call, or any case a handler does not treat exactly (it raises :class:`~.table.Fallback`),
 *falls back*: the placeholders it receives are made real dense tensors (the clean copy with the
 patches pasted) and the call runs as usual. The fallback is always exact, so an unknown operation
 can cost speed but never correctness. The model is never modified: no hooks survive the call and
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .handlers import HANDLERS, Fallback
+from .table import HANDLERS, Fallback
 
 __all__ = ["IncrementalMode", "Patch"]
 

@@ -16,7 +16,6 @@ spelling the model may call: ``F.conv2d`` and ``torch.conv2d``...). It reads its
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,41 +24,12 @@ import torch.nn.functional as F
 
 from ..ops import call_arg, pool_args
 from .fusion import PendingConv, fuse_into_conv
+from .table import HANDLERS, Fallback, handles
 
 if TYPE_CHECKING:
     from .engine import IncrementalMode, Patch
 
-__all__ = ["Fallback", "HANDLERS", "handles"]
-
-Handler = Callable[["IncrementalMode", Callable, tuple, dict], torch.Tensor]
-
-#: The one table: function -> handler.
-HANDLERS: dict[Callable, Handler] = {}
-
-
-class Fallback(Exception):
-    """Raised by a handler (or by ``mode.emit`` on its behalf) that cannot treat a call
-    exactly; the call then runs on dense values."""
-
-
-def handles(*funcs: Callable) -> Callable[[Handler], Handler]:
-    """Register the decorated handler for each of ``funcs`` in :data:`HANDLERS`.
-
-    Raises
-    ------
-    ValueError
-        If one of ``funcs`` already has another handler (two handlers for one op is a
-        mistake; some spellings are one function, ``torch.conv2d is F.conv2d``).
-    """
-    def register(handler: Handler) -> Handler:
-        for func in funcs:
-            if HANDLERS.get(func, handler) is not handler:
-                raise ValueError(f"{getattr(func, '__name__', func)} is already handled by "
-                                 f"{HANDLERS[func].__name__}")
-            HANDLERS[func] = handler
-        return handler
-
-    return register
+__all__ = ["HANDLERS", "handles"]
 
 
 def _pair(v) -> tuple[int, int]:
