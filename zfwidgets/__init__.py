@@ -16,7 +16,8 @@ from .backend.project import Gallery, gallery
 from .data import DEFAULT_SAMPLE, load_image, load_sample, sample_images
 from .data.datasets import ImageFolder, ImageList, sample_collection
 from .errors import (BadImageError, BadParameterError, Cancelled, DataError, OutOfRangeError,
-                     UnknownLayerError, UnsupportedModelError, WeightsUnavailableError, ZFError)
+                     UnknownClassError, UnknownLayerError, UnsupportedModelError,
+                     WeightsUnavailableError, ZFError)
 from .models import LoadedModel, Preprocessing, get_model, list_models, register_model, wrap_model
 
 __version__ = "0.1.0"
@@ -32,7 +33,7 @@ __all__ = [
     "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
     "DEFAULT_SAMPLE", "load_image", "load_sample", "sample_images",
     "ImageFolder", "ImageList", "sample_collection",
-    "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError", "UnknownLayerError",
+    "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError", "UnknownClassError", "UnknownLayerError",
     "UnsupportedModelError", "WeightsUnavailableError", "ZFError",
     "LoadedModel", "Preprocessing", "get_model", "list_models", "register_model", "wrap_model",
     *_WIDGETS,

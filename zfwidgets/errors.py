@@ -16,6 +16,7 @@ __all__ = [
     "UnknownLayerError",
     "OutOfRangeError",
     "BadParameterError",
+    "UnknownClassError",
     "UnsupportedModelError",
     "WeightsUnavailableError",
     "DataError",
@@ -73,6 +74,12 @@ class OutOfRangeError(ZFError, IndexError):
 
 class BadParameterError(ZFError, ValueError):
     """A parameter has a value that cannot work (a size of 0, a negative stride ...)."""
+
+
+class UnknownClassError(OutOfRangeError, BadParameterError):
+    """A class label the model does not have (the message suggests close labels). It is both an
+    :class:`OutOfRangeError` and a :class:`BadParameterError`: a name outside the model's
+    classes, given as a parameter."""
 
 
 class UnsupportedModelError(ZFError, TypeError):

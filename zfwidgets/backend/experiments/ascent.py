@@ -36,6 +36,7 @@ from ...models import class_name
 from ..jobs import Job, Step
 from ..layers import resolve_layer, run_captured, scoped_eval
 from ..ops import RECTIFIER_MODULES
+from ..targets import resolve_classes
 
 __all__ = ["AscentResult", "AscentState", "ascent", "ascent_job", "gaussian_blur"]
 
@@ -137,20 +138,10 @@ def _positive(name: str, value, integer: bool = False, zero: bool = False):
 
 
 def _resolve_class(session, target) -> int:
-    labels = session.labels
-    n = session.probabilities().numel()
-    if isinstance(target, str):
-        if labels is None or target not in labels:
-            close = [lab for lab in (labels or []) if target.lower() in lab.lower()][:5]
-            hint = f"; did you mean one of {close}?" if close else ""
-            raise OutOfRangeError(f"no class named {target!r}{hint}")
-        return labels.index(target)
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
-        raise BadParameterError(f"target must be a class id or name, got {target!r}")
-    if not 0 <= int(target) < n:
-        raise OutOfRangeError(f"target class {target} is out of range: the model has {n} "
-                              f"classes (0..{n - 1})")
-    return int(target)
+    classes = resolve_classes(session, target)
+    if len(classes) != 1:
+        raise BadParameterError(f"ascent maximizes one class score, got {len(classes)} classes")
+    return classes[0]
 
 
 def ascent(session, target: int | str | None = None, *, layer: str | None = None,

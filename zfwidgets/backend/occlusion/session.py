@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import torch
 
-from ...errors import BadParameterError, OutOfRangeError, did_you_mean
+from ...errors import BadParameterError, OutOfRangeError
 from ..defaults import top_layer
+from ..targets import resolve_classes
 from ..jobs import Job
 from ..layers import scoped_eval
 from .grid import check_int, fill_tensor, occlude, occlusion_grid
@@ -136,16 +137,13 @@ def occlusion(session, size: int = 32, stride: int = 8, target: int | str | None
 
 
 def _resolve_target(session, target) -> int | None:
-    """A class id from an id or a label (``None`` stays ``None``: the top class)."""
-    if target is None:
+    """The target class id (one class: several are not summed yet)."""
+    classes = resolve_classes(session, target)
+    if classes is None:
         return None
-    if isinstance(target, str):
-        labels = session.labels or []
-        if target in labels:
-            return labels.index(target)
-        hint, _ = did_you_mean(target, labels, cutoff=0.6)
-        raise BadParameterError(f"unknown target class {target!r}{hint}")
-    return check_int("target", target)
+    if len(classes) != 1:
+        raise BadParameterError(f"occlusion maps one target class, got {len(classes)}")
+    return classes[0]
 
 
 def occluded_prediction(session, top: int, left: int, size: int, fill: str | float = "gray",
