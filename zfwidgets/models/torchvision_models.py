@@ -26,7 +26,7 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, VGG16_Weights, WeightsEnum
 
-from zfwidgets.errors import WeightsUnavailableError
+from zfwidgets.errors import BadParameterError, WeightsUnavailableError
 from zfwidgets.models.preprocessing import Preprocessing
 from zfwidgets.models.registry import (IMAGENET_WEIGHTS, NOT_DOWNLOADED, LoadedModel,
                                        canonical_model_name, register_model,
@@ -53,8 +53,6 @@ TORCHVISION_WEIGHTS: dict[str, WeightsEnum] = {
 def _entry(name: str) -> WeightsEnum:
     key = canonical_model_name(name)
     if key not in TORCHVISION_WEIGHTS:
-        from zfwidgets.errors import BadParameterError
-
         raise BadParameterError(f"{name!r} is not a torchvision model; those are "
                                 f"{', '.join(TORCHVISION_WEIGHTS)}")
     return TORCHVISION_WEIGHTS[key]
