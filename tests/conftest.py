@@ -10,6 +10,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # up to 10x slower occlusion sweeps under load). Set before torch is imported; inherited by the
 # notebook kernels nbval starts. Results do not depend on it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The suite's numbers are EfficientNet-Lite0's. zf.Session() / explore() / the CLI open alexnet
+# when its ImageNet weights are in torch's hub cache (zfwidgets.default_model), so pin the
+# default here: a machine with AlexNet cached runs the same tests as an offline CI runner (and
+# a ZFWIDGETS_MODEL left in a developer's shell changes nothing). Set before zfwidgets is
+# imported (the CLI reads it at import) and inherited by notebook kernels (nbval) and the Voila
+# kernels of the browser tests. TORCH_HOME is left alone: tests of the policy itself point it
+# at a temporary folder and delete this variable with monkeypatch.
+os.environ["ZFWIDGETS_MODEL"] = "efficientnet_lite0"
 
 
 @pytest.fixture(scope="module")

@@ -561,12 +561,19 @@ def test_sample_images_listing():
 
 
 def test_every_sample_loads_as_rgb():
+    from zfwidgets.data.samples import sample_photos, scene_recipe
+
     for name in sample_images():
-        path = sample_path(name)
-        assert path.is_file() and path.parent.name == "data"
         img = load_sample(name)
+        assert img.mode == "RGB", name
+        if scene_recipe(name) is not None:            # composed at load time, no file
+            assert img.size == (scene_recipe(name).size,) * 2
+            continue
+        path = sample_path(name)
+        assert path.is_file() and path.parent.name in {"data", "sample_data", "images"}
         with Image.open(path) as raw:
-            assert img.mode == "RGB" and img.size == raw.size, name
+            assert img.size == raw.size, name
+    assert set(sample_photos()) < set(sample_images())
 
 
 def test_default_and_gray_samples():

@@ -251,9 +251,11 @@ def test_zfnet_small_sizes():
 # --------------------------------------------------------------------------------------------
 
 
-def test_alexnet_default_weights_offline_raise(monkeypatch):
+def test_alexnet_default_weights_offline_raise(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))   # an empty hub cache, whatever this machine has
 
     monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", no_network)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
@@ -272,6 +274,194 @@ def test_torchvision_preprocessing_matches_weights_transforms():
     theirs = torchvision.models.AlexNet_Weights.DEFAULT.transforms()(image).unsqueeze(0)
     assert ours.shape == theirs.shape == (1, 3, 224, 224)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The default model follows AlexNet's cache file; model_status
+# --------------------------------------------------------------------------------------------
+
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"   # the file name of AlexNet_Weights.DEFAULT.url
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch hub cache in a temporary TORCH_HOME, no ZFWIDGETS_MODEL, no network."""
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was asked for weights")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("ZFWIDGETS_MODEL", raising=False)
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "hub" / "checkpoints"
+
+
+def _cache_random_alexnet(checkpoints: Path, seed: int = 3) -> dict[str, torch.Tensor]:
+    """A random AlexNet state dict saved where torchvision keeps the ImageNet weights."""
+    torch.manual_seed(seed)
+    state = torchvision.models.alexnet(weights=None).state_dict()
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    torch.save(state, checkpoints / ALEXNET_FILE)
+    return state
+
+
+def test_weights_cache_path_is_torchvisions(hub):
+    from zfwidgets.models.torchvision_models import weights_cache_path
+
+    url = torchvision.models.AlexNet_Weights.DEFAULT.url
+    assert weights_cache_path("alexnet") == hub / ALEXNET_FILE == \
+        Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+    assert weights_cache_path("VGG16").name == "vgg16-397923af.pth"
+    with pytest.raises(BadParameterError, match="not a torchvision model"):
+        weights_cache_path("zfnet")
+
+
+def test_default_model_is_lite0_without_the_cache_file(hub):
+    choice = zfwidgets.default_model()
+    assert choice.name == "efficientnet_lite0"
+    assert choice.reason == ("efficientnet_lite0: offline default, AlexNet's weights are not in "
+                             f"{hub / ALEXNET_FILE}")
+    assert zfwidgets.model_status("alexnet") == registry.NOT_DOWNLOADED
+    s = zfwidgets.Session()
+    assert s.entry.name == "efficientnet_lite0" and s.model_reason == choice.reason
+
+
+def test_default_model_is_alexnet_with_the_cache_file_and_loads_it(hub):
+    saved = _cache_random_alexnet(hub)
+    choice = zfwidgets.default_model()
+    assert choice == zfwidgets.models.ModelChoice(
+        "alexnet", f"alexnet: ImageNet weights found in {hub / ALEXNET_FILE}")
+    assert zfwidgets.model_status("alexnet") == registry.IMAGENET_WEIGHTS
+    assert zfwidgets.model_status("vgg16") == registry.NOT_DOWNLOADED   # its own file is absent
+    s = zfwidgets.Session()                  # no network: the fixture fails any download
+    assert s.entry.name == "alexnet" and s.model_reason == choice.reason
+    assert s.entry.weights_id == "torchvision:AlexNet_Weights.IMAGENET1K_V1"
+    loaded = s.model.state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    with torch.no_grad():                    # and it is the network those weights define
+        ref = torchvision.models.alexnet(weights=None)
+        ref.load_state_dict(saved)
+        torch.testing.assert_close(s.logits, ref.eval()(s.input_tensor)[0])
+    assert len(s.predict(5)) == 5
+
+
+def test_zfwidgets_model_variable_wins(hub, monkeypatch):
+    _cache_random_alexnet(hub)
+    monkeypatch.setenv("ZFWIDGETS_MODEL", "ZFNet-Small")        # spelling forgiven
+    choice = zfwidgets.default_model()
+    assert choice.name == "zfnet_small"
+    assert choice.reason == ("zfnet_small: set by the ZFWIDGETS_MODEL environment variable "
+                             "(random weights)")
+    s = zfwidgets.Session()
+    assert s.entry.name == "zfnet_small" and s.model_reason == choice.reason
+    s.set_model("efficientnet_lite0")        # a named model is never overridden
+    assert s.entry.name == "efficientnet_lite0"
+    assert s.model_reason == "efficientnet_lite0: chosen by the caller"
+    s.set_model(None)                        # None: the default again
+    assert s.entry.name == "zfnet_small"
+    monkeypatch.setenv("ZFWIDGETS_MODEL", "  ")                 # blank: as if unset
+    assert zfwidgets.default_model().name == "alexnet"
+    assert zfwidgets.default_model({}).name == "alexnet"
+    assert zfwidgets.default_model({"ZFWIDGETS_MODEL": "vgg16"}).name == "vgg16"
+
+
+def test_unknown_zfwidgets_model_names_the_variable(hub, monkeypatch):
+    monkeypatch.setenv("ZFWIDGETS_MODEL", "alexnett")
+    with pytest.raises(BadParameterError, match="ZFWIDGETS_MODEL") as info:
+        zfwidgets.default_model()
+    assert "did you mean 'alexnet'" in str(info.value)
+    with pytest.raises(BadParameterError, match="ZFWIDGETS_MODEL"):
+        zfwidgets.Session()
+    assert zfwidgets.Session("efficientnet_lite0").entry.name == "efficientnet_lite0"
+
+
+def test_cli_default_model_follows_the_cache_file(hub):
+    """The real command line, in a fresh process: ``--model`` defaults to alexnet once its
+    weights are cached, and says why in ``explore --help``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ZFWIDGETS_MODEL"}
+    env["OMP_NUM_THREADS"] = "1"
+
+    def defaults() -> tuple[str, str]:
+        code = ("from zfwidgets.cli import build_parser\n"
+                "from zfwidgets.cli.common import DEFAULT_MODEL_REASON\n"
+                "p = build_parser()\n"
+                "print(p.parse_args(['render']).model, p.parse_args(['mine', 'x']).model,\n"
+                "      p.parse_args(['explore']).model)\n"
+                "print(DEFAULT_MODEL_REASON)\n")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=120, check=True).stdout.splitlines()
+        return out[0], out[1]
+
+    models, reason = defaults()
+    assert models == "efficientnet_lite0 efficientnet_lite0 efficientnet_lite0"
+    assert reason.startswith("efficientnet_lite0: offline default")
+    _cache_random_alexnet(hub)
+    models, reason = defaults()
+    assert models == "alexnet alexnet alexnet" and str(hub / ALEXNET_FILE) in reason
+    env["ZFWIDGETS_MODEL"] = "zfnet"
+    assert defaults()[0] == "zfnet zfnet zfnet"
+    env["ZFWIDGETS_MODEL"] = "nope"           # kept as given, for check_inputs to refuse
+    assert defaults()[0] == "nope nope nope"
+
+
+def test_session_and_explore_default_to_the_policy():
+    import inspect
+
+    from zfwidgets.widgets.explorer import explore
+
+    assert inspect.signature(zfwidgets.Session).parameters["model"].default is None
+    assert inspect.signature(explore).parameters["model"].default is None
+
+
+def test_unreadable_or_unfitting_cache_file_names_it(hub):
+    hub.mkdir(parents=True)
+    (hub / ALEXNET_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailableError, match="delete the file") as info:
+        get_model("alexnet")
+    assert ALEXNET_FILE in str(info.value)
+    torch.save({"features.0.weight": torch.zeros(3)}, hub / ALEXNET_FILE)
+    with pytest.raises(WeightsUnavailableError, match="do not fit"):
+        get_model("alexnet")
+    assert get_model("alexnet", weights=None).weights_id == "random"   # None never reads it
+
+
+@pytest.mark.parametrize("name, status", [("efficientnet_lite0", "ImageNet weights"),
+                                          ("zfnet", "random weights"),
+                                          ("ZFNet_Small", "random weights")])
+def test_model_status_of_the_offline_entries(name, status):
+    assert zfwidgets.model_status(name) == status
+
+
+def test_model_status_of_other_registrations(monkeypatch):
+    with pytest.raises(BadParameterError, match="did you mean 'zfnet'"):
+        zfwidgets.model_status("zfnte")
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_WEIGHTS_STATUS", dict(registry._WEIGHTS_STATUS))
+    register_model("my_net")(lambda weights: wrap_model(nn.Conv2d(3, 4, 3)))
+    assert zfwidgets.model_status("my_net") == registry.UNKNOWN_WEIGHTS
+    calls = []
+    registry.register_weights_status("my_net", lambda: calls.append(1) or registry.RANDOM_WEIGHTS)
+    assert zfwidgets.model_status("my_net") == "random weights" and calls == [1]
+    with pytest.raises(BadParameterError, match="no model named"):
+        registry.register_weights_status("not_registered", registry.RANDOM_WEIGHTS)
+    with pytest.raises(BadParameterError, match="string or a function"):
+        registry.register_weights_status("my_net", 3)
+
+
+def test_lite0_status_without_its_package(monkeypatch):
+    import zfwidgets.models.efficientnet_lite0 as lite0
+
+    def missing():
+        raise WeightsUnavailableError("not installed (test)")
+
+    monkeypatch.setattr(lite0, "lite0_weights_path", missing)
+    assert zfwidgets.model_status("efficientnet_lite0") == registry.NOT_INSTALLED
 
 
 # --------------------------------------------------------------------------------------------

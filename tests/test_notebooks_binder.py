@@ -136,3 +136,38 @@ def test_notebooks_are_committed_without_outputs():
             if cell["cell_type"] == "code":
                 assert not cell.get("outputs") and cell.get("execution_count") is None, \
                     f"{path.name} cell {i} has outputs: clear them before committing"
+
+
+def test_postbuild_fetches_alexnet_into_the_hub_cache(tmp_path, monkeypatch, capsys):
+    """postBuild's last command (after ``set -e``) puts AlexNet's ImageNet weights where
+    ``default_model()`` looks; run here with torchvision's download replaced by a fake that
+    does what it does (the file into the hub cache, then a load)."""
+    import torch
+    from torchvision.models import AlexNet_Weights, WeightsEnum
+
+    import zfwidgets as zf
+
+    commands = [line.strip() for line in (BINDER / "postBuild").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert commands[0] == "set -e"
+    code = re.fullmatch(r'python -c "(.*)"', commands[-1]).group(1)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("ZFWIDGETS_MODEL", raising=False)
+    downloads = []
+
+    def fake_download(self, *args, **kwargs):
+        downloads.append((self.url, kwargs.get("check_hash")))
+        path = Path(torch.hub.get_dir()) / "checkpoints" / self.url.rsplit("/", 1)[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"w": torch.zeros(1)}, path)
+        return torch.load(path, weights_only=True)
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_download)
+    assert zf.default_model().name == "efficientnet_lite0"
+    exec(code, {})
+    cached = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    assert capsys.readouterr().out.strip() == str(cached) and cached.is_file()
+    assert downloads == [(AlexNet_Weights.DEFAULT.url, True)]      # with torchvision's hash check
+    assert zf.default_model().name == "alexnet"
+    exec(code, {})                                                 # already there: no download
+    assert len(downloads) == 1

@@ -13,12 +13,14 @@ from .backend.experiments import (AscentResult, CorrespondenceResult, EvolutionR
 from .backend.occlusion import OcclusionResult, occlusion_maps
 from .backend.mining import LayerTopK, MiningResult, load_result, merge, mine
 from .backend.project import Gallery, gallery
-from .data import DEFAULT_SAMPLE, load_image, load_sample, sample_images
+from .data import (DEFAULT_SAMPLE, OCCLUSION_SAMPLE, load_image, load_sample, sample_images,
+                   sample_info)
 from .data.datasets import ImageFolder, ImageList, sample_collection
 from .errors import (BadImageError, BadParameterError, Cancelled, DataError, OutOfRangeError,
                      UnknownClassError, UnknownLayerError, UnsupportedModelError,
                      WeightsUnavailableError, ZFError)
-from .models import LoadedModel, Preprocessing, get_model, list_models, register_model, wrap_model
+from .models import (LoadedModel, Preprocessing, default_model, get_model, list_models,
+                     model_status, register_model, wrap_model)
 
 __version__ = "0.1.0"
 
@@ -31,11 +33,13 @@ __all__ = [
     "AscentResult", "ascent", "FilterDiagnosis", "diagnose_filters", "EvolutionResult",
     "feature_evolution", "CorrespondenceResult", "correspondence", "ProbeResult", "probe",
     "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
-    "DEFAULT_SAMPLE", "load_image", "load_sample", "sample_images",
+    "DEFAULT_SAMPLE", "OCCLUSION_SAMPLE", "load_image", "load_sample", "sample_images",
+    "sample_info",
     "ImageFolder", "ImageList", "sample_collection",
     "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError", "UnknownClassError", "UnknownLayerError",
     "UnsupportedModelError", "WeightsUnavailableError", "ZFError",
-    "LoadedModel", "Preprocessing", "get_model", "list_models", "register_model", "wrap_model",
+    "LoadedModel", "Preprocessing", "default_model", "get_model", "list_models", "model_status",
+    "register_model", "wrap_model",
     *_WIDGETS,
 ]
 

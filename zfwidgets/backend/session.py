@@ -13,7 +13,7 @@ from torch import nn
 from ..data import DEFAULT_SAMPLE, load_image, load_sample
 from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError
 from ..fingerprint import tensor_digest
-from ..models import LoadedModel, Preprocessing, class_name, get_model, wrap_model
+from ..models import LoadedModel, Preprocessing, class_name, default_model, get_model, wrap_model
 from .layers import LayerInfo, Record, receptive_field_box, record_forward, split_layer_id
 from .project import Target, project
 from .rules import check_rule
@@ -39,14 +39,26 @@ def resolve_model(model: str | nn.Module | LoadedModel, *, weights="default",
         f"model must be a registry name, an nn.Module or a LoadedModel, not {type(model).__name__}")
 
 
+def _chosen(model) -> tuple[object, str]:
+    """``model``, or the default model when it is ``None``, with the one-line reason."""
+    if model is None:
+        choice = default_model()
+        return choice.name, choice.reason
+    name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
+    return model, f"{name}: chosen by the caller"
+
+
 class Session:
     """A model, an image and everything computed from them, cached.
 
     Parameters
     ----------
-    model : str or nn.Module or LoadedModel, default "efficientnet_lite0"
+    model : str or nn.Module or LoadedModel or None
         A registry name (see :func:`zfwidgets.list_models`), any CNN ``nn.Module`` (ImageNet
         preprocessing at 224x224 unless ``preprocessing`` says otherwise), or a LoadedModel.
+        ``None`` (the default): :func:`zfwidgets.default_model` decides, ``alexnet`` when its
+        ImageNet weights are in torch's hub cache, else the offline ``efficientnet_lite0``
+        (``ZFWIDGETS_MODEL`` overrides); :attr:`model_reason` says which and why.
     image : path, bytes, PIL image, array or None
         The image to analyse; ``None`` loads the default sample photo.
     weights : "default", None or path
@@ -59,6 +71,12 @@ class Session:
         Where to run a registry model. A user module is never moved: it runs where its
         parameters are.
 
+    Attributes
+    ----------
+    model_reason : str
+        Which model runs and why, in one line: :func:`zfwidgets.default_model`'s reason when
+        the model was not named, else ``"<name>: chosen by the caller"``.
+
     Notes
     -----
     The session never changes the model: forward passes run in eval mode with every module's
@@ -66,7 +84,7 @@ class Session:
     applied without touching the modules (see :mod:`zfwidgets.backend.rules`).
     """
 
-    def __init__(self, model: str | nn.Module | LoadedModel = "efficientnet_lite0", image=None, *,
+    def __init__(self, model: str | nn.Module | LoadedModel | None = None, image=None, *,
                  weights="default", preprocessing: Preprocessing | None = None, labels=None,
                  device: str | torch.device | None = None):
         self._listeners: list[Listener] = []
@@ -74,6 +92,7 @@ class Session:
         self.version = 0
         self._image: Image.Image | None = None
         self.image_name = ""
+        model, self.model_reason = _chosen(model)
         self._set_model(resolve_model(model, weights=weights, preprocessing=preprocessing,
                                       labels=labels))
         self._set_image(image)
@@ -119,11 +138,13 @@ class Session:
         self.image_name = name
         self._reset()
 
-    def set_model(self, model: str | nn.Module | LoadedModel, *, weights="default",
+    def set_model(self, model: str | nn.Module | LoadedModel | None, *, weights="default",
                   preprocessing: Preprocessing | None = None, labels=None) -> None:
         """Switch to another model (same arguments as the constructor); keeps the image."""
+        model, reason = _chosen(model)
         self._set_model(resolve_model(model, weights=weights, preprocessing=preprocessing,
                                       labels=labels))
+        self.model_reason = reason
         self._notify("model")
 
     def set_image(self, src, name: str | None = None) -> None:

@@ -10,11 +10,27 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["ALLOCATOR_ENV", "DEFAULT_MODEL", "ENV_IMAGE", "ENV_MODEL", "check_inputs", "fail",
-           "is_sample", "kernel_env", "model_names", "one_cell_notebook", "open_session"]
+from ..errors import ZFError
+from ..models.defaults import ENV_MODEL, default_model
 
-DEFAULT_MODEL = "efficientnet_lite0"
-ENV_MODEL = "ZFWIDGETS_MODEL"
+__all__ = ["ALLOCATOR_ENV", "DEFAULT_MODEL", "DEFAULT_MODEL_REASON", "ENV_IMAGE", "ENV_MODEL",
+           "check_inputs", "fail", "is_sample", "kernel_env", "model_names", "one_cell_notebook",
+           "open_session"]
+
+
+def _default_model() -> tuple[str, str]:
+    """The default ``--model`` and why (:func:`zfwidgets.default_model`); a bad
+    ``ZFWIDGETS_MODEL`` is kept as given, for :func:`check_inputs` to report."""
+    try:
+        choice = default_model()
+    except ZFError as exc:
+        return os.environ.get(ENV_MODEL, "").strip(), str(exc)
+    return choice.name, choice.reason
+
+
+#: The default ``--model``: alexnet when its ImageNet weights are in torch's hub cache, else
+#: efficientnet_lite0; ``ZFWIDGETS_MODEL`` overrides. Decided once, when the command starts.
+DEFAULT_MODEL, DEFAULT_MODEL_REASON = _default_model()
 ENV_IMAGE = "ZFWIDGETS_IMAGE"
 
 #: glibc malloc settings for the explorer's kernel (a variable already set is left alone): keep
@@ -50,8 +66,9 @@ def is_sample(image: str | None) -> bool:
     return bool(image) and not os.path.exists(image) and image in sample_images()
 
 
-def open_session(model: str, image: str | None = None):
-    """A Session for the command line: ``image`` is a file path or a sample photo's name."""
+def open_session(model: str | None, image: str | None = None):
+    """A Session for the command line: ``image`` is a file path or a sample photo's name;
+    ``model`` ``None`` is the default model."""
     from ..backend.session import Session
     from ..data import load_sample
 

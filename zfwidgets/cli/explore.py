@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import DEFAULT_MODEL, check_inputs, fail, kernel_env, model_names, one_cell_notebook
+from .common import (DEFAULT_MODEL, DEFAULT_MODEL_REASON, check_inputs, fail, kernel_env,
+                     model_names, one_cell_notebook)
 
 __all__ = ["DEFAULT_PORT", "add_parser", "explorer_notebook", "run"]
 
@@ -26,7 +27,7 @@ import os
 from zfwidgets.cli import open_session
 from zfwidgets.widgets import Explorer
 
-Explorer(open_session(os.environ.get("ZFWIDGETS_MODEL") or "efficientnet_lite0",
+Explorer(open_session(os.environ.get("ZFWIDGETS_MODEL") or None,
                       os.environ.get("ZFWIDGETS_IMAGE") or None))
 """
 
@@ -46,7 +47,7 @@ def add_parser(sub) -> None:
                        description="Serve the explorer as a web app with Voila on 127.0.0.1 and "
                                    "print its URL. Ctrl-C stops it.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name ({model_names()}); "
-                   f"default {DEFAULT_MODEL} (offline, ImageNet weights)")
+                   "default " + DEFAULT_MODEL_REASON.replace("%", "%%"))
     p.add_argument("--image", help="image file, or a sample photo's name (chelsea, coffee, "
                    "astronaut ...), to start with; default chelsea")
     p.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}, or a free one)")

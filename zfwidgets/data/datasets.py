@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from zfwidgets.data.images import load_image
-from zfwidgets.data.samples import sample_images, sample_path
+from zfwidgets.data.images import load_image, load_sample
+from zfwidgets.data.samples import sample_path, sample_photos, scene_recipe
 from zfwidgets.errors import BadImageError, BadParameterError, DataError
 from zfwidgets.fingerprint import digest, file_digest
 
@@ -313,25 +313,28 @@ def _grid_starts(length: int, side: int) -> list[int]:
 class SampleCollection(ImageSource):
     """The offline sample photos, each whole and cut into square crops at a few scales.
 
-    For each photo (in :func:`zfwidgets.data.sample_images` order): the whole photo, then for
+    For each photo (in :func:`zfwidgets.data.sample_photos` order): the whole photo, then for
     each scale ``s`` square crops with side ``round(s * shorter side)`` on an evenly spaced grid
-    of about ``width / side`` by ``height / side`` crops covering the photo. With the default
-    scales (1/2, 1/3) and the 12 photos of scikit-image 0.26 that is 202 images: 12 whole photos,
-    58 half-scale and 132 third-scale crops (a 512x512 photo gives 1 + 4 + 9).
+    of about ``width / side`` by ``height / side`` crops covering the photo (a 512x512 photo
+    gives 1 + 4 + 9). With the default scales (1/2, 1/3) and every photo the installed packages
+    bundle that is 345 images from 19 photos (scikit-image 0.26's 16, matplotlib's Grace
+    Hopper, scikit-learn's 2), or 301 from 17 without scikit-learn. A scene such as
+    ``"cat_scene"`` can be named in ``samples``; it is not in the default set (it would repeat
+    the cat and the gravel).
 
     Parameters
     ----------
     scales : sequence of float
         Crop sides as fractions of each photo's shorter side, each in (0, 1].
     samples : sequence of str, optional
-        Sample names; default: all of :func:`zfwidgets.data.sample_images`.
+        Sample names; default: all of :func:`zfwidgets.data.sample_photos`.
     """
 
     def __init__(self, scales: Sequence[float] = DEFAULT_SCALES, samples: Sequence[str] | None = None):
         scales = tuple(float(s) for s in scales)
         if any(not (0 < s <= 1) for s in scales):
             raise BadParameterError(f"crop scales must lie in (0, 1], got {scales}")
-        names = list(sample_images() if samples is None else samples)
+        names = list(sample_photos() if samples is None else samples)
         if not names:
             raise DataError("no sample photos are available (scikit-image is not installed?)")
         self.scales = scales
@@ -340,10 +343,8 @@ class SampleCollection(ImageSource):
         self._items: list[tuple[str, str, tuple[int, int, int, int] | None]] = []
         digests = []
         for sample in names:
-            path = sample_path(sample)
-            with Image.open(path) as im:  # header only: the size, nothing decoded
-                width, height = im.size
-            digests.append(_itemdigest(path))
+            width, height, sample_digest = _sample_header(sample)
+            digests.append(sample_digest)
             self._items.append((sample, sample, None))
             for scale in scales:
                 side = max(1, round(scale * min(width, height)))
@@ -360,7 +361,7 @@ class SampleCollection(ImageSource):
 
     def _photo(self, sample: str) -> Image.Image:
         if sample not in self._images:
-            self._images[sample] = load_image(sample_path(sample))
+            self._images[sample] = load_sample(sample)
         return self._images[sample]
 
     def load(self, index: int) -> Image.Image:
@@ -386,6 +387,18 @@ class SampleCollection(ImageSource):
                 f"{', '.join(_scale_label(s) for s in self.scales)}: {len(self)} images)")
 
 
+def _sample_header(sample: str) -> tuple[int, int, str]:
+    """Width, height and content digest of a sample, without decoding a photo's pixels."""
+    recipe = scene_recipe(sample)
+    if recipe is None:
+        path = sample_path(sample)
+        with Image.open(path) as im:  # header only: the size, nothing decoded
+            width, height = im.size
+        return width, height, _itemdigest(path)
+    parts = (_itemdigest(sample_path(recipe.object)), _itemdigest(sample_path(recipe.background)))
+    return recipe.size, recipe.size, digest("scene", repr(recipe), *parts)
+
+
 def _scale_label(scale: float) -> str:
     inv = 1 / scale
     return f"1/{round(inv)}" if abs(inv - round(inv)) < 1e-6 else f"{scale:g}"
@@ -395,8 +408,8 @@ def sample_collection(scales: Sequence[float] = DEFAULT_SCALES,
                       samples: Sequence[str] | None = None) -> SampleCollection:
     """The offline default data: every sample photo whole and cut into crops at a few scales.
 
-    See :class:`SampleCollection`; with the defaults this is 202 images from the 12 photos that
-    ship with scikit-image.
+    See :class:`SampleCollection`; with the defaults this is 345 images from the 19 photos that
+    ship with scikit-image, matplotlib and scikit-learn (301 from 17 without scikit-learn).
 
     Parameters
     ----------
@@ -404,7 +417,7 @@ def sample_collection(scales: Sequence[float] = DEFAULT_SCALES,
         Crop sides as fractions of the photo's shorter side, in (0, 1]; each scale covers the
         photo with an evenly spaced grid of square crops (default 1/2 and 1/3).
     samples : sequence of str, optional
-        Sample photo names (default: all of :func:`zfwidgets.sample_images`).
+        Sample names (default: every photo of :func:`zfwidgets.data.sample_photos`).
 
     Returns
     -------
@@ -414,7 +427,7 @@ def sample_collection(scales: Sequence[float] = DEFAULT_SCALES,
     --------
     >>> src = sample_collection()                # doctest: +SKIP
     >>> len(src), src.name(1)                    # doctest: +SKIP
-    (202, 'chelsea 1/2 crop r0 c0')
+    (345, 'chelsea 1/2 crop r0 c0')
     """
     return SampleCollection(scales, samples)
 

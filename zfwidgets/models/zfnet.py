@@ -16,7 +16,8 @@ from torch import nn
 
 from zfwidgets.errors import BadParameterError
 from zfwidgets.models.preprocessing import Preprocessing
-from zfwidgets.models.registry import LoadedModel, register_model
+from zfwidgets.models.registry import (RANDOM_WEIGHTS, LoadedModel, register_model,
+                                       register_weights_status)
 from zfwidgets.models.weights import imagenet_labels
 
 __all__ = ["ZFNet", "ZFNetSmall", "feature_scale_clipping", "SMALL_PREPROCESSING"]
@@ -228,3 +229,7 @@ def _build_zfnet_small(weights) -> LoadedModel:
         middle_layer="features.relu2",  # 8x8
         weights_id="random",
     )
+
+
+register_weights_status("zfnet", RANDOM_WEIGHTS)   # no public ZF-Net weights exist
+register_weights_status("zfnet_small", RANDOM_WEIGHTS)

@@ -236,15 +236,17 @@ def _optional(module: str, cls: str):
     return getattr(found, cls), None
 
 
-def explore(model="efficientnet_lite0", image=None, *, layer: str | None = None,
+def explore(model=None, image=None, *, layer: str | None = None,
             channel: int | None = None, rule: str = "deconvnet", **session_kwargs) -> Explorer:
     """Open the explorer in one line.
 
     Parameters
     ----------
-    model : str, nn.Module, LoadedModel or Session
-        A registry name (default: the offline EfficientNet-Lite0), your own CNN, or an existing
-        Session (then ``image`` and ``session_kwargs`` must be left out).
+    model : str, nn.Module, LoadedModel, Session or None
+        A registry name, your own CNN, or an existing Session (then ``image`` and
+        ``session_kwargs`` must be left out). ``None``: :func:`zfwidgets.default_model`
+        (``alexnet`` when its ImageNet weights are in torch's hub cache, else the offline
+        EfficientNet-Lite0; ``ZFWIDGETS_MODEL`` overrides).
     image : path, bytes, PIL image, array or None
         ``None``: the default sample photo.
     layer, channel, rule
