@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ZFError
-from ..models.defaults import ENV_MODEL, default_model
+from ..models.choice import ENV_MODEL, default_model
 
 __all__ = ["ALLOCATOR_ENV", "DEFAULT_MODEL", "DEFAULT_MODEL_REASON", "ENV_IMAGE", "ENV_MODEL",
            "check_inputs", "fail", "is_sample", "kernel_env", "model_names", "one_cell_notebook",

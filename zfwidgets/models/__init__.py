@@ -20,7 +20,7 @@ from zfwidgets.models.weights import class_name, imagenet_labels, load_checkpoin
 from zfwidgets.models.efficientnet_lite0 import EfficientNetLite0  # noqa: E402 (registers)
 from zfwidgets.models.torchvision_models import preprocessing_from_weights  # noqa: E402
 from zfwidgets.models.zfnet import ZFNet, ZFNetSmall, feature_scale_clipping  # noqa: E402
-from zfwidgets.models.defaults import ModelChoice, default_model  # noqa: E402
+from zfwidgets.models.choice import ModelChoice, default_model  # noqa: E402
 
 __all__ = [
     "get_model",
