@@ -211,3 +211,21 @@ def test_knockout_job_steps_and_skips_unreadable_images(tmp_path):
     effects, means = job.result
     assert [e.channels for e in effects] == [(0,), (1, 2)] and means is None
     assert all(e.skipped == 1 and e.clean_class.shape == (3,) for e in effects)
+
+
+def test_capture_replace_runs_first_and_its_value_is_the_output():
+    from zfwidgets.backend.layers import capture
+
+    net = tiny_cnn(classes=7)
+    x = torch.randn(1, 3, 32, 32)
+    seen = []
+    own = net[2].register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+    with capture(net, ["2"], lambda layer, out: out * 0, replace=True):
+        with torch.no_grad():
+            out = net(x)
+    own.remove()
+    assert torch.all(seen[0] == 0)                          # the user's hook saw the new output
+    with torch.no_grad():
+        want = net[4:](net[3](torch.zeros_like(net[:3](x))))
+    assert torch.allclose(out, want)
+    assert not net[2]._forward_hooks

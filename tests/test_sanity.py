@@ -118,3 +118,13 @@ def test_depth_layers_and_errors():
         sanity_check_job(s, depth=0)
     with pytest.raises(BadParameterError):
         sanity_check_job(s, "occlusion")
+
+
+def test_lite0_cascade_starts_at_the_classifier():
+    s = zf.Session()
+    order = sanity_layers(s)
+    assert order[:3] == ["classifier", "head.conv", "blocks.15.project.conv"]
+    assert order[-1] == "stem.conv" and len(order) == 50
+    r = zf.sanity_check(s, "gradcam", depth=2, progress=False)
+    assert r.layer == "head" and r.layers == order[:2]
+    assert r.spearman.shape == r.ssim.shape == (2,)
