@@ -79,6 +79,18 @@ def exercise(s: zf.Session):
                       [layer], random_trials=1)
     zf.diagnose_filters(s)
     zf.probe(s, [s.image] * 4, ["a", "a", "b", "b"], [layer], train_per_class=1, trials=1)
+    s.saliency()
+    s.gradcam()
+    s.guided_gradcam(layer=layer)
+    zf.backend.explain.class_projection(s, rule="deconvnet")
+    zf.explain(s, size=112, stride=112, steps=2, progress=False)
+    zf.sanity_check(s, "gradcam", depth=2, progress=False)
+    a = s.ablated(layer, [0, 1])
+    a.predict(5)
+    a.project(layer, 2)
+    a.gradcam()
+    a.occlusion(size=112, stride=112, layer=layer, progress=False)
+    zf.knockout_effect(s, layer, [0, 1], [s.image], progress=False)
 
 
 def test_session_leaves_the_users_model_alone(user_alexnet):

@@ -10,6 +10,9 @@ from .backend.experiments import (AscentResult, CorrespondenceResult, EvolutionR
                                   FilterDiagnosis, InvarianceResult, ProbeResult, ascent,
                                   correspondence, diagnose_filters, feature_evolution, invariance,
                                   probe)
+from .backend.explain import (ClassMap, Explanation, KnockoutComparison, KnockoutEffect,
+                              SanityResult, explain, knockout_comparison, knockout_effect,
+                              sanity_check)
 from .backend.occlusion import OcclusionResult, occlusion_maps
 from .backend.mining import LayerTopK, MiningResult, load_result, merge, mine
 from .backend.project import Gallery, gallery
@@ -33,6 +36,8 @@ __all__ = [
     "AscentResult", "ascent", "FilterDiagnosis", "diagnose_filters", "EvolutionResult",
     "feature_evolution", "CorrespondenceResult", "correspondence", "ProbeResult", "probe",
     "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
+    "ClassMap", "Explanation", "KnockoutComparison", "KnockoutEffect", "SanityResult", "explain",
+    "knockout_comparison", "knockout_effect", "sanity_check",
     "DEFAULT_SAMPLE", "OCCLUSION_SAMPLE", "load_image", "load_sample", "sample_images",
     "sample_info",
     "ImageFolder", "ImageList", "sample_collection",

@@ -15,16 +15,21 @@ policy               used by
                        spread over the depth (the paper's layers 1-5)
 :func:`invariance_layers`  Fig. 5: the first rectified layer and the top feature layer
 :func:`correspondence_layers`  Fig. 8 / Table 1: the middle and top feature layers
+:func:`gradcam_layer`  Grad-CAM and guided Grad-CAM: the last layer with a spatial map
+:func:`sanity_layers`  the randomization sanity check: learned layers, top first
 ==================== =========================================================================
 """
 
 from __future__ import annotations
 
+import torch
+
 from ..errors import UnknownLayerError
+from .layers import capture, scoped_eval
 from .ops import RECTIFIER_MODULES
 
-__all__ = ["correspondence_layers", "invariance_layers", "is_rectifier_layer", "mining_layers", "opening_layer",
-           "top_layer"]
+__all__ = ["correspondence_layers", "gradcam_layer", "invariance_layers", "is_rectifier_layer",
+           "mining_layers", "opening_layer", "sanity_layers", "top_layer"]
 
 _RECTIFIER_KINDS = frozenset(cls.__name__ for cls in RECTIFIER_MODULES)
 
@@ -107,3 +112,32 @@ def correspondence_layers(session) -> list[str]:
     layers = [layer for layer in dict.fromkeys([entry.middle_layer, entry.default_layer])
               if layer]
     return layers or [session.layers[-1]]
+
+
+def gradcam_layer(session) -> str:
+    """The layer Grad-CAM weights by default: the last layer (in forward order) whose maps are
+    larger than 1x1 (Selvaraju et al. use the last convolutional layer: the most semantic maps
+    that still have a spatial layout), else the last layer."""
+    for info in reversed(session.layer_table()):
+        if info.shape[1] * info.shape[2] > 1:
+            return info.name
+    layers = session.layers
+    if layers:
+        return layers[-1]
+    raise UnknownLayerError("(Grad-CAM layer)", layers)
+
+
+def sanity_layers(session) -> list[str]:
+    """The layers the randomization sanity check (Adebayo et al. 2018) re-initializes, in its
+    cascade order: every module holding learned filters (a convolution or a linear layer: a
+    leaf with a ``weight`` of two or more dimensions), from the output down, in the reverse
+    order of their first call in a forward pass. Normalization layers are left as trained."""
+    model = session.model
+    names = [name for name, m in model.named_modules()
+             if name and next(m.children(), None) is None
+             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2]
+    order: list[str] = []
+    with torch.no_grad(), scoped_eval(model), \
+            capture(model, names, lambda name, _: order.append(name)):
+        model(session.input_tensor)
+    return order[::-1]

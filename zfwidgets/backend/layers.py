@@ -373,8 +373,8 @@ def resolve_layer(model: nn.Module, layer: str, known: Sequence[str] | None = No
 
 @contextlib.contextmanager
 def capture(model: nn.Module, layers: Sequence[str],
-            on_output: Callable[[str, object], None], *, known: Sequence[str] | None = None,
-            stop: bool = False, inputs: bool = False) -> Iterator[None]:
+            on_output: Callable[[str, object], object], *, known: Sequence[str] | None = None,
+            stop: bool = False, inputs: bool = False, replace: bool = False) -> Iterator[None]:
     """Forward hooks on the modules of ``layers`` only, for the block.
 
     ``on_output(layer, output)`` is called when a requested layer (module call) has been
@@ -382,8 +382,10 @@ def capture(model: nn.Module, layers: Sequence[str],
     the module runs (a pre-activation, say, before an in-place ReLU overwrites it). With
     ``stop=True`` the hook of the last requested layer raises
     :class:`StopForward`, ending the forward pass there (run the model with
-    :func:`run_captured`). The hooks are removed in ``finally``: none outlives the block, even
-    after an error.
+    :func:`run_captured`). With ``replace=True`` what ``on_output`` returns (when not ``None``)
+    replaces that output (input) for the rest of the pass, and the hooks run before any other
+    hook of their modules (an ablation, say, that every later observer must see). The hooks
+    are removed in ``finally``: none outlives the block, even after an error.
 
     Raises
     ------
@@ -405,17 +407,20 @@ def capture(model: nn.Module, layers: Sequence[str],
             calls[0] = k + 1
             layer = calls_wanted.get(k)
             if layer is not None:
-                on_output(layer, args[0] if inputs else output)
+                value = on_output(layer, args[0] if inputs else output)
                 remaining[0] -= 1
                 if stop and remaining[0] == 0:
                     raise StopForward
+                if replace:
+                    return value
+            return None
         return hook
 
     try:
         for module, calls_wanted in wanted.items():
             register = module.register_forward_pre_hook if inputs else \
                 module.register_forward_hook
-            handles.append(register(make(calls_wanted)))
+            handles.append(register(make(calls_wanted), prepend=replace))
         yield
     finally:
         for h in handles:

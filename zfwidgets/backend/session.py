@@ -380,6 +380,36 @@ class Session:
         self.layer_info(layer)
         return self.model.get_submodule(split_layer_id(layer)[0])
 
+    # ------------------------------------------------------------------ class maps, ablation
+    def saliency(self, target=None):
+        """Gradient saliency of a class (Simonyan et al. 2014); see
+        :func:`zfwidgets.backend.explain.saliency`. Returns a :class:`ClassMap`."""
+        from .explain import saliency
+
+        return saliency(self, target)
+
+    def gradcam(self, target=None, layer: str | None = None):
+        """Grad-CAM of a class (Selvaraju et al. 2017); see
+        :func:`zfwidgets.backend.explain.gradcam`. Returns a :class:`ClassMap`."""
+        from .explain import gradcam
+
+        return gradcam(self, target, layer)
+
+    def guided_gradcam(self, target=None, layer: str | None = None):
+        """Guided Grad-CAM of a class; see :func:`zfwidgets.backend.explain.guided_gradcam`.
+        Returns a :class:`ClassMap`."""
+        from .explain import guided_gradcam
+
+        return guided_gradcam(self, target, layer)
+
+    def ablated(self, layer: str, channels) -> Session:
+        """A new session on the same model and image with ``channels`` of ``layer`` set to
+        zero in everything it computes; nothing is left registered on the model. See
+        :func:`zfwidgets.backend.explain.ablated_session`."""
+        from .explain import ablated_session
+
+        return ablated_session(self, layer, channels)
+
     def __repr__(self) -> str:
         c = self.entry
         return (f"Session(model={c.name!r}, image={self.image_name!r}, "
