@@ -16,7 +16,7 @@ from .backend.project import Gallery, gallery
 from .data import DEFAULT_SAMPLE, load_image, load_sample, sample_images
 from .data.datasets import ImageFolder, ImageList, sample_collection
 from .errors import (BadImageError, BadParameterError, Cancelled, DataError, OutOfRangeError,
-                     UnknownClassError, UnknownLayerError, UnsupportedModelError,
+                     StorageError, UnknownClassError, UnknownLayerError, UnsupportedModelError,
                      WeightsUnavailableError, ZFError)
 from .models import LoadedModel, Preprocessing, get_model, list_models, register_model, wrap_model
 
@@ -33,7 +33,8 @@ __all__ = [
     "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
     "DEFAULT_SAMPLE", "load_image", "load_sample", "sample_images",
     "ImageFolder", "ImageList", "sample_collection",
-    "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError", "UnknownClassError", "UnknownLayerError",
+    "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError",
+    "StorageError", "UnknownClassError", "UnknownLayerError",
     "UnsupportedModelError", "WeightsUnavailableError", "ZFError",
     "LoadedModel", "Preprocessing", "get_model", "list_models", "register_model", "wrap_model",
     *_WIDGETS,
