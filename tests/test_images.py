@@ -806,3 +806,24 @@ def test_min_side_decodes_a_large_jpeg_at_a_reduced_scale(tmp_path):
     for bad in (0, -3, 1.5, True):
         with pytest.raises(BadParameterError, match="min_side"):
             load_image(jpg, min_side=bad)
+
+
+def test_session_decodes_a_large_jpeg_reduced_and_close_to_a_full_decode(tmp_path):
+    from nets import tiny_cnn
+
+    from zfwidgets import Preprocessing, Session
+
+    jpg = save(tmp_path, _photo(2400, 1800), "big.jpg", quality=92)
+    pre = Preprocessing()
+    assert pre.draft_side() == 512
+    s = Session(tiny_cnn(), jpg, preprocessing=pre)
+    assert s.image.size == (1200, 900)  # reduced: both sides stay >= 512
+    reduced = s.preprocessing.denormalize(s.input_tensor)
+    s.set_image(load_image(jpg))  # a decoded image is used as it is
+    assert s.image.size == (2400, 1800)
+    full = s.preprocessing.denormalize(s.input_tensor)
+    diff = (reduced - full).abs() * 255
+    assert float(diff.mean()) < 1.0 and float(diff.max()) < 24
+    small = save(tmp_path, _photo(900, 700), "small.jpg", quality=92)
+    s.set_image(small)
+    assert s.image.size == (900, 700)  # under 2 x 512 on a side: decoded at full size

@@ -569,11 +569,20 @@ def test_a_resume_with_another_batch_size_is_bit_identical(tmp_path):
     (ckpt,) = tmp_path.glob("*.partial.pt")
     saved = torch.load(ckpt, weights_only=True)
     assert saved["next"] == 6 and saved["batch_size"] == 2
+    assert saved["threads"] == torch.get_num_threads()
     sizes = count_forwards(s)
     resumed = mine(s, images, ["conv1", "act2"], k=5, batch_size=3, progress=False, workers=0,
                    cache_dir=tmp_path)
     assert sizes == [2, 2, 2, 2]  # the checkpoint's batches: images 6-7, 8-9, 10-11, 12-13
     assert_same_result(resumed, clean)
+    # another thread count cannot be undone: the resume says so
+    for done in tmp_path.glob("topk-*.pt"):
+        done.unlink()  # the finished layers: the next run resumes from the checkpoint again
+    torch.save({**saved, "threads": saved["threads"] + 1}, ckpt)
+    with pytest.warns(UserWarning, match="checkpointed with .* torch thread"):
+        again = mine(s, images, ["conv1", "act2"], k=5, batch_size=2, progress=False,
+                     workers=0, cache_dir=tmp_path)
+    assert_same_result(again, clean, exact_values=False)
 
 
 # ============================================================================ 9. usability slips

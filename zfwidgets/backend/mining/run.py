@@ -11,10 +11,12 @@ With a cache folder (:class:`~zfwidgets.backend.mining.store.MiningStore`) layer
 are read back instead of recomputed, a long run writes a checkpoint every ``checkpoint_every``
 seconds (and when it is interrupted or closed), and a rerun resumes from it to the same result
 as one clean run, bit for bit: the checkpoint records the run's batch size and the resume uses
-it, so the rest of the data goes through the model in the same batches. Another batch size
-gives values that may differ in the last float bits (a convolution's reduction order depends on
-the batch: measured up to 1.4e-5 on EfficientNet-Lite0, batch 1 vs 4), so hits can differ only
-where two candidates lie within that rounding of each other.
+it, so the rest of the data goes through the model in the same batches. Another batch size, or
+another number of torch threads, gives values that may differ in the last float bits (a
+convolution's reduction order depends on both: measured on EfficientNet-Lite0 up to 9.3e-6
+for batch 1 vs 4 and 1.7e-5 for 1 vs 2 threads), so hits can differ only where two candidates
+lie within that rounding of each other. The checkpoint records the thread count too; a resume
+with another one warns (``torch.set_num_threads`` makes it bit-identical).
 
 The cache folder is checked before the run starts (a full disk, a read-only or unwritable
 folder, a file in its place: :class:`~zfwidgets.errors.StorageError`). Should the disk fill up
@@ -150,14 +152,17 @@ def _is_count(value, low: int, high: int | None = None) -> bool:
 
 
 def _checkpoint_parser(shapes: dict[str, tuple[int, int, int]], k: int, total: int):
-    """Parse a checkpoint into ``(next, batch size or None, miner snapshot, Tally)``, checking
-    that it fits the run (its layers, their shapes, ``k``, a position inside the data)."""
+    """Parse a checkpoint into ``(next, batch size, threads, miner snapshot, Tally)`` (batch
+    size and threads ``None`` when not recorded), checking that it fits the run (its layers,
+    their shapes, ``k``, a position inside the data)."""
     def parse(state: dict):
         position, batch = state["next"], state.get("batch_size")
+        threads = state.get("threads")
         if not _is_count(position, 0, total):
             raise ValueError(f"'next' = {position!r} is not a position in 0..{total}")
-        if batch is not None and not _is_count(batch, 1):
-            raise ValueError(f"'batch_size' = {batch!r} is not a positive integer")
+        for name, value in (("batch_size", batch), ("threads", threads)):
+            if value is not None and not _is_count(value, 1):
+                raise ValueError(f"{name!r} = {value!r} is not a positive integer")
         states, saved = state["states"], state["shapes"]
         if not (set(states) <= set(saved) <= set(shapes)):
             raise ValueError(f"its layers {sorted(saved)} are not the run's")
@@ -172,7 +177,7 @@ def _checkpoint_parser(shapes: dict[str, tuple[int, int, int]], k: int, total: i
                     raise ValueError(f"the state of layer {layer!r} is not three [{c}, <={k}] "
                                      "tensors")
         snapshot = {"states": states, "shapes": saved}
-        return position, batch, snapshot, Tally.from_state(state)
+        return position, batch, threads, snapshot, Tally.from_state(state)
     return parse
 
 
@@ -336,6 +341,7 @@ class MiningRun:
             try:
                 self.store.save_checkpoint(layers, {"next": position,
                                                     "batch_size": self.batch_size,
+                                                    "threads": torch.get_num_threads(),
                                                     **miner.snapshot(), **self.tally.to_state()})
             except StorageError as exc:  # the disk filled up during the run: go on without
                 if not failed:
@@ -385,10 +391,15 @@ class MiningRun:
                                                                         len(self.ids)))
         if parsed is None:
             return 0
-        position, batch_size, snapshot, self.tally = parsed
+        position, batch_size, threads, snapshot, self.tally = parsed
         miner.restore(snapshot)
         if batch_size is not None:
             self.batch_size = batch_size
+        if threads is not None and threads != torch.get_num_threads():
+            warnings.warn(f"resuming a mining run checkpointed with {threads} torch thread(s) "
+                          f"with {torch.get_num_threads()}: values may differ from an "
+                          "uninterrupted run in the last float bits (torch.set_num_threads("
+                          f"{threads}) makes the resume bit-identical)", stacklevel=4)
         return position
 
     def _feed(self, miner: Miner, prepared: list) -> None:
