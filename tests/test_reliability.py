@@ -531,12 +531,15 @@ def test_well_formed_cache_files_with_wrong_content_are_recomputed(tmp_path):
     wrong = [{k: v for k, v in good.items() if k != "layer"},                 # no "layer"
              {**good, "layer": {**good["layer"], "values": torch.zeros(2, 2)}},  # shape
              {**good, "counters": "many"}]                                    # type
-    for content in wrong:
-        torch.save(content, path)
+    for content in wrong:  # each with a valid checksum, as a faulty writer would leave it
+        torch.save(store._sealed(content), path)
         with pytest.warns(UserWarning, match="unexpected content"):
             again = mine(s, images, ["act2", "conv1"], **kw)
         assert_same_result(again, first)
     assert len(sizes) == 3 * 4  # recomputed each time (4 batches), never a KeyError
+    torch.save({**good, "counters": {**good["counters"], "n_images": 99}}, path)  # hand-edited
+    with pytest.warns(UserWarning, match="checksum does not match"):
+        assert_same_result(mine(s, images, ["act2", "conv1"], **kw), first)
     # a checkpoint with wrong content: warned, and the run starts afresh
     job = mine_job(s, images, ["conv1"], k=4, batch_size=2, workers=0, cache_dir=tmp_path,
                    checkpoint_every=1e9)
@@ -546,7 +549,7 @@ def test_well_formed_cache_files_with_wrong_content_are_recomputed(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     for broken in ({**state, "next": 99}, {k: v for k, v in state.items() if k != "states"},
                    {**state, "states": {"conv1": [torch.zeros(3)] * 3}}):
-        torch.save(broken, ckpt)
+        torch.save(store._sealed(broken), ckpt)
         with pytest.warns(UserWarning, match="unexpected content"):
             job = mine_job(s, images, ["conv1"], k=4, batch_size=2, workers=0, cache_dir=tmp_path,
                            checkpoint_every=1e9)
@@ -578,7 +581,7 @@ def test_a_resume_with_another_batch_size_is_bit_identical(tmp_path):
     # another thread count cannot be undone: the resume says so
     for done in tmp_path.glob("topk-*.pt"):
         done.unlink()  # the finished layers: the next run resumes from the checkpoint again
-    torch.save({**saved, "threads": saved["threads"] + 1}, ckpt)
+    torch.save(store._sealed({**saved, "threads": saved["threads"] + 1}), ckpt)
     with pytest.warns(UserWarning, match="checkpointed with .* torch thread"):
         again = mine(s, images, ["conv1", "act2"], k=5, batch_size=2, progress=False,
                      workers=0, cache_dir=tmp_path)

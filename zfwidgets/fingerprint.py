@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it: zfwidgets.
     import torch
     from torch import nn
 
-__all__ = ["digest", "key_digest", "file_digest", "tensor_digest", "weights_digest",
-           "architecture_digest", "model_id"]
+__all__ = ["digest", "key_digest", "file_digest", "tensor_digest", "state_digest",
+           "weights_digest", "architecture_digest", "model_id"]
 
 
 def digest(*parts: Any, length: int = 16) -> str:
@@ -86,6 +86,34 @@ def tensor_digest(t: torch.Tensor, length: int = 16) -> str:
     h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)};".encode())
     _update(h, t)
     return h.hexdigest()[:length]
+
+
+def state_digest(obj: Any, length: int = 32) -> str:
+    """Digest of plain data as saved in a cache file: dicts (keys sorted), lists and tuples,
+    tensors (dtype, shape, values) and scalars; a checksum that a damaged file fails."""
+    h = hashlib.sha256()
+    _walk(h, obj)
+    return h.hexdigest()[:length]
+
+
+def _walk(h, obj: Any) -> None:
+    if isinstance(obj, dict):
+        h.update(b"{")
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode("utf-8", "surrogatepass") + b":")
+            _walk(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for item in obj:
+            _walk(h, item)
+            h.update(b",")
+        h.update(b"]")
+    elif type(obj).__module__.startswith("torch") and hasattr(obj, "dtype"):
+        h.update(f"T{obj.dtype}|{tuple(obj.shape)};".encode())
+        _update(h, obj)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode("utf-8", "surrogatepass"))
 
 
 def _update(h, t: torch.Tensor) -> None:

@@ -4,9 +4,11 @@ Every file is plain data (tensors, numbers, strings, lists, dicts) given to ``to
 serialized in memory, written to a temporary file in the same folder, flushed to the disk
 (``fsync``) and moved into place with :func:`os.replace`, so a reader (or a process killed
 mid-write) never sees half a file; it is read with ``torch.load(weights_only=True)``, so no code
-runs. A file that cannot be read, or that reads but does not hold what it should (a dict
-without its ``"layer"``, tensors of the wrong shape), warns and counts as missing: it is
-recomputed, never fatal.
+runs. Each file carries a checksum of its content (:func:`~zfwidgets.fingerprint.state_digest`),
+so a file damaged on disk where ``torch.load`` does not notice (a flipped bit in tensor data)
+is caught too. A file that cannot be read, whose checksum does not match, or that reads but
+does not hold what it should (a dict without its ``"layer"``, tensors of the wrong shape), warns
+and counts as missing: it is recomputed, never fatal.
 
 A folder that cannot be written (a full disk, a read-only file system, no permission, a file
 where the folder should be) raises :class:`~zfwidgets.errors.StorageError` naming the folder and
@@ -40,7 +42,7 @@ from typing import Any, TypeVar
 import torch
 
 from ...errors import StorageError
-from ...fingerprint import key_digest
+from ...fingerprint import key_digest, state_digest
 
 __all__ = ["FORMAT_VERSION", "MiningStore", "atomic_save", "check_file_writable",
            "check_writable", "safe_load", "storage_error"]
@@ -211,6 +213,23 @@ def _raw(state: dict) -> dict:
     return state
 
 
+def _sealed(state: dict) -> dict:
+    """``state`` with the checksum of its content (any old checksum replaced), as written."""
+    content = {k: v for k, v in state.items() if k != "checksum"}
+    return {**content, "checksum": state_digest(content)}
+
+
+def _unsealed(path: pathlib.Path, state: dict) -> dict | None:
+    """``state`` without its checksum, or ``None`` (with a warning) when the checksum is
+    missing or does not match: the file was damaged or written by something else."""
+    content = {k: v for k, v in state.items() if k != "checksum"}
+    if state.get("checksum") != state_digest(content):
+        warnings.warn(f"ignoring mining cache file {str(path)!r}: its checksum does not match "
+                      "its content (damaged on disk?); it is recomputed", stacklevel=4)
+        return None
+    return content
+
+
 class MiningStore:
     """The cache folder of one kind of run: finished layers and checkpoints, by key.
 
@@ -263,13 +282,15 @@ class MiningStore:
         state = safe_load(path)
         if state is None or state.get("key") != self.key(layer):
             return None
-        return _parsed(path, parse or _raw, state)
+        state = _unsealed(path, state)
+        return None if state is None else _parsed(path, parse or _raw, state)
 
     def save_layers(self, states: dict[str, dict], counters: dict) -> None:
         """Store finished layers (``{layer: LayerTopK state}``) and the counts of their run."""
         for layer, state in states.items():
-            atomic_save({"format": FORMAT_VERSION, "key": self.key(layer), "layer": state,
-                         "counters": counters}, self._layer_path(layer), what=self.what)
+            atomic_save(_sealed({"format": FORMAT_VERSION, "key": self.key(layer),
+                                 "layer": state, "counters": counters}),
+                        self._layer_path(layer), what=self.what)
 
     # ------------------------------------------------------------------ checkpoints
     def _run_keys(self, layers: list[str]) -> list[str]:
@@ -287,11 +308,12 @@ class MiningStore:
         state = safe_load(path)
         if state is None or state.get("keys") != self._run_keys(layers):
             return None
-        return _parsed(path, parse or _raw, state)
+        state = _unsealed(path, state)
+        return None if state is None else _parsed(path, parse or _raw, state)
 
     def save_checkpoint(self, layers: list[str], state: dict) -> None:
         """Keep ``state`` (plain data) as the checkpoint of the run over ``layers``."""
-        atomic_save({**state, "format": FORMAT_VERSION, "keys": self._run_keys(layers)},
+        atomic_save(_sealed({**state, "format": FORMAT_VERSION, "keys": self._run_keys(layers)}),
                     self.checkpoint_path(layers), what=self.what)
 
     def drop_checkpoint(self, layers: list[str]) -> None:
