@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from blocking import finishes
 from zfwidgets.data import (
     DEFAULT_SAMPLE,
     MAX_PIXELS,
@@ -629,33 +630,6 @@ def test_images_and_samples_import_each_other_in_one_direction_only():
 # -- not regular files: refused before opening (nothing may hang) ----------------------------
 
 
-def finishes(fn, seconds: float = 10.0, fifos=()):
-    """Run ``fn()`` in a thread: ``{"value": ...}`` or ``{"error": ...}``. Fails the test if it
-    is still running after ``seconds`` (blocked in ``open()`` on a FIFO), after giving the FIFOs
-    a writer so that the thread can end."""
-    import contextlib
-    import threading
-
-    out: dict = {}
-
-    def target():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            out["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        for fifo in fifos:
-            with contextlib.suppress(OSError):
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(5)
-        pytest.fail(f"still running after {seconds} s: blocked on a FIFO")
-    return out
-
-
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 def test_fifo_and_link_to_fifo_are_refused_without_opening(tmp_path):
     fifo = tmp_path / "f.png"
@@ -664,10 +638,10 @@ def test_fifo_and_link_to_fifo_are_refused_without_opening(tmp_path):
     link.symlink_to(fifo)
     for src, needles in ((fifo, ("f.png", "named pipe (FIFO)", "not a regular file")),
                          (str(link), ("link.png", "symbolic link to a named pipe"))):
-        out = finishes(lambda src=src: load_image(src), fifos=[fifo])
-        assert isinstance(out.get("error"), BadImageError), out
+        with pytest.raises(BadImageError) as info:
+            finishes(lambda src=src: load_image(src), 10, fifos=[fifo])
         for needle in needles:
-            assert needle in str(out["error"]), str(out["error"])
+            assert needle in str(info.value), str(info.value)
 
 
 def test_socket_devices_and_broken_link_are_refused(tmp_path):
@@ -679,9 +653,9 @@ def test_socket_devices_and_broken_link_are_refused(tmp_path):
         _assert_bad(str(sock_path), "s.png", "a socket, not a regular file")
     for device in ("/dev/null", "/dev/zero"):
         if os.path.exists(device):
-            out = finishes(lambda device=device: load_image(device))
-            assert isinstance(out.get("error"), BadImageError), out
-            assert f"{device}: is a character device, not a regular file" in str(out["error"])
+            with pytest.raises(BadImageError) as info:
+                finishes(lambda device=device: load_image(device), 10)
+            assert f"{device}: is a character device, not a regular file" in str(info.value)
     dangling = tmp_path / "gone.png"
     dangling.symlink_to(tmp_path / "missing.png")
     _assert_bad(str(dangling), "gone.png", "broken symbolic link")

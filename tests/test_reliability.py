@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pytest
 import torch
 from torch import nn
 
+from blocking import finishes
 from test_mining import (assert_same_result, bomb_png, make_folder, png_bytes, random_images,
                          tiny_session)
 from zfwidgets import Preprocessing, Session
@@ -43,31 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 HAS_FIFO = hasattr(os, "mkfifo")
 CLI_MODEL = ["--model", "zfnet_small", "--weights", "none", "--layers", "features.relu2",
              "-k", "3", "--no-progress", "--device", "cpu", "--workers", "0"]
-
-
-def finishes(fn, seconds: float = 60.0, fifos=()):
-    """``fn()`` in a thread; fails the test (after unblocking ``fifos``) if it is still running
-    after ``seconds``. Returns its value; re-raises its exception."""
-    out: dict = {}
-
-    def target():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            out["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        for fifo in fifos:
-            with contextlib.suppress(OSError):
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-        pytest.fail(f"still running after {seconds} s: blocked on a FIFO")
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def cli(*args, timeout=180, env=None, **kw) -> subprocess.CompletedProcess:
