@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from blocking import finishes
 from zfwidgets.data import (
     DEFAULT_SAMPLE,
     MAX_PIXELS,
@@ -631,3 +632,179 @@ def test_images_and_samples_import_each_other_in_one_direction_only():
                    for nxt in graph[start])
 
     assert [m for m in graph if reaches(m, m)] == []   # no cycle in zfwidgets.data
+
+
+# -- not regular files: refused before opening (nothing may hang) ----------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_and_link_to_fifo_are_refused_without_opening(tmp_path):
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.png"
+    link.symlink_to(fifo)
+    for src, needles in ((fifo, ("f.png", "named pipe (FIFO)", "not a regular file")),
+                         (str(link), ("link.png", "symbolic link to a named pipe"))):
+        with pytest.raises(BadImageError) as info:
+            finishes(lambda src=src: load_image(src), 10, fifos=[fifo])
+        for needle in needles:
+            assert needle in str(info.value), str(info.value)
+
+
+def test_socket_devices_and_broken_link_are_refused(tmp_path):
+    import socket
+
+    sock_path = tmp_path / "s.png"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        _assert_bad(str(sock_path), "s.png", "a socket, not a regular file")
+    for device in ("/dev/null", "/dev/zero"):
+        if os.path.exists(device):
+            with pytest.raises(BadImageError) as info:
+                finishes(lambda device=device: load_image(device), 10)
+            assert f"{device}: is a character device, not a regular file" in str(info.value)
+    dangling = tmp_path / "gone.png"
+    dangling.symlink_to(tmp_path / "missing.png")
+    _assert_bad(str(dangling), "gone.png", "broken symbolic link")
+
+
+# -- thin strips: preprocessing work bounded by the output size ------------------------------
+
+STRIP_MEMORY = """
+import io, resource, sys
+from PIL import Image
+from zfwidgets import Preprocessing, load_image
+
+pre = Preprocessing()
+pre(Image.new("RGB", (640, 480)))  # warm-up: the allocator, PIL's and torch's first calls
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+for w, h in [(4000, 1), (1, 4000), (20000, 1), (1, 20000), (60000, 3), (3, 60000)]:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 90)).save(buf, "PNG")
+    x = pre(load_image(buf.getvalue()))
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    print(f"{w}x{h} {tuple(x.shape)} {grown:.1f}", flush=True)
+    if grown > 64:  # stop at once: the old code would go on to allocate gigabytes
+        sys.exit(1)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="ru_maxrss in KiB: Linux")
+def test_thin_strips_cost_no_more_memory_than_a_photo():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", STRIP_MEMORY], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    lines = proc.stdout.split("\n")
+    assert len([line for line in lines if "(1, 3, 224, 224)" in line]) == 6, proc.stdout
+
+
+def _resize_then_crop(im: Image.Image, pre) -> np.ndarray:
+    """torchvision's order, the obvious way: resize the whole image, then center-crop."""
+    new_w, new_h = pre._resized_size(*im.size)
+    out_h, out_w = pre.size
+    left, top = int(round((new_w - out_w) / 2.0)), int(round((new_h - out_h) / 2.0))
+    resized = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    return np.asarray(resized.crop((left, top, left + out_w, top + out_h)), np.int16)
+
+
+@pytest.mark.parametrize("size", [(1500, 50), (50, 1500), (3000, 37), (7, 900), (1600, 1),
+                                  (1, 1600), (2400, 300)])
+def test_thin_strip_equals_resize_then_crop_within_one_level(size):
+    from zfwidgets import Preprocessing
+    from zfwidgets.models.preprocessing import RESIZE_AREA_LIMIT
+
+    pre = Preprocessing()
+    new_w, new_h = pre._resized_size(*size)
+    assert new_w * new_h > RESIZE_AREA_LIMIT * 224 * 224  # the bounded path is the one tested
+    im = noise_rgb(*size, seed=sum(size))
+    ours = np.asarray(pre.to_pixels(im), np.int16)
+    assert ours.shape == (224, 224, 3)
+    assert np.abs(ours - _resize_then_crop(im, pre)).max() <= 1
+
+
+@pytest.mark.parametrize("size", [(333, 250), (250, 333), (640, 120), (120, 640), (1000, 180),
+                                  (224, 224), (100, 80)])
+def test_photo_aspect_ratios_are_resized_then_cropped_exactly(size):
+    from zfwidgets import Preprocessing
+
+    for pre in (Preprocessing(), Preprocessing(size=(64, 96), resize=72)):
+        im = noise_rgb(*size, seed=size[0])
+        assert np.array_equal(np.asarray(pre.to_pixels(im), np.int16), _resize_then_crop(im, pre))
+
+
+# -- float NaN / infinity, tensors without data ----------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_nan_and_inf_are_refused_alike_for_files_arrays_and_pil(tmp_path, bad):
+    data = np.array([[0.0, 0.5, bad], [0.25, 1.0, 0.0]], np.float32)
+    path = save(tmp_path, Image.fromarray(data), "f.tif")
+    _assert_bad(path, "f.tif", "NaN or infinity", "1 of 6")
+    _assert_bad(data, "<array>", "NaN or infinity", "1 of 6")
+    _assert_bad(Image.fromarray(data), "NaN or infinity", "1 of 6")
+
+
+def test_meta_and_sparse_tensors_are_refused():
+    torch = pytest.importorskip("torch")
+    _assert_bad(torch.zeros(3, 4, 5, device="meta"), "<tensor>", "meta", "no values")
+    _assert_bad(torch.zeros(4, 5).to_sparse(), "<tensor>", "sparse", "to_dense()")
+
+
+# -- JPEG draft: a large JPEG decoded at a reduced scale on request --------------------------
+
+
+def _photo(w: int, h: int) -> Image.Image:
+    """A smooth photo-like image with some detail (noise on gradients)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 37.0 + yy / 53.0)], -1) * 230
+    rgb += np.random.default_rng(0).normal(0, 6, rgb.shape)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def test_min_side_decodes_a_large_jpeg_at_a_reduced_scale(tmp_path):
+    photo = _photo(2400, 1800)
+    jpg = save(tmp_path, photo, "big.jpg", quality=92)
+    png = save(tmp_path, photo, "big.png")
+    assert load_image(jpg).size == (2400, 1800)
+    reduced = load_image(jpg, min_side=512)  # 1800 // 512 = 3 -> libjpeg's 1/2 scale
+    assert reduced.size == (1200, 900) and reduced.mode == "RGB"
+    assert load_image(jpg, min_side=1000).size == (2400, 1800)  # 1/2 would leave 900 < 1000
+    assert load_image(jpg, min_side=400).size == (600, 450)     # 1/4
+    assert load_image(jpg, min_side=200).size == (300, 225)     # 1/8
+    assert load_image(png, min_side=512).size == (2400, 1800)   # only JPEGs are reduced
+    with open(jpg, "rb") as f:
+        assert load_image(f.read(), min_side=512).size == (1200, 900)  # bytes too
+    # the DCT-scaled decode is close to a full decode shrunk by the same factor
+    full = np.asarray(load_image(jpg).resize((1200, 900), Image.Resampling.BOX), np.float32)
+    assert np.abs(np.asarray(reduced, np.float32) - full).mean() < 2.0
+    # the EXIF rotation still applies (the square request fits either orientation)
+    rotated = tmp_path / "rot.jpg"
+    photo.save(rotated, quality=92, exif=_with_orientation(photo, 6))
+    assert load_image(rotated, min_side=512).size == (900, 1200)
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(BadParameterError, match="min_side"):
+            load_image(jpg, min_side=bad)
+
+
+def test_session_decodes_a_large_jpeg_reduced_and_close_to_a_full_decode(tmp_path):
+    from nets import tiny_cnn
+
+    from zfwidgets import Preprocessing, Session
+
+    jpg = save(tmp_path, _photo(2400, 1800), "big.jpg", quality=92)
+    pre = Preprocessing()
+    assert pre.draft_side() == 512
+    s = Session(tiny_cnn(), jpg, preprocessing=pre)
+    assert s.image.size == (1200, 900)  # reduced: both sides stay >= 512
+    reduced = s.preprocessing.denormalize(s.input_tensor)
+    s.set_image(load_image(jpg))  # a decoded image is used as it is
+    assert s.image.size == (2400, 1800)
+    full = s.preprocessing.denormalize(s.input_tensor)
+    diff = (reduced - full).abs() * 255
+    assert float(diff.mean()) < 1.0 and float(diff.max()) < 24
+    small = save(tmp_path, _photo(900, 700), "small.jpg", quality=92)
+    s.set_image(small)
+    assert s.image.size == (900, 700)  # under 2 x 512 on a side: decoded at full size

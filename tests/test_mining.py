@@ -272,20 +272,21 @@ def test_folder_with_bad_files_is_mined_with_them_skipped(tmp_path):
     good = make_folder(tmp_path, 5)
     (tmp_path / "sub" / "truncated.png").write_bytes(png_bytes(30, 30)[:120])
     (tmp_path / "empty.png").write_bytes(b"")
-    (tmp_path / "notes.txt").write_text("not an image\n")
+    (tmp_path / "notes.txt").write_text("not an image\n")  # not an image by its extension
+    (tmp_path / "notes.png").write_text("not an image\n")  # named like one: tried, skipped
     (tmp_path / "deep" / "er").mkdir(parents=True)
     (tmp_path / "deep" / "er" / "huge.png").write_bytes(bomb_png())
     (tmp_path / ".hidden.png").write_bytes(png_bytes(8, 8))  # hidden: not listed at all
 
     src = ImageFolder(tmp_path)
-    assert src.paths == sorted(src.paths) and len(src) == 9
+    assert src.paths == sorted(src.paths) and len(src) == 9 and src.ignored == ["notes.txt"]
     s = tiny_session()
     t0 = time.monotonic()
     result = mine(s, tmp_path, ["act2", "conv1"], k=4, batch_size=2, progress=False)
     assert time.monotonic() - t0 < 30  # the bomb is refused from its header, never decoded
     assert result.n_images == 5 and result.n_skipped == 4
     skipped = {name: reason for _, name, reason in result.skipped}
-    assert set(skipped) == {"sub/truncated.png", "empty.png", "notes.txt", "deep/er/huge.png"}
+    assert set(skipped) == {"sub/truncated.png", "empty.png", "notes.png", "deep/er/huge.png"}
     assert "exceeds the limit" in skipped["deep/er/huge.png"]
     assert "empty" in skipped["empty.png"]
     assert "4 unreadable" in result.summary()

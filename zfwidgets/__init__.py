@@ -20,7 +20,7 @@ from .data import (DEFAULT_SAMPLE, OCCLUSION_SAMPLE, load_image, load_sample, sa
                    sample_info)
 from .data.datasets import ImageFolder, ImageList, sample_collection
 from .errors import (BadImageError, BadParameterError, Cancelled, DataError, OutOfRangeError,
-                     UnknownClassError, UnknownLayerError, UnsupportedModelError,
+                     StorageError, UnknownClassError, UnknownLayerError, UnsupportedModelError,
                      WeightsUnavailableError, ZFError)
 from .models import (LoadedModel, Preprocessing, default_model, get_model, list_models,
                      model_status, register_model, wrap_model)
@@ -41,7 +41,8 @@ __all__ = [
     "DEFAULT_SAMPLE", "OCCLUSION_SAMPLE", "load_image", "load_sample", "sample_images",
     "sample_info",
     "ImageFolder", "ImageList", "sample_collection",
-    "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError", "UnknownClassError", "UnknownLayerError",
+    "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError",
+    "StorageError", "UnknownClassError", "UnknownLayerError",
     "UnsupportedModelError", "WeightsUnavailableError", "ZFError",
     "LoadedModel", "Preprocessing", "default_model", "get_model", "list_models", "model_status",
     "register_model", "wrap_model",

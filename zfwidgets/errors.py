@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedModelError",
     "WeightsUnavailableError",
     "DataError",
+    "StorageError",
     "Cancelled",
     "check_choice",
     "did_you_mean",
@@ -92,6 +93,12 @@ class WeightsUnavailableError(ZFError, RuntimeError):
 
 class DataError(ZFError, ValueError):
     """A data set cannot be used (empty, no readable image ...)."""
+
+
+class StorageError(ZFError, OSError):
+    """A file or folder zfwidgets must write cannot be used: a cache folder or a result file on a
+    full disk or a read-only file system, without permission, or a path that is a file where a
+    folder is needed (or the reverse). The message names the path and the problem."""
 
 
 class Cancelled(ZFError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -46,6 +47,45 @@ def _chosen(model) -> tuple[object, str]:
         return choice.name, choice.reason
     name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
     return model, f"{name}: chosen by the caller"
+
+
+def _as_index(value, what: str) -> int:
+    """``value`` as an int: a Python or numpy integer, or an integer tensor of one element;
+    :class:`BadParameterError` for anything else (``None``, a float, a bool, a string)."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        raise BadParameterError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise BadParameterError(f"{what} must be an integer, got {value!r} "
+                                f"({type(value).__name__})") from None
+
+
+def _as_position(position) -> tuple[int, int]:
+    """``position`` as ``(y, x)`` ints: exactly two integers."""
+    try:
+        parts = None if isinstance(position, (str, bytes)) else tuple(position)
+    except TypeError:
+        parts = None
+    if parts is None or len(parts) != 2:
+        raise BadParameterError(f"position must be two integers (y, x), got {position!r}")
+    return _as_index(parts[0], "position y"), _as_index(parts[1], "position x")
+
+
+def _as_unit(unit) -> tuple:
+    """``(channel, position or None)`` of a unit ``(channel,)``, ``(channel, None, None)`` or
+    ``(channel, y, x)``; the values themselves are checked by :meth:`Session._check_unit`."""
+    try:
+        parts = None if isinstance(unit, (str, bytes)) else tuple(unit)
+    except TypeError:
+        parts = None
+    if parts is None or len(parts) not in (1, 3) or (
+            len(parts) == 3 and (parts[1] is None) != (parts[2] is None)):
+        raise BadParameterError(f"a unit must be (channel, y, x) or (channel,) with y and x both "
+                                f"given or both None, got {unit!r}")
+    if len(parts) == 1 or parts[1] is None:
+        return parts[0], None
+    return parts[0], _as_position(parts[1:])
 
 
 class Session:
@@ -130,8 +170,8 @@ class Session:
             image, name = load_sample(DEFAULT_SAMPLE), name or DEFAULT_SAMPLE
         elif isinstance(src, Image.Image) and src.mode == "RGB":
             image = src.copy()
-        else:
-            image = load_image(src)
+        else:  # a large JPEG is decoded at a reduced scale (see Preprocessing.draft_side)
+            image = load_image(src, min_side=self.preprocessing.draft_side())
         if name is None:
             name = str(src) if isinstance(src, (str,)) or hasattr(src, "__fspath__") else "image"
         self._image = image
@@ -254,15 +294,26 @@ class Session:
         return [(self.label(int(i)), float(v)) for v, i in zip(values, ids)]
 
     # ------------------------------------------------------------------ units and boxes
-    def _check_unit(self, layer: str, channel: int | None, position=None) -> LayerInfo:
+    def _check_unit(self, layer: str, channel: int | None, position=None, *,
+                    need_channel: bool = False) -> LayerInfo:
+        """The one check of a unit's arguments, for every method that takes them.
+
+        ``channel`` must be an integer (a Python or numpy int, or an integer tensor of one
+        element) in range, or ``None`` when ``need_channel`` is false; ``position`` ``None`` or
+        exactly two integers ``(y, x)`` inside the layer's map. A wrong type or form (``None``
+        where a channel is needed, ``1.7``, ``True``, ``(1, 2, 3)``) raises
+        :class:`BadParameterError`, a value outside the layer :class:`OutOfRangeError`.
+        """
         info = self.layer_info(layer)
         c, h, w = info.shape
-        if channel is not None and not (0 <= int(channel) < c):
-            raise OutOfRangeError(f"channel {channel} is out of range for layer {layer!r} "
-                                  f"({c} channels: 0..{c - 1})")
+        if channel is not None or need_channel:
+            ch = _as_index(channel, "channel")
+            if not 0 <= ch < c:
+                raise OutOfRangeError(f"channel {ch} is out of range for layer {layer!r} "
+                                      f"({c} channels: 0..{c - 1})")
         if position is not None:
-            y, x = position
-            if not (0 <= int(y) < h and 0 <= int(x) < w):
+            y, x = _as_position(position)
+            if not (0 <= y < h and 0 <= x < w):
                 raise OutOfRangeError(f"position {(y, x)} is outside layer {layer!r}'s "
                                       f"{h}x{w} map")
         return info
@@ -323,8 +374,9 @@ class Session:
             ``[3, H, W]`` in the model's input space; :func:`zfwidgets.projection_to_rgb`
             turns it into an image.
         """
-        return self.project_many(layer, [(channel,) + (tuple(position) if position else (None, None))],
-                                 rule)[0]
+        self._check_unit(layer, channel, position, need_channel=True)
+        unit = (channel,) if position is None else (channel, *_as_position(position))
+        return self.project_many(layer, [unit], rule)[0]
 
     def project_many(self, layer: str, units: Sequence[tuple], rule: str = "deconvnet"
                      ) -> torch.Tensor:
@@ -333,8 +385,8 @@ class Session:
         Parameters
         ----------
         layer : str
-        units : sequence of (channel, y, x)
-            ``y`` and ``x`` may be ``None`` for a whole map.
+        units : sequence of (channel, y, x) or (channel,)
+            ``y`` and ``x`` may be ``None`` (or left out) for a whole map.
         rule : {"deconvnet", "guided", "gradient"}
 
         Returns
@@ -345,9 +397,8 @@ class Session:
         check_rule(rule)
         targets, todo = [], []
         for unit in units:
-            channel, y, x = (tuple(unit) + (None, None))[:3]
-            pos = None if y is None else (int(y), int(x))
-            self._check_unit(layer, channel, pos)
+            channel, pos = _as_unit(unit)
+            self._check_unit(layer, channel, pos, need_channel=True)
             key = (layer, int(channel), pos, rule)
             targets.append(key)
             if key not in self._projections and key not in todo:

@@ -14,10 +14,18 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) rank ``r`` mines item
 on rank 0 and merged exactly (:func:`zfwidgets.backend.mining.gather_merge`), and rank 0 writes
 the result file. Every rank uses rank 0's weights (broadcast), so a randomly initialized model
 is the same everywhere. Read the file back with :func:`zfwidgets.load_result`.
+
+Bad values exit with status 2 and one line, before any work: an option that does not parse
+(``--per-image abc``, ``--device bogus``), a device this machine lacks (``--device cuda``
+without a GPU), an ``--out`` or ``--cache-dir`` that cannot be written (checked by writing a
+probe file), a folder with no readable image (the reasons of the first few are printed).
+Ctrl-C prints where the run stopped and exits 130; with ``--cache-dir`` the work done is in a
+checkpoint there, and running the same command again resumes from it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -45,7 +53,7 @@ def add_parser(sub) -> None:
                    help="layer ids (torch named_modules names); default: ~5 layers spread over "
                         "the depth")
     p.add_argument("-k", "--k", type=int, default=9, help="hits kept per channel (default 9)")
-    p.add_argument("--per-image", default="1",
+    p.add_argument("--per-image", default="1", type=per_image_arg,
                    help="at most this many hits per image and channel; 'all' for no limit "
                         "(default 1)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -61,30 +69,64 @@ def add_parser(sub) -> None:
                    help="seconds between checkpoints (with --cache-dir)")
     p.add_argument("--seed", type=int, default=0,
                    help="torch seed before building the model (random-init models)")
-    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--device", default=None, type=device_arg,
+                   help="cpu, cuda, cuda:N or mps (default: cuda if available)")
     p.add_argument("--backend", default=None,
                    help="torch.distributed backend (default: nccl on GPUs, gloo on CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
-def _per_image(text: str) -> int | None:
+def per_image_arg(text: str) -> int | None:
+    """``--per-image``: a positive integer, or ``all`` (also ``none``, ``0``) for no limit."""
     if text.lower() in ("all", "none", "0"):
         return None
-    return int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
 
 
-def _device(name: str | None, local_rank: int):
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def device_arg(text: str):
+    """``--device``: a torch device of a kind mining runs on (availability is checked later)."""
     import torch
 
-    if name:
-        device = torch.device(name)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    else:
-        device = torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in _DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device to mine on; use cpu, cuda, "
+                                         "cuda:N or mps")
+    return device
+
+
+def _device(device, local_rank: int):
+    """The device to mine on, or a message saying why the asked one cannot be used."""
+    import torch
+
+    if device is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = torch.device("cuda")
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return (f"--device {device}: no CUDA GPU is available on this machine "
+                    "(torch.cuda.is_available() is False); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is None:  # one GPU per local rank under torchrun
+            device = torch.device("cuda", local_rank % count)
+        elif device.index >= count:
+            return f"--device {device}: this machine has {count} CUDA device(s), cuda:0..{count - 1}"
         torch.cuda.set_device(device)
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {device}: Apple's MPS backend is not available here; use --device cpu"
     return device
 
 
@@ -98,11 +140,51 @@ def _share_weights(session, dist, rank: int) -> None:
     session.model.load_state_dict(state[0])
 
 
+class _Progress:
+    """Where the run stands, for the line Ctrl-C prints (``on_progress`` of :func:`mine`)."""
+
+    def __init__(self):
+        self.done, self.total = 0, None
+
+    def __call__(self, done: int, total: int, skipped: int) -> None:
+        self.done, self.total = done, total
+
+
+def _interrupted(args, progress: _Progress) -> int:
+    """Say where a run stopped by Ctrl-C stands, in one line; the exit status 130."""
+    if progress.total is None:
+        where = "interrupted before the first batch was mined"
+    else:
+        where = f"interrupted after {progress.done} of {progress.total} images"
+    if args.cache_dir:
+        what = (f"the work done is checkpointed in {args.cache_dir}: run the same command again "
+                "to resume")
+    else:
+        what = "nothing was kept: with --cache-dir DIR a rerun resumes an interrupted run"
+    print(f"{PROG}: {where}; {what}", file=sys.stderr, flush=True)
+    return 130
+
+
+def _no_image(result, folder) -> str:
+    reasons = "; ".join(f"{name}: {why}" for _, name, why in result.skipped[:5])
+    more = f" (and {result.n_skipped - 5} more)" if result.n_skipped > 5 else ""
+    return f"no readable image in {folder}: {result.n_skipped} item(s) skipped: {reasons}{more}"
+
+
 def run(args) -> int:
     """Run ``zfwidgets mine``; returns the exit status (0 on success)."""
+    progress = _Progress()
+    try:
+        return _run(args, progress)
+    except KeyboardInterrupt:
+        return _interrupted(args, progress)
+
+
+def _run(args, progress: _Progress) -> int:
     import torch
 
     from ..backend.mining import gather_merge, mine
+    from ..backend.mining.store import check_file_writable
     from ..backend.session import Session
     from ..data.datasets import ImageFolder
     from ..errors import ZFError
@@ -110,6 +192,17 @@ def run(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = _device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if isinstance(device, str):
+        return fail(device, PROG)
+    try:
+        if rank == 0:  # before any work: a result that cannot be written would waste it all
+            check_file_writable(args.out, "the result file")
+        folder = ImageFolder(args.folder)
+    except ZFError as exc:
+        return fail(str(exc), PROG)
+    if len(folder) == 0:  # before a model is loaded
+        ignored = f" ({len(folder.ignored)} non-image file(s) ignored)" if folder.ignored else ""
+        return fail(f"no image file in {args.folder}{ignored}", PROG)
     dist = None
     if world > 1:
         import torch.distributed as dist
@@ -122,16 +215,19 @@ def run(args) -> int:
         session = Session(args.model, weights=weights, device=device)
         if dist is not None:
             _share_weights(session, dist, rank)
-        result = mine(session, ImageFolder(args.folder), args.layers, k=args.k,
-                      per_image=_per_image(args.per_image), batch_size=args.batch_size,
-                      cache_dir=args.cache_dir, progress=not args.no_progress and rank == 0,
+        result = mine(session, folder, args.layers, k=args.k, per_image=args.per_image,
+                      batch_size=args.batch_size, cache_dir=args.cache_dir,
+                      progress=not args.no_progress and rank == 0,
                       shard=(rank, world) if world > 1 else None, workers=args.workers,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, on_progress=progress)
         if dist is not None:
             result = gather_merge(result, dst=0)
         if rank == 0:
+            if result.n_images == 0:
+                return fail(_no_image(result, args.folder), PROG)
             result.save(args.out)
-            print(f"{result.summary()}\nwrote {args.out}", file=sys.stderr)
+            ignored = f"; {len(folder.ignored)} non-image file(s) ignored" if folder.ignored else ""
+            print(f"{result.summary()}{ignored}\nwrote {args.out}", file=sys.stderr)
     except ZFError as exc:
         return fail(str(exc), PROG)
     finally:

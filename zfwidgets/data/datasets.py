@@ -39,6 +39,7 @@ __all__ = [
     "SampleCollection",
     "DEFAULT_SCALES",
     "as_source",
+    "image_extension",
     "sample_collection",
     "source_from_spec",
 ]
@@ -94,13 +95,36 @@ class ImageSource:
         return f"{type(self).__name__}({len(self)} images)"
 
 
+def image_extension(name: str) -> bool:
+    """Whether a file called ``name`` may hold an image, judged by its extension: one Pillow
+    has a plugin for, a photo format it may lack one for (HEIC, AVIF, JPEG XL, camera raw), or
+    none at all (an image saved without one). ``README.txt``, ``labels.csv``, ``model.pt`` are
+    not."""
+    suffix = os.path.splitext(name)[1].lower()
+    return not suffix or suffix in _image_extensions()
+
+
+_PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".jxl", ".svg", ".dng", ".cr2", ".cr3",
+                               ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw"})
+_EXTENSIONS: list[frozenset] = []
+
+
+def _image_extensions() -> frozenset:
+    if not _EXTENSIONS:  # Pillow registers its plugins' extensions on first use
+        _EXTENSIONS.append(frozenset(Image.registered_extensions()) | _PHOTO_EXTENSIONS)
+    return _EXTENSIONS[0]
+
+
 class ImageFolder(ImageSource):
-    """Every file under a folder, recursively, in sorted order of relative path.
+    """Every image file under a folder, recursively, in sorted order of relative path.
 
     Hidden files and folders (names starting with ``"."``, such as ``.ipynb_checkpoints``) are
-    left out. Nothing is filtered by extension: a file that is not a readable image (a README,
-    a corrupt or empty file, a decompression bomb) raises :class:`BadImageError` when loaded, and
-    mining skips it, counts it and reports it.
+    left out. Files whose extension says they are no image (``README.txt``, ``labels.csv``:
+    see :func:`image_extension`) are left out too and counted apart, in :attr:`ignored`,
+    without a reason each. Every other entry is listed: one that is not a readable image (a
+    corrupt or empty file, a decompression bomb, a FIFO, socket or device, which is never
+    opened) raises :class:`BadImageError` when loaded, and mining skips it, counts it and
+    reports why.
 
     Parameters
     ----------
@@ -108,6 +132,13 @@ class ImageFolder(ImageSource):
         The folder.
     max_pixels : int, optional
         Largest ``width * height`` decoded (see :func:`zfwidgets.data.load_image`).
+
+    Attributes
+    ----------
+    paths : list of str
+        The listed files, relative to ``root`` (``/``-separated); image ``i`` is ``paths[i]``.
+    ignored : list of str
+        The files left out for their extension, relative to ``root``.
 
     Raises
     ------
@@ -122,19 +153,24 @@ class ImageFolder(ImageSource):
         self.root = root.resolve()
         self.max_pixels = max_pixels
         entries: list[tuple[str, int, int]] = []
+        self.ignored: list[str] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fname in filenames:
                 if fname.startswith("."):
                     continue
                 full = os.path.join(dirpath, fname)
+                rel = pathlib.Path(full).relative_to(self.root).as_posix()
+                if not image_extension(fname):
+                    self.ignored.append(rel)
+                    continue
                 try:
-                    st = os.stat(full)
+                    st = os.stat(full)  # stat only: a FIFO is listed, never opened
                 except OSError:  # a dangling link: listed, and reported as unreadable later
                     st = None
-                rel = pathlib.Path(full).relative_to(self.root).as_posix()
                 entries.append((rel, st.st_size if st else -1, st.st_mtime_ns if st else -1))
         entries.sort()
+        self.ignored.sort()
         self.paths: list[str] = [e[0] for e in entries]
         self._fingerprint = digest("folder", *(f"{r}\t{s}\t{m}" for r, s, m in entries))
 
@@ -158,7 +194,8 @@ class ImageFolder(ImageSource):
         return {"kind": "folder", "root": str(self.root), "max_pixels": self.max_pixels}
 
     def __repr__(self) -> str:
-        return f"ImageFolder({str(self.root)!r}, {len(self)} files)"
+        extra = f", {len(self.ignored)} non-image file(s) ignored" if self.ignored else ""
+        return f"ImageFolder({str(self.root)!r}, {len(self)} files{extra})"
 
 
 def _itemdigest(item: Any) -> str:
@@ -463,6 +500,8 @@ def as_source(images: Any = None) -> ImageSource:
             return ImageFolder(path)
         if path.is_file():
             return ImageList([path])
+        if path.exists():
+            raise DataError(f"{str(images)!r} is neither a folder nor a regular file")
         raise DataError(f"{str(images)!r} does not exist (expected a folder of images)")
     if isinstance(images, (Image.Image, np.ndarray, bytes, bytearray, io.IOBase)):
         raise DataError(f"a single {type(images).__name__} is one image, not a collection; "

@@ -4,8 +4,19 @@
 picture. It accepts paths, raw bytes, file objects, PIL images, numpy arrays and torch tensors;
 applies the EXIF orientation; converts every PIL mode (16-bit, float, palette, CMYK, LAB ...) to
 RGB with the right scaling; composites transparency over white; and turns every way an image can
-be bad (missing, empty, truncated, corrupt, not an image, a decompression bomb) into a
-:class:`~zfwidgets.errors.BadImageError` that names the source and the problem.
+be bad (missing, empty, truncated, corrupt, not an image, a decompression bomb, not a regular
+file) into a :class:`~zfwidgets.errors.BadImageError` that names the source and the problem.
+
+A path is checked with ``stat`` before it is opened: a named pipe (FIFO), socket or device (or a
+symbolic link to one) is refused without being opened, because opening a FIFO blocks until a
+writer appears and reading a device may never end. The file is then opened non-blocking and
+checked again (``fstat``), so a file swapped for a FIFO in between is refused too.
+
+``min_side`` lets a caller that will shrink the image anyway (the session: its preprocessing
+resizes a 12-megapixel photo to 256 pixels) have a large JPEG decoded at 1/2, 1/4 or 1/8 scale by
+libjpeg's scaled inverse DCT (Pillow's ``draft``), several times faster than a full decode. The
+reduced image differs slightly from a full decode followed by an antialiased resize (the DCT
+scaling is its own low-pass filter); the session's preprocessing module documents by how much.
 
 PIL's global settings are left alone: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays ``False`` (so a
 cut-off file raises instead of coming back half grey) and ``Image.MAX_IMAGE_PIXELS`` is never
@@ -37,6 +48,8 @@ __all__ = ["MAX_PIXELS", "load_image", "load_sample"]
 MAX_PIXELS = 64_000_000
 
 _ORIENTATION_TAG = 0x0112
+#: Formats Pillow can decode at a reduced scale (``Image.draft``): JPEG and its multi-picture form.
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 _WHITE = (255, 255, 255)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -44,7 +57,8 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _FLOAT_TOLERANCE = 1e-4
 
 
-def load_image(src: Any, *, max_pixels: int | None = None) -> Image.Image:
+def load_image(src: Any, *, max_pixels: int | None = None,
+               min_side: int | None = None) -> Image.Image:
     """Load any image-like object as a fully decoded 8-bit RGB PIL image.
 
     Parameters
@@ -60,24 +74,31 @@ numpy.ndarray or torch.Tensor
     max_pixels : int, optional
         Largest ``width * height`` accepted; ``None`` uses :data:`MAX_PIXELS`. The check reads
         only the header, so an oversized file is refused before anything is decoded.
+    min_side : int, optional
+        For an encoded JPEG (path, bytes or file object): decode it at 1/2, 1/4 or 1/8 scale
+        (libjpeg's DCT scaling, Pillow's ``draft``) when both sides of the result stay at least
+        ``min_side`` pixels. ``None`` (the default) always decodes at full size. Other formats,
+        arrays, tensors and PIL images are never reduced.
 
     Returns
     -------
     PIL.Image.Image
         A new image of mode ``"RGB"``, fully loaded and detached from any file, with the EXIF
         orientation applied, transparency composited over white, 16-bit data scaled by the full
-        0..65535 range, and only the first frame of an animated or multi-page file.
+        0..65535 range, and only the first frame of an animated or multi-page file. Its size is
+        the file's, unless ``min_side`` let a JPEG be decoded at a reduced scale.
 
     Raises
     ------
     BadImageError
-        The source is missing, a directory, empty, truncated, corrupt, not an image, larger than
-        ``max_pixels``, has zero width or height, or is an array/tensor of unsupported shape,
-        dtype or value range. The message starts with the source (the path, or ``<bytes>``,
-        ``<file>``, ``<array>``, ``<tensor>``, ``<PIL image>``) and the original exception is
-        chained.
+        The source is missing, a directory, not a regular file (a FIFO, socket or device, or a
+        link to one: refused without opening it), empty, truncated, corrupt, not an image, larger
+        than ``max_pixels``, has zero width or height, holds NaN or infinite float values, or is
+        an array/tensor of unsupported shape, dtype, layout (sparse) or device (``meta``). The
+        message starts with the source (the path, or ``<bytes>``, ``<file>``, ``<array>``,
+        ``<tensor>``, ``<PIL image>``) and the original exception is chained.
     BadParameterError
-        ``max_pixels`` is not a positive integer.
+        ``max_pixels`` or ``min_side`` is not a positive integer.
 
     Examples
     --------
@@ -86,6 +107,7 @@ numpy.ndarray or torch.Tensor
     'RGB'
     """
     limit = _resolve_limit(max_pixels)
+    side = _resolve_min_side(min_side)
 
     if isinstance(src, Image.Image):
         return _from_pil(src, _pil_name(src), limit)
@@ -97,15 +119,17 @@ numpy.ndarray or torch.Tensor
         data = bytes(src)
         if not data:
             raise BadImageError("<bytes>: empty data (0 bytes)")
-        return _decode(io.BytesIO(data), "<bytes>", limit)
+        return _decode(io.BytesIO(data), "<bytes>", limit, side)
     if isinstance(src, (str, os.PathLike)):
-        return _from_path(src, limit)
+        return _from_path(src, limit, side)
     if callable(getattr(src, "read", None)):
         name = getattr(src, "name", None)
         name = name if isinstance(name, str) and name else "<file>"
         if isinstance(src, io.TextIOBase):
             raise BadImageError(f"{name}: file object is in text mode; open it with 'rb'")
-        return _decode(src, name, limit)
+        if isinstance(src, io.BytesIO) and not src.getbuffer().nbytes:
+            raise BadImageError(f"{name}: empty data (0 bytes)")
+        return _decode(src, name, limit, side)
     raise BadImageError(
         f"<{type(src).__name__}>: cannot load an image from a {type(src).__qualname__} object; "
         "pass a path, bytes, a file object, a PIL image, a numpy array or a torch tensor"
@@ -156,21 +180,64 @@ def _resolve_limit(max_pixels: int | None) -> int:
     return int(limit)
 
 
-def _from_path(src: str | os.PathLike, limit: int) -> Image.Image:
+def _resolve_min_side(min_side: int | None) -> int | None:
+    if min_side is None:
+        return None
+    if isinstance(min_side, bool) or not isinstance(min_side, (int, np.integer)) or min_side < 1:
+        raise BadParameterError(f"min_side must be a positive integer or None, got {min_side!r}")
+    return int(min_side)
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def not_regular_reason(path: str | os.PathLike, mode: int) -> str | None:
+    """Why the file at ``path`` with ``st_mode`` ``mode`` (of ``os.stat``, links followed) is no
+    image file (``"is a named pipe (FIFO), not a regular file"``), or ``None`` when it is a
+    regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((what for test, what in _KINDS if test(mode)), "a special file")
+    if os.path.islink(path):
+        kind = f"a symbolic link to {kind}"
+    if stat.S_ISDIR(mode):
+        return f"is {kind}, not an image file"
+    return f"is {kind}, not a regular file"
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | \
+    getattr(os, "O_BINARY", 0)
+
+
+def _from_path(src: str | os.PathLike, limit: int, side: int | None) -> Image.Image:
     path = os.fsdecode(os.fspath(src))
-    if os.path.isdir(path):
-        raise BadImageError(f"{path}: is a directory, not an image file")
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the with-block below
+        info = os.stat(path)  # follows links: what would be opened
+    except FileNotFoundError as exc:
+        what = "broken symbolic link" if os.path.islink(path) else "no such file"
+        raise BadImageError(f"{path}: {what}{_sample_hint(path)}") from exc
+    except OSError as exc:  # permission denied on a parent, a name too long, a loop ...
+        raise BadImageError(f"{path}: cannot open file ({exc.strerror or exc})") from exc
+    reason = not_regular_reason(path, info.st_mode)
+    if reason:  # never opened: a FIFO would block in open(), a device may never end
+        raise BadImageError(f"{path}: {reason}")
+    try:
+        # Non-blocking: should the path have become a FIFO since the stat, open() returns at once.
+        fh = os.fdopen(os.open(path, _OPEN_FLAGS), "rb")
     except FileNotFoundError as exc:
         raise BadImageError(f"{path}: no such file{_sample_hint(path)}") from exc
-    except OSError as exc:  # permission denied, a directory on Windows, ...
+    except OSError as exc:  # permission denied, ...
         raise BadImageError(f"{path}: cannot open file ({exc.strerror or exc})") from exc
     with fh:
         info = os.fstat(fh.fileno())
-        if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        reason = not_regular_reason(path, info.st_mode)
+        if reason:  # swapped between the stat and the open
+            raise BadImageError(f"{path}: {reason}")
+        if info.st_size == 0:
             raise BadImageError(f"{path}: empty file (0 bytes)")
-        return _decode(fh, path, limit)
+        return _decode(fh, path, limit, side)
 
 
 def _sample_hint(path: str) -> str:
@@ -194,6 +261,12 @@ def _from_tensor(src: Any, limit: int) -> Image.Image:
     if not isinstance(src, torch.Tensor):
         raise BadImageError(f"<{type(src).__name__}>: not a tensor; cannot load it as an image")
     shape = list(src.shape)
+    if src.device.type == "meta":
+        raise BadImageError(f"<tensor>: a tensor on the 'meta' device (shape {shape}) has no "
+                            "values to load")
+    if src.layout != torch.strided:
+        raise BadImageError(f"<tensor>: a {src.layout} tensor (shape {shape}); pass "
+                            "tensor.to_dense()")
     if src.ndim == 4 and shape[0] == 1:
         raise BadImageError(f"<tensor>: got a batch of shape {shape}; pass tensor[0] instead")
     if src.ndim == 3 and shape[0] in (1, 3, 4):
@@ -247,9 +320,17 @@ def _scale_uint16(arr: np.ndarray) -> np.ndarray:
     return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _scale_unit_float(arr: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _check_finite(arr: np.ndarray, name: str, shape: tuple[int, ...]) -> None:
+    """The one rule for float pixels, arrays and float (mode ``F``) files alike: NaN or infinity
+    is an error, never silently black."""
     if arr.size and not np.isfinite(arr).all():
-        raise BadImageError(f"{name}: float data contains NaN or infinity (shape {shape})")
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise BadImageError(f"{name}: float data contains NaN or infinity ({bad} of {arr.size} "
+                            f"values, shape {shape})")
+
+
+def _scale_unit_float(arr: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    _check_finite(arr, name, shape)
     lo = float(arr.min()) if arr.size else 0.0
     hi = float(arr.max()) if arr.size else 0.0
     if lo < -_FLOAT_TOLERANCE or hi > 1 + _FLOAT_TOLERANCE:
@@ -277,7 +358,7 @@ def _check_size(width: int, height: int, name: str, limit: int) -> None:
         )
 
 
-def _decode(fp: Any, name: str, limit: int) -> Image.Image:
+def _decode(fp: Any, name: str, limit: int, side: int | None = None) -> Image.Image:
     """Open ``fp`` lazily, check the header, then decode the first frame and convert it."""
     try:
         with warnings.catch_warnings():
@@ -285,6 +366,9 @@ def _decode(fp: Any, name: str, limit: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fp)
             _check_size(im.width, im.height, name, limit)  # header only: nothing decoded yet
+            if side is not None and im.format in _DRAFT_FORMATS:
+                # Square request: the EXIF rotation applied later may swap width and height.
+                im.draft(None, (side, side))
             im.load()
         return _from_pil(im, name, limit, checked=True)
     except ZFError:
@@ -363,7 +447,7 @@ def _to_rgb(im: Image.Image, name: str) -> Image.Image:
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         return _integer_to_rgb(im)
     if mode == "F":
-        return _float_to_rgb(im)
+        return _float_to_rgb(im, name)
     if mode in _ALPHA_MODES or "transparency" in im.info or _has_alpha_palette(im):
         if mode == "La":  # premultiplied gray: PIL converts it only via LA
             im = im.convert("LA")
@@ -411,9 +495,11 @@ def _integer_to_rgb(im: Image.Image) -> Image.Image:
     return out.convert("RGB")
 
 
-def _float_to_rgb(im: Image.Image) -> Image.Image:
-    """Float gray: [0, 1] if the maximum is at most 1, otherwise scaled by the maximum."""
-    arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+def _float_to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """Float gray: [0, 1] if the maximum is at most 1, otherwise scaled by the maximum; NaN or
+    infinity is refused, as for float arrays."""
+    arr = np.asarray(im, dtype=np.float64)
+    _check_finite(arr, name, arr.shape)
     hi = float(arr.max()) if arr.size else 0.0
     scale = 1.0 if hi <= 1.0 else hi
     gray = np.rint(np.clip(arr / scale, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 
 import ipywidgets as W
 import traitlets as T
@@ -12,6 +13,13 @@ from ..plots.topk import topk_figure, update_topk
 from .base import View
 
 __all__ = ["ImageChooser", "TopPredictions"]
+
+
+def _named_file(content: bytes, filename: str) -> io.BytesIO:
+    """The uploaded bytes as a file object called ``filename``: errors name the user's file."""
+    data = io.BytesIO(bytes(content))
+    data.name = str(filename)
+    return data
 
 
 class ImageChooser(View):
@@ -61,9 +69,10 @@ class ImageChooser(View):
     def load_file(self, filename: str, content: bytes) -> bool:
         """Analyse an uploaded file; returns whether it could be used.
 
-        A bad file shows its error inside the widget and leaves the session's image unchanged.
+        A bad file shows its error, which names ``filename``, inside the widget and leaves the
+        session's image unchanged.
         """
-        return self._use(lambda: bytes(content), filename)
+        return self._use(lambda: _named_file(content, filename), filename)
 
     def _use(self, source, name: str) -> bool:
         """Give the session the image ``source()``; on any error show it and keep the old one."""
