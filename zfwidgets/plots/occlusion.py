@@ -27,7 +27,12 @@ from matplotlib.patches import Patch, Rectangle
 from .base import new_figure
 
 __all__ = ["OcclusionPanels", "occlusion_figure", "update_occlusion_maps", "update_occluder",
-           "occluded_image", "class_index_map", "CLASS_COLORS"]
+           "occluded_image", "class_index_map", "CLASS_COLORS", "FIGSIZE", "DPI"]
+
+#: Default figure size (inches) and resolution: 864 x 270 pixels, which fits the notebook area of
+#: JupyterLab with its file browser open (about 880 px for an output in a 990 px main area).
+FIGSIZE = (9.6, 3.0)
+DPI = 90
 
 #: Colours of the most frequent classes in panel (e); the rest share OTHER_COLOR.
 CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -151,7 +156,7 @@ def _map_limits(values: np.ndarray | None) -> tuple[float, float]:
 def occlusion_figure(image: np.ndarray, result, projection: np.ndarray | None = None, *,
                      occluder: tuple[int, int] | None = None, fill_color=(0.5, 0.5, 0.5),
                      projection_title: str = "(c) projection", fig: Figure | None = None,
-                     size: tuple[float, float] = (11.0, 3.3), dpi: float = 90
+                     size: tuple[float, float] = FIGSIZE, dpi: float = DPI
                      ) -> tuple[Figure, OcclusionPanels]:
     """The five Fig. 7 panels side by side.
 

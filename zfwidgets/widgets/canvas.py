@@ -3,7 +3,8 @@
 Figures are made with :class:`matplotlib.figure.Figure` and given an ipympl canvas directly, so
 they work whatever matplotlib backend the notebook uses (``%matplotlib widget`` or not), never
 enter pyplot's figure registry, and are closed with :func:`close_figure` when a view is closed.
-The canvas encodes its frames faster than ipympl's own (see :func:`_canvas_class`).
+The canvas encodes its frames faster than ipympl's own and sends a new frame as soon as the
+figure changes, when the browser is ready for it (see :func:`_canvas_class`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,25 @@ _numbers = itertools.count(10_000)
 
 
 def _canvas_class():
-    """ipympl's canvas widget, with frames PNG-encoded at zlib level 1.
+    """ipympl's canvas widget, with frames pushed as soon as they are drawn and PNG-encoded fast.
 
-    A frame is the figure's pixels ("full" mode) or, after the first one, only the pixels
-    that changed ("diff" mode), as matplotlib's web backend protocol expects. Level 1 encodes
-    about 2-3x faster than the default level 6 for the same size within ~10 %, and encoding
-    is most of the cost of a redraw.
+    **Frames.** A frame is the figure's pixels ("full" mode) or, after the first one, only the
+    pixels that changed ("diff" mode), as matplotlib's web backend protocol expects, PNG-encoded
+    at zlib level 1 (about 2-3x faster than the default level 6 for the same size within
+    ~10 %).
+
+    **When a frame is sent.** ipympl's ``draw_idle`` only asks the browser to ask for a frame
+    (a "draw" event out, a "draw" request back, then the frame): a round trip through the
+    browser that waits behind whatever the kernel does next (the projection of the deconv view
+    after the grid's highlight, an occlusion step), so each canvas of a change was painted only
+    once every view had finished. Here a figure that changes is drawn and its frame sent at
+    once, when the browser is *ready*: it has asked for a frame since the last frame was sent,
+    so it has received every frame (a diff frame that arrives before the previous one has
+    loaded would replace it, and its pixels would be lost). Every frame is followed by a
+    "draw" event, so a live browser asks again at once and is ready for the next change; until
+    it has asked, ``draw_idle`` falls back to ipympl's protocol (ask the browser), and the
+    frame follows its request. A front end that went away answers nothing: one frame at most
+    is drawn for nobody.
     """
     global _Canvas
     if _Canvas is None:
@@ -36,6 +50,37 @@ def _canvas_class():
         from PIL import Image
 
         class FastCanvas(Canvas):
+            _ready = False    # the browser asked for a frame after the last one was sent
+            _wanted = False   # the figure changed since the last frame
+            _drawing = False
+
+            def draw_idle(self):
+                if self._ready and not self._drawing:
+                    self._wanted = False
+                    self.draw()             # the frame goes out now
+                else:
+                    self._wanted = True
+                    super().draw_idle()     # ask the browser to ask for it
+
+            def draw(self):
+                self._drawing = True
+                try:
+                    super().draw()
+                finally:
+                    self._drawing = False
+
+            def handle_draw(self, event):
+                # The browser asks for a frame: it has received every frame sent before.
+                self._ready = True
+                if self._wanted:
+                    self._wanted = False
+                    self.draw()
+
+            def send_binary(self, data):
+                super().send_binary(data)
+                self._ready = False
+                self.send_event("draw")     # a live browser answers with a request: ready
+
             def get_diff_image(self):
                 if not self._png_is_old:
                     return None
