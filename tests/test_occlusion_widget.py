@@ -398,3 +398,21 @@ def test_explorer_hidden_tabs_compute_nothing(monkeypatch):
         assert ex.grid._maps_key[1] == "head.act" and not ex.grid.stale
     finally:
         ex.close()
+
+
+def test_default_figure_fits_a_jupyterlab_output(explorer):
+    """Five panels and the legend of (e) inside the figure, the figure no wider than a notebook
+    output in JupyterLab with the file browser open (848 px in a 1280 px window, measured;
+    tests/test_browser_lab.py checks it in the browser)."""
+    fig = explorer.fig
+    width, height = fig.bbox.width, fig.bbox.height
+    assert width <= 840 and explorer.fig.canvas.layout.width == f"{int(round(width))}px"
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    for k, ax in enumerate(explorer.panels.axes):
+        box = ax.get_tightbbox(renderer)                # with its title and label
+        assert 0 <= box.x0 and box.x1 <= width and 0 <= box.y0 and box.y1 <= height, k
+    legend = explorer.panels.legend.get_window_extent(renderer)
+    assert 0 <= legend.x0 and legend.x1 <= width and legend.y0 >= 0
+    right = explorer.panels.axes[4].get_window_extent(renderer)
+    assert right.x1 <= width - 2                       # panel (e) whole, not cut at the edge

@@ -69,6 +69,11 @@ def _canvas_class():
                 finally:
                     self._drawing = False
 
+            def set_cursor(self, cursor):
+                # No navigation tools here (clicks select): matplotlib's only cursor change
+                # would be the "wait" cursor around a draw after a pause, two messages a frame.
+                pass
+
             def handle_draw(self, event):
                 # The browser asks for a frame: it has received every frame sent before.
                 self._ready = True

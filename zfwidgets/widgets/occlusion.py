@@ -54,7 +54,7 @@ class OcclusionExplorer(MapView):
         Step sweeps from the kernel's event loop (``True``) or run them at once (``False``);
         default: step when an event loop is running.
     figsize : (width, height) in inches
-        Default :data:`zfwidgets.plots.occlusion.FIGSIZE`: 864 px wide at 90 dpi, so that the
+        Default :data:`zfwidgets.plots.occlusion.FIGSIZE`: 828 px wide at 90 dpi, so that the
         five panels fit JupyterLab's notebook with the file browser open.
     dpi : float
 
@@ -208,14 +208,15 @@ class OcclusionExplorer(MapView):
     def _refresh_position(self) -> None:
         session = self.session
         self.prediction = occluded_prediction(session, self.y, self.x, self.size, self.fill)
+        cell = "padding:0 6px 0 0;line-height:1.35;border:none"  # compact in JupyterLab too
         rows = "".join(
-            f"<tr><td style='padding:0 6px 0 0'>{html.escape(label)}</td>"
-            f"<td style='text-align:right'>{p:.3f}</td></tr>"
+            f"<tr><td style='{cell}'>{html.escape(label)}</td>"
+            f"<td style='{cell};text-align:right'>{p:.3f}</td></tr>"
             for _, label, p in self.prediction)
         base = session.predict(1)[0]
         self.top5.value = (
             "<div style='font-size:12px'><b>top-5 with the occluder</b>"
-            f"<table style='font-size:12px'>{rows}</table>"
+            f"<table style='font-size:12px;margin:2px 0'>{rows}</table>"
             f"<span style='color:#666'>unoccluded: {html.escape(base[0])} {base[1]:.3f}</span>"
             "</div>")
         if self.panels is not None:
