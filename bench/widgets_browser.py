@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import load_note, load_text, machine_info
+from _common import load_text, machine_info
+from widgets import console_table, markdown_table, write_results
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))   # the browser-test helpers
@@ -310,11 +311,7 @@ def main(argv=None) -> int:
                                    kernel_phases(rounds["click"], kernel).items()}
     info["load average (1/5/15 min) at end"] = load_text()
 
-    width = max(len(r[0]) for r in rows)
-    print(f"{'what':<{width}}  median ms   p90 ms   goal ms  met")
-    for name, med, p90, goal in rows:
-        met = "" if goal is None else ("yes" if med <= goal else "NO")
-        print(f"{name:<{width}}  {med:9.1f}  {p90:7.1f}  {'' if goal is None else goal:>8}  {met}")
+    print("\n".join(console_table(rows)))
     for variant, table in phases.items():
         print(f"[{variant}] click, kernel breakdown (median ms): " +
               ", ".join(f"{k} {v[0]:.1f}" for k, v in table.items()))
@@ -326,26 +323,13 @@ def main(argv=None) -> int:
           "`chelsea`, one torch thread in the kernel, driven by chromium (Playwright). Times are "
           "measured inside the page: from the `mousedown` / `change` event to the last "
           "`drawImage` of the new frame onto the visible canvas. Median and 90th percentile of "
-          f"{args.repeats} rounds each.", "",
-          "| what | median ms | p90 ms | goal ms | met |", "|---|---:|---:|---:|---|"]
-    for name, med, p90, goal in rows:
-        met = "" if goal is None else ("yes" if med <= goal else "**no**")
-        md.append(f"| {name.strip()} | {med:.1f} | {p90:.1f} | "
-                  f"{'' if goal is None else f'{goal:g}'} | {met} |")
-    md += ["", "Variants, measured in the same run:", "", *notes]
+          f"{args.repeats} rounds each.", "", *markdown_table(rows),
+          "", "Variants, measured in the same run:", "", *notes]
     for variant, table in phases.items():
         md += ["", f"Where a click's time goes (`{variant}`, median ms, wall clock shared by "
                "page and kernel):", "", "| phase | median ms | p90 ms |", "|---|---:|---:|"]
         md += [f"| {k} | {v[0]:.1f} | {v[1]:.1f} |" for k, v in table.items()]
-    md += ["", "Machine:", ""] + [f"- {k}: {v}" for k, v in info.items()]
-    md += ["", load_note(info["load average (1/5/15 min) at start"],
-                         info["load average (1/5/15 min) at end"])]
-    if args.note:
-        md += ["", args.note]
-    md.append("")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(md))
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, md, info, [args.note])
     return 0
 
 

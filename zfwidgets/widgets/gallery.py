@@ -358,9 +358,11 @@ class PatchGallery(MapView):
         if not self._requests.current(token):
             return
         self.current = g
-        update_gallery(self.artists, g)
+        update_gallery(self.artists, g, draw=False)
         if self.selected != -1:
-            self.selected = -1
+            self.selected = -1  # its observer resets the source panel and draws
+        else:
+            self.fig.canvas.draw_idle()
         self.errors.clear()
         r = self.result
         skipped = f", {r.n_skipped} unreadable skipped" if r.n_skipped else ""
