@@ -18,7 +18,8 @@ probe uses too (``--breakdown``).
   480-map middle layer, alternating) to the last paint of the grid's canvas (goal: <= 300 ms);
   the deconv view's repaint beside it.
 
-Each is measured for two ways of sending frames, in one run: ``pushed`` (zfwidgets' canvas: a
+Each is measured for two ways of sending frames, in one run, their rounds interleaved (two
+served explorers, one page each): ``pushed`` (zfwidgets' canvas: a
 frame goes out as soon as its view has drawn, when the browser is ready for it; a click acts at
 once when the kernel is idle) and ``ipympl`` (ipympl's own ``draw_idle``: the kernel asks the
 browser to ask for a frame, a round trip that waits behind the other views' work; clicks
@@ -30,6 +31,7 @@ the versions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -173,63 +175,80 @@ def painted(log: list, start: str, canvas: str) -> float | None:
     return None if t0 is None or not paints else paints[-1] - t0
 
 
-def run_variant(browser, variant: str, repeats: int, tmp: Path, breakdown: bool):
-    from browser import CANVAS, jupyter_env, serve_voila, wait_canvas_painted
-    from zfwidgets.cli import one_cell_notebook
+class Variant:
+    """One served explorer (its own Voila server, kernel and page) for one way of sending
+    frames; rounds of both variants are interleaved, so a change of load hits both alike."""
 
-    work = tmp / variant
-    work.mkdir(parents=True, exist_ok=True)
-    notebook = one_cell_notebook(work / "explorer.ipynb", CELL)
-    extra = {"ZF_BENCH_PROTOCOL": variant, "OMP_NUM_THREADS": "1",
-             "OMP_WAIT_POLICY": "PASSIVE"}
-    probe_log = work / "zf_bench_probe.log"
-    if breakdown:
-        (work / "zf_bench_probe.py").write_text(PROBE)
-        extra["ZF_BENCH_PROBE"] = str(probe_log)
-    rounds = {"click": [], "layer": []}
-    with serve_voila(notebook, work, env=jupyter_env(work, **extra), timeout=180) as url:
-        context = browser.new_context(viewport={"width": 1300, "height": 950})
-        context.add_init_script(INIT_JS)
-        page = context.new_page()
-        try:
-            t = time.monotonic()
-            page.goto(url, timeout=180_000)
-            grid = page.locator(f".zf-grid {CANVAS}")
-            wait_canvas_painted(page, grid, timeout=240)
-            wait_canvas_painted(page, page.locator(f".zf-deconv {CANVAS}"), timeout=60)
-            first_paint = time.monotonic() - t
-            settle(page, 1500)
-            at, box = grid_geometry(480, 14, 14), grid.bounding_box()
-            for i in range(repeats):
-                k = (37 * i + 11) % 480
-                x, y = at(k)
-                page.mouse.move(box["x"] + x, box["y"] + y)
-                settle(page, 400)
-                page.evaluate("window.__zf.length = 0")
-                page.mouse.down()
-                page.mouse.up()
-                page.locator(".zf-deconv", has_text=f"map {k},").wait_for(timeout=60_000)
-                log = settle(page)
-                rounds["click"].append((painted(log, "mousedown", "zf-deconv"),
-                                        painted(log, "mousedown", "zf-grid"), log))
-            select = page.locator(".zf-layer-selector select")
-            options = select.locator("option").all_inner_texts()
-            for i in range(repeats):
-                layer, maps = (TOP, "1280 maps") if i % 2 == 0 else (MID, "480 maps")
-                label = next(o for o in options if o.split("\xa0")[0].split(" ")[0] == layer)
-                page.evaluate("window.__zf.length = 0")
-                select.select_option(label=label)
-                page.locator(".zf-grid", has_text=maps).wait_for(timeout=60_000)
-                page.locator(".zf-deconv", has_text=f"{layer}: map").wait_for(timeout=60_000)
-                log = settle(page)
-                rounds["layer"].append((painted(log, "change", "zf-grid"),
-                                        painted(log, "change", "zf-deconv"), log))
-        finally:
-            page.close()
-            context.close()
-    kernel = [json.loads(line) for line in probe_log.read_text().splitlines()] \
-        if breakdown and probe_log.exists() else []
-    return rounds, first_paint, kernel
+    def __init__(self, name: str, tmp: Path, breakdown: bool):
+        self.name, self.work = name, tmp / name
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.probe_log = self.work / "zf_bench_probe.log"
+        self.breakdown = breakdown
+        self.rounds = {"click": [], "layer": []}
+
+    @contextlib.contextmanager
+    def opened(self, browser):
+        from browser import CANVAS, jupyter_env, serve_voila, wait_canvas_painted
+        from zfwidgets.cli import one_cell_notebook
+
+        notebook = one_cell_notebook(self.work / "explorer.ipynb", CELL)
+        extra = {"ZF_BENCH_PROTOCOL": self.name, "OMP_NUM_THREADS": "1",
+                 "OMP_WAIT_POLICY": "PASSIVE"}
+        if self.breakdown:
+            (self.work / "zf_bench_probe.py").write_text(PROBE)
+            extra["ZF_BENCH_PROBE"] = str(self.probe_log)
+        env = jupyter_env(self.work, **extra)
+        with serve_voila(notebook, self.work, env=env, timeout=180) as url:
+            context = browser.new_context(viewport={"width": 1300, "height": 950})
+            context.add_init_script(INIT_JS)
+            page = self.page = context.new_page()
+            try:
+                t = time.monotonic()
+                page.goto(url, timeout=180_000)
+                self.grid = page.locator(f".zf-grid {CANVAS}")
+                wait_canvas_painted(page, self.grid, timeout=240)
+                wait_canvas_painted(page, page.locator(f".zf-deconv {CANVAS}"), timeout=60)
+                self.first_paint = time.monotonic() - t
+                settle(page, 1500)
+                self.at, self.box = grid_geometry(480, 14, 14), self.grid.bounding_box()
+                select = page.locator(".zf-layer-selector select")
+                self.options = select.locator("option").all_inner_texts()
+                yield self
+            finally:
+                page.close()
+                context.close()
+
+    def click(self, i: int) -> None:
+        """Round ``i``: click map ``k`` of the 480-map grid, wait for its projection."""
+        page, k = self.page, (37 * i + 11) % 480
+        x, y = self.at(k)
+        page.mouse.move(self.box["x"] + x, self.box["y"] + y)
+        settle(page, 400)
+        page.evaluate("window.__zf.length = 0")
+        page.mouse.down()
+        page.mouse.up()
+        page.locator(".zf-deconv", has_text=f"map {k},").wait_for(timeout=60_000)
+        log = settle(page)
+        self.rounds["click"].append((painted(log, "mousedown", "zf-deconv"),
+                                     painted(log, "mousedown", "zf-grid"), log))
+
+    def layer(self, i: int) -> None:
+        """Round ``i``: choose the top layer (even rounds) or the middle layer (odd ones)."""
+        page = self.page
+        layer, maps = (TOP, "1280 maps") if i % 2 == 0 else (MID, "480 maps")
+        label = next(o for o in self.options if o.split("\xa0")[0].split(" ")[0] == layer)
+        page.evaluate("window.__zf.length = 0")
+        page.locator(".zf-layer-selector select").select_option(label=label)
+        page.locator(".zf-grid", has_text=maps).wait_for(timeout=60_000)
+        page.locator(".zf-deconv", has_text=f"{layer}: map").wait_for(timeout=60_000)
+        log = settle(page)
+        self.rounds["layer"].append((painted(log, "change", "zf-grid"),
+                                     painted(log, "change", "zf-deconv"), log))
+
+    def kernel(self) -> list:
+        if not (self.breakdown and self.probe_log.exists()):
+            return []
+        return [json.loads(line) for line in self.probe_log.read_text().splitlines()]
 
 
 def kernel_phases(rounds, kernel) -> dict[str, list[float]]:
@@ -290,12 +309,17 @@ def main(argv=None) -> int:
 
     info = machine_info()
     rows, notes, phases = [], [], {}
-    with tempfile.TemporaryDirectory(prefix="zf-bench-browser-") as tmp, chromium() as browser:
+    with tempfile.TemporaryDirectory(prefix="zf-bench-browser-") as tmp, chromium() as browser, \
+            contextlib.ExitStack() as stack:
         info.update(versions(browser))
-        for variant in args.variants:
-            rounds, first, kernel = run_variant(browser, variant, args.repeats, Path(tmp),
-                                                args.breakdown)
-            label = f"[{variant}]"
+        variants = [stack.enter_context(Variant(name, Path(tmp), args.breakdown).opened(browser))
+                    for name in args.variants]
+        for kind in ("click", "layer"):
+            for i in range(args.repeats):
+                for variant in variants:                # interleaved: the same load for each
+                    getattr(variant, kind)(i)
+        for variant in variants:
+            rounds, label = variant.rounds, f"[{variant.name}]"
             rows.append((f"{label} click -> projection repainted",
                          *stats(r[0] for r in rounds["click"]), GOALS["click"]))
             rows.append((f"{label}   the grid's highlight repainted",
@@ -304,11 +328,12 @@ def main(argv=None) -> int:
                          *stats(r[0] for r in rounds["layer"]), GOALS["layer"]))
             rows.append((f"{label}   the deconv view repainted",
                          *stats(r[1] for r in rounds["layer"]), None))
-            notes.append(f"- `{variant}`: {VARIANTS[variant]}; page to first paint "
-                         f"{first:.1f} s.")
+            notes.append(f"- `{variant.name}`: {VARIANTS[variant.name]}; page to first paint "
+                         f"{variant.first_paint:.1f} s.")
+            kernel = variant.kernel()
             if kernel:
-                phases[variant] = {k: stats(v) for k, v in
-                                   kernel_phases(rounds["click"], kernel).items()}
+                phases[variant.name] = {k: stats(v) for k, v in
+                                        kernel_phases(rounds["click"], kernel).items()}
     info["load average (1/5/15 min) at end"] = load_text()
 
     print("\n".join(console_table(rows)))
