@@ -214,6 +214,14 @@ def staged_job(calls):
     return job
 
 
+async def until(condition, turns: int = 200) -> None:
+    """Let the event loop turn until ``condition()`` holds (at most ``turns`` turns)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+
+
 def test_coarse_stages_are_drawn_as_they_arrive(session, monkeypatch):
     import zfwidgets.widgets.occlusion as module
 
@@ -235,10 +243,7 @@ def test_coarse_stages_are_drawn_as_they_arrive(session, monkeypatch):
             assert w.partial and w.result.channel == channel and calls == [(64, 20)]
             assert changed(panel(w, coarse, 1), panel(w, pixels(w), 1))
             assert not changed(panel(w, coarse, 3), panel(w, pixels(w), 3))
-            for _ in range(20):
-                if not w.partial:
-                    break
-                await asyncio.sleep(0)
+            await until(lambda: not w.partial, 20)
             assert not w.partial and w.result.stride == 20 and w.result.shape == (9, 9)
             assert w.result.channel == channel and not w.runner.running
             assert changed(panel(w, coarse, 3), panel(w, pixels(w), 3))   # the finer map
@@ -263,10 +268,7 @@ def test_a_newer_request_supersedes_a_coarse_stage(session, monkeypatch):
             assert w.partial and w.result.size == 64
             w.size = 48                                # while the first sweep refines
             assert first.closed and not first.done and w.runner.job is not first
-            for _ in range(20):
-                if not w.runner.running:
-                    break
-                await asyncio.sleep(0)
+            await until(lambda: not w.runner.running, 20)
             assert not w.partial and (w.result.size, w.result.stride) == (48, 20)
         finally:
             w.close()
@@ -352,10 +354,7 @@ def test_hiding_pauses_a_running_sweep(session):
                 await asyncio.sleep(0)
             assert job.last.done == done and w.runner.running and w.result is None
             w.shown = True                             # goes on where it stopped
-            for _ in range(200):
-                if w.result is not None:
-                    break
-                await asyncio.sleep(0)
+            await until(lambda: w.result is not None)
             assert job.done and w.result.size == 64 and w.sweeps == 1
         finally:
             w.close()
