@@ -19,7 +19,8 @@ on the offline EfficientNet-Lite0 and the sample photo "chelsea", in one :class:
   projection alone is reported on its own line.
 
 Goals (issue 3): grid <= 50 ms, click -> projection <= 150 ms. Results go to
-``bench/results/widgets.md``.
+``bench/results/widgets.md``. The same interactions measured in a real browser, round trips
+included, are ``bench/widgets_browser.py``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,41 @@ def click(fig, ax, x, y) -> None:
 def stats(samples: list[float]) -> tuple[float, float]:
     ms = sorted(1000 * s for s in samples)
     return statistics.median(ms), float(np.percentile(ms, 90))
+
+
+def console_table(rows) -> list[str]:
+    """``rows`` of (what, median ms, p90 ms, goal ms or None) as aligned text lines."""
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'what':<{width}}  median ms   p90 ms   goal ms  met"]
+    for name, med, p90, goal in rows:
+        met = "" if goal is None else ("yes" if med <= goal else "NO")
+        goal_text = "" if goal is None else f"{goal:g}"
+        lines.append(f"{name:<{width}}  {med:9.1f}  {p90:7.1f}  {goal_text:>8}  {met}")
+    return lines
+
+
+def markdown_table(rows) -> list[str]:
+    """``rows`` (see :func:`console_table`) as a markdown table."""
+    md = ["| what | median ms | p90 ms | goal ms | met |", "|---|---:|---:|---:|---|"]
+    for name, med, p90, goal in rows:
+        met = "" if goal is None else ("yes" if med <= goal else "**no**")
+        goal_text = "" if goal is None else f"{goal:g}"
+        md.append(f"| {name.strip()} | {med:.1f} | {p90:.1f} | {goal_text} | {met} |")
+    return md
+
+
+def write_results(path: Path, md: list[str], info: dict, notes=()) -> None:
+    """Write ``md`` + the machine, the load and ``notes`` (lines) to ``path``."""
+    md = md + ["", "Machine:", ""] + [f"- {k}: {v}" for k, v in info.items()]
+    md += ["", load_note(info["load average (1/5/15 min) at start"],
+                         info["load average (1/5/15 min) at end"])]
+    for note in notes:
+        if note:
+            md += ["", note]
+    md.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(md))
+    print(f"wrote {path}")
 
 
 def main(argv=None) -> int:
@@ -151,38 +187,18 @@ def main(argv=None) -> int:
     ex.close()
 
     info["load average (1/5/15 min) at end"] = load_text()
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'what':<{width}}  median ms   p90 ms   goal ms  met"]
-    for name, med, p90, goal in rows:
-        met = "" if goal is None else ("yes" if med <= goal else "NO")
-        goal_text = "" if goal is None else f"{goal:g}"
-        lines.append(f"{name:<{width}}  {med:9.1f}  {p90:7.1f}  {goal_text:>8}  {met}")
-    print("\n".join(lines))
+    print("\n".join(console_table(rows)))
     for k, v in info.items():
         print(f"{k}: {v}")
-
     md = ["# Widgets benchmark (`bench/widgets.py`)", "",
           "Python-side time from a trait change (or a click as ipympl delivers it) to the figure "
           "drawn by its ipympl canvas (Agg render + PNG diff), EfficientNet-Lite0, sample photo "
           "`chelsea`, median and 90th percentile of "
-          f"{args.repeats} rounds. Browser round-trips are not included.", "",
-          "| what | median ms | p90 ms | goal ms | met |", "|---|---:|---:|---:|---|"]
-    for name, med, p90, goal in rows:
-        met = "" if goal is None else ("yes" if med <= goal else "**no**")
-        goal_text = "" if goal is None else f"{goal:g}"
-        md.append(f"| {name.strip()} | {med:.1f} | {p90:.1f} | {goal_text} | {met} |")
-    md += ["", "Machine:", ""] + [f"- {k}: {v}" for k, v in info.items()]
-    md += ["", load_note(info["load average (1/5/15 min) at start"],
-                         info["load average (1/5/15 min) at end"]),
-           "", "The click cost is `Session.project` (one forward to "
-           "the layer and one backward pass on the CPU) plus redrawing the grid and the three "
-           "deconv panels."]
-    if args.note:
-        md += ["", args.note]
-    md.append("")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(md))
-    print(f"wrote {RESULTS}")
+          f"{args.repeats} rounds. Browser round-trips are not included: see "
+          "`bench/widgets_browser.py` (`results/widgets_browser.md`).", "", *markdown_table(rows)]
+    write_results(RESULTS, md, info, [
+        "The click cost is `Session.project` (one forward to the layer and one backward pass on "
+        "the CPU) plus redrawing the grid and the three deconv panels.", args.note])
     return 0
 
 

@@ -50,7 +50,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 CANVAS = ".jupyter-matplotlib-canvas-div"   # one per ipympl figure
 
 __all__ = ["CHROMIUM", "CANVAS", "needs_chromium", "free_port", "jupyter_env", "wait_for_port",
-           "serve_voila", "serve_command", "launch_chromium", "chromium", "open_page",
+           "serve_voila", "serve_lab", "lab_run_all", "serve_command", "launch_chromium",
+           "chromium", "open_page",
            "wait_until", "pixels", "has_content", "wait_canvas_painted", "wait_canvas_changed",
            "screenshot_changed"]
 
@@ -159,6 +160,36 @@ def serve_voila(notebook_path, tmp_path: Path, *, port: int | None = None, env=N
     with serve_command(cmd, port, tmp_path, cwd=src.parent, env=env or jupyter_env(tmp_path),
                        timeout=timeout) as url:
         yield url
+
+
+@contextlib.contextmanager
+def serve_lab(root, tmp_path: Path, *, port: int | None = None, env=None, timeout: float = 180):
+    """Serve JupyterLab 4 on 127.0.0.1 over the folder ``root`` (no token); yield its URL.
+
+    Open a notebook at ``url + "lab/tree/NAME.ipynb"`` and run it with :func:`lab_run_all`.
+    The workspace (which panels are open) starts from JupyterLab's defaults: the file browser
+    is open on the left.
+    """
+    port = port or free_port()
+    env = env or jupyter_env(tmp_path)
+    env.setdefault("JUPYTERLAB_WORKSPACES_DIR", str(Path(tmp_path) / "lab_workspaces"))
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+           f"--port={port}", "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=",
+           "--ServerApp.password=", "--LabApp.expose_app_in_browser=True",
+           f"--ServerApp.root_dir={Path(root).resolve()}"]
+    with serve_command(cmd, port, tmp_path, env=env, timeout=timeout) as url:
+        yield url
+
+
+def lab_run_all(page, timeout: float = 180) -> None:
+    """In a JupyterLab page showing a notebook: wait for its kernel, then run all cells."""
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " const k = w && w.sessionContext && w.sessionContext.session"
+        " && w.sessionContext.session.kernel;"
+        " return k && k.connectionStatus === 'connected' && k.status === 'idle'; }",
+        timeout=timeout * 1000)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
 def launch_chromium(playwright, **kwargs):

@@ -87,9 +87,14 @@ def test_moving_the_occluder_repaints(page):
 
 def map_box(k: int) -> tuple[int, int, int, int]:
     """Pixel box (left, top, right, bottom) of panel k in the widget's canvas: the same
-    figure geometry drawn headless (the widget's default 11 x 3.1 in at 90 dpi)."""
+    figure geometry drawn headless (the widget's default size and dpi)."""
+    import inspect
+
     from zfwidgets.backend.occlusion import OcclusionResult
     from zfwidgets.plots.occlusion import occlusion_figure
+    from zfwidgets.widgets.occlusion import OcclusionExplorer
+
+    params = inspect.signature(OcclusionExplorer.__init__).parameters
 
     grid = np.arange(0, 161, 40)
     result = OcclusionResult(prob=np.zeros((5, 5), np.float32), top_class=np.zeros((5, 5), int),
@@ -97,7 +102,8 @@ def map_box(k: int) -> tuple[int, int, int, int]:
                              channel=None, target=0, target_label="x", size=64, stride=40,
                              rows=grid, cols=grid, image_shape=(224, 224), base_prob=0.5,
                              base_class=0, base_feature=None, labels={0: "x"})
-    fig, panels = occlusion_figure(np.zeros((224, 224, 3)), result, size=(11.0, 3.1), dpi=90)
+    fig, panels = occlusion_figure(np.zeros((224, 224, 3)), result,
+                                   size=params["figsize"].default, dpi=params["dpi"].default)
     fig.canvas.draw()
     box = panels.axes[k].get_window_extent()
     height = fig.bbox.height

@@ -181,7 +181,7 @@ def test_auto_mining_runs_as_a_task_with_progress_and_follows_the_model():
 
     async def until_mined(g, layer=None):
         for _ in range(2000):
-            if g.mined(layer) and not g._mining:
+            if g.mined(layer) and not g.mining:
                 return
             await asyncio.sleep(0.005)
         raise AssertionError("auto mining did not finish")
@@ -191,7 +191,7 @@ def test_auto_mining_runs_as_a_task_with_progress_and_follows_the_model():
         g = PatchGallery(s, images, auto=True, batch_size=4)
         g.progress.observe(lambda ch: steps.append(ch["new"]), names="value")
         try:
-            assert g._mining and not g.mined()  # started, not done: the loop runs it
+            assert g.mining and not g.mined()  # started, not done: the loop runs it
             assert "mining" in g.status.value
             await until_mined(g)
             assert g.layer == g.current.layer == "features.relu2"
@@ -238,3 +238,88 @@ def test_fig2_figure_for_several_layers(mined, session):
     assert len(axes) == 4 and axes[0].get_ylabel() == EARLY
     image = axes[3].images[0].get_array()
     assert image.shape[1] > 2 * image.shape[0] * 0.9  # projections beside patches
+
+
+def small_data():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(12)]
+
+
+async def turns(n):
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_cancel_stops_mining_and_mine_starts_again():
+    s = Session("zfnet_small", weights=None)
+
+    async def scenario():
+        g = PatchGallery(s, small_data(), auto=True, batch_size=4)
+        try:
+            assert g.mining and g.cancel_button.layout.display is None
+            assert g.mine_button.disabled
+            await turns(2)                             # a batch or two
+            job = g.runner.job
+            g.cancel_button.click()
+            assert job.closed and not job.done and not g.mining
+            assert "cancelled after" in g.status.value and "of 12 images" in g.status.value
+            assert not g.mine_button.disabled and g.cancel_button.layout.display == "none"
+            assert g.progress.layout.display == "none" and not g.mined()
+            g.channel = 1                              # cancelled: auto mining stays off
+            await turns(3)
+            assert not g.mining and not g.mined()
+            g.mine_button.click()                      # Mine: mines (and auto is back on)
+            assert g.mining
+            for _ in range(400):
+                if g.mined() and not g.mining:
+                    break
+                await asyncio.sleep(0.005)
+            assert g.mined() and g.current.layer == g.layer and g.auto
+            assert "over 12 images" in g.status.value and g.errors.message == ""
+        finally:
+            g.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_hidden_gallery_mines_nothing_until_shown(monkeypatch):
+    """A Top-9 view that is not shown starts no mining on a layer change, and pauses the
+    mining it was doing; shown, it mines the layer asked for, once."""
+    import zfwidgets.widgets.gallery as module
+
+    s = Session("zfnet_small", weights=None)
+    jobs = []
+    real = module.mine_job
+    monkeypatch.setattr(module, "mine_job", lambda *a, **k: jobs.append(a[2]) or real(*a, **k))
+
+    async def until_mined(g):
+        for _ in range(400):
+            if g.mined() and not g.mining:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("mining did not finish")
+
+    async def scenario():
+        g = PatchGallery(s, small_data(), auto=True, batch_size=4, layers=[], shown=False)
+        try:
+            await turns(5)
+            assert jobs == [] and not g.mining and g.stale   # built hidden: nothing
+            g.layer = "features.conv2"
+            s.set_image(np.zeros((32, 32, 3), np.uint8))
+            await turns(5)
+            assert jobs == [] and not g.mining
+            g.shown = True                             # shown: mines the layer asked for
+            assert jobs == [["features.conv2"]] and g.mining
+            await turns(1)
+            done = g.runner.job.last.done
+            g.shown = False                            # hidden half way: paused
+            await turns(10)
+            assert g.runner.job.last.done == done and g.mining
+            s.set_image(None)                          # a new image does not stop mining
+            g.shown = True
+            await until_mined(g)
+            assert jobs == [["features.conv2"]] and g.current.layer == "features.conv2"
+        finally:
+            g.close()
+
+    asyncio.run(scenario())

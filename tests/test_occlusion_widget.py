@@ -149,11 +149,11 @@ def test_event_loop_steps_and_newer_request_supersedes(session):
         w = OcclusionExplorer(session, size=64, stride=20, background=True)
         try:
             assert w.result is None and w.progress.layout.visibility == "visible"
-            first = w._sweep[2]
+            first = w.runner.job
             await asyncio.sleep(0)  # one batch at most
             w.size = 48  # supersedes the running sweep
-            second = w._sweep[2]
-            assert second is not first
+            second = w.runner.job
+            assert second is not first and first.closed
             for _ in range(200):
                 if w.result is not None:
                     break
@@ -188,3 +188,230 @@ def test_explorer_tab_sweeps_once_for_the_shared_layer(session):
     assert gallery.selector is None and ex.selector in ex.children[1].children[0].children
     assert gallery.layer == "head.act" and gallery.channel == ex.channel
     ex.close()
+
+
+# ----------------------------------------------------------------------------- coarse stages
+
+def staged_job(calls):
+    """A stand-in for ``occlusion_job`` with progressive stages: a coarse stage (an exact
+    OcclusionResult on a grid of twice the stride) as ``Step.partial``, then the requested map."""
+    from zfwidgets.backend.jobs import Job, Step
+    from zfwidgets.backend.occlusion import occlusion
+
+    def job(session, size, stride, target=None, layer=None, fill="gray", *, channel=None, **kw):
+        coarse = occlusion(session, size, 2 * stride, layer=layer, channel=channel, fill=fill,
+                           progress=False)
+        calls.append((size, stride))
+
+        def steps():
+            yield Step(1, 3, note="coarse map", partial=coarse)
+            yield Step(2, 3)
+            final = occlusion(session, size, stride, layer=layer, channel=channel, fill=fill,
+                              progress=False)
+            yield Step(3, 3)
+            return final
+        return Job(steps(), what="staged occlusion")
+    return job
+
+
+async def until(condition, turns: int = 200) -> None:
+    """Let the event loop turn until ``condition()`` holds (at most ``turns`` turns)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+
+
+def test_coarse_stages_are_drawn_as_they_arrive(session, monkeypatch):
+    import zfwidgets.widgets.occlusion as module
+
+    calls = []
+    monkeypatch.setattr(module, "occlusion_job", staged_job(calls))
+
+    async def scenario():
+        w = OcclusionExplorer(session, size=64, stride=20, background=True)
+        try:
+            assert w.result is None and calls == [(64, 20)]
+            await asyncio.sleep(0)                     # the first step: the coarse stage
+            assert w.partial and w.result.stride == 40 and w.result.shape == (5, 5)
+            coarse = pixels(w)
+            for k in range(5):
+                assert panel(w, coarse, k).std() > 3, f"panel {k} is blank"
+            assert "coarse map" in w.status.value and w.runner.running
+            channel = (w.channel + 1) % 1280           # a coarse stage follows the channel
+            w.channel = channel
+            assert w.partial and w.result.channel == channel and calls == [(64, 20)]
+            assert changed(panel(w, coarse, 1), panel(w, pixels(w), 1))
+            assert not changed(panel(w, coarse, 3), panel(w, pixels(w), 3))
+            await until(lambda: not w.partial, 20)
+            assert not w.partial and w.result.stride == 20 and w.result.shape == (9, 9)
+            assert w.result.channel == channel and not w.runner.running
+            assert changed(panel(w, coarse, 3), panel(w, pixels(w), 3))   # the finer map
+            assert w.progress.layout.visibility == "hidden"
+        finally:
+            w.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_newer_request_supersedes_a_coarse_stage(session, monkeypatch):
+    import zfwidgets.widgets.occlusion as module
+
+    calls = []
+    monkeypatch.setattr(module, "occlusion_job", staged_job(calls))
+
+    async def scenario():
+        w = OcclusionExplorer(session, size=64, stride=20, background=True)
+        try:
+            await asyncio.sleep(0)
+            first = w.runner.job
+            assert w.partial and w.result.size == 64
+            w.size = 48                                # while the first sweep refines
+            assert first.closed and not first.done and w.runner.job is not first
+            await until(lambda: not w.runner.running, 20)
+            assert not w.partial and (w.result.size, w.result.stride) == (48, 20)
+        finally:
+            w.close()
+
+    asyncio.run(scenario())
+    # without an event loop the stages run at once and the last one is shown
+    w = OcclusionExplorer(session, size=64, stride=20)
+    try:
+        assert not w.partial and w.result.stride == 20 and not w.runner.running
+    finally:
+        w.close()
+
+
+# ----------------------------------------------------------------------------- hidden views
+
+class Forwards:
+    """Counts the forward passes of a model (a hook removed on exit)."""
+
+    def __init__(self, model):
+        self.model, self.count = model, 0
+
+    def __enter__(self):
+        self.handle = self.model.register_forward_pre_hook(self._hook)
+        return self
+
+    def _hook(self, module, args):
+        self.count += 1
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def counting(monkeypatch, module, name):
+    """Count the calls of ``module.name`` (still calling it)."""
+    calls = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    return calls
+
+
+def test_a_hidden_view_computes_nothing_until_shown(monkeypatch):
+    import zfwidgets.widgets.occlusion as module
+
+    s = Session("efficientnet_lite0")
+    w = OcclusionExplorer(s, **SMALL)
+    try:
+        assert w.sweeps == 1
+        w.shown = False
+        predictions = counting(monkeypatch, module, "occluded_prediction")
+        projections = counting(monkeypatch, s, "project")
+        with Forwards(s.model) as forwards:
+            s.set_image(load_sample("coffee"), name="coffee")   # a new image, a new size ...
+            w.size_slider.value = 100
+            w.y = 10
+        # no sweep, no occluded prediction, no projection; at most the session's own forward
+        # pass of the new image, shared by every view (the strongest channel is read from it)
+        assert w.sweeps == 1 and predictions == [] and projections == [] and w.stale
+        assert forwards.count <= 1
+        assert w.result.size == 64                # the old maps stay until shown
+        w.shown = True                                # shown: one sweep for the latest state
+        assert w.sweeps == 2 and not w.stale and len(predictions) == 1
+        assert w.result.size == 100 and w.result.target_label == s.predict(1)[0][0]
+        assert w.prediction == occluded_prediction(s, 10, w.x, 100)
+
+        w.shown = False
+        w.stride_slider.value = 60
+        assert w.sweeps == 2 and w.stale
+        w.update_now()                                # an explicit request computes hidden
+        assert w.sweeps == 3 and w.result.stride == 60 and not w.stale
+    finally:
+        w.close()
+
+
+def test_hiding_pauses_a_running_sweep(session):
+    async def scenario():
+        w = OcclusionExplorer(session, size=64, stride=20, background=True)
+        try:
+            await asyncio.sleep(0)
+            job = w.runner.job
+            done = job.last.done
+            w.shown = False
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert job.last.done == done and w.runner.running and w.result is None
+            w.shown = True                             # goes on where it stopped
+            await until(lambda: w.result is not None)
+            assert job.done and w.result.size == 64 and w.sweeps == 1
+        finally:
+            w.close()
+
+    asyncio.run(scenario())
+
+
+def test_explorer_hidden_tabs_compute_nothing(monkeypatch):
+    """Only the selected tab's views compute: a session change reaches a hidden tab as a
+    note (stale), and the tab computes once, for the latest state, when it is selected."""
+    import zfwidgets.widgets.occlusion as module
+    from zfwidgets.widgets.explorer import Explorer
+
+    s = Session("efficientnet_lite0")
+    ex = Explorer(s)
+    ex._tab_specs = [(t, (OcclusionExplorer, SMALL) if t == "Occlusion" else spec)
+                     for t, spec in ex._tab_specs]
+    try:
+        view = ex.open_tab("Occlusion")
+        assert view.sweeps == 1 and view.shown and not ex.grid.shown
+        grid_maps = ex.grid._maps_key
+        ex.tabs.selected_index = 0                     # back to the feature maps
+        assert not view.shown and ex.grid.shown and ex.deconv.shown
+        predictions = counting(monkeypatch, module, "occluded_prediction")
+        ex.layer = "head.act"
+        ex.images.choose_sample("coffee")
+        ex.layer = "blocks.10.expand.act"
+        assert view.sweeps == 1 and predictions == [] and view.stale
+        assert view.result.layer != "blocks.10.expand.act"
+        assert ex.grid._maps_key != grid_maps          # the shown tab did follow
+        ex.open_tab("Occlusion")                       # one sweep, for what is asked now
+        assert view.sweeps == 2 and not view.stale and len(predictions) == 1
+        assert view.result.layer == "blocks.10.expand.act" and view.channel == ex.channel
+        assert view.result.target_label == s.predict(1)[0][0]
+
+        before = ex.grid._maps_key                     # now the feature-maps tab is hidden
+        ex.layer = "head.act"
+        assert ex.grid._maps_key == before and ex.grid.stale and view.sweeps == 3
+        ex.tabs.selected_index = 0
+        assert ex.grid._maps_key[1] == "head.act" and not ex.grid.stale
+    finally:
+        ex.close()
+
+
+def test_default_figure_fits_a_jupyterlab_output(explorer):
+    """Five panels and the legend of (e) inside the figure, the figure no wider than a notebook
+    output in JupyterLab with the file browser open (848 px in a 1280 px window, measured;
+    tests/test_browser_lab.py checks it in the browser)."""
+    fig = explorer.fig
+    width, height = fig.bbox.width, fig.bbox.height
+    assert width <= 840 and explorer.fig.canvas.layout.width == f"{int(round(width))}px"
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    for k, ax in enumerate(explorer.panels.axes):
+        box = ax.get_tightbbox(renderer)                # with its title and label
+        assert 0 <= box.x0 and box.x1 <= width and 0 <= box.y0 and box.y1 <= height, k
+    legend = explorer.panels.legend.get_window_extent(renderer)
+    assert 0 <= legend.x0 and legend.x1 <= width and legend.y0 >= 0
+    right = explorer.panels.axes[4].get_window_extent(renderer)
+    assert right.x1 <= width - 2                       # panel (e) whole, not cut at the edge

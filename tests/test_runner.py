@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -235,17 +236,105 @@ def test_a_view_stops_its_runner_when_closed():
     assert rec.events == [("step", 1, 10, "")]         # closed without calling back
 
 
-def test_latest_runs_only_the_newest_of_a_burst():
+def test_a_paused_job_waits_between_steps_and_resumes():
+    rec, log = Recorder(), []
+
+    async def scenario():
+        job = rec.start(counting(5, log, "slow"))
+        await turns(2)
+        rec.runner.pause()                             # its view was hidden
+        await turns(5)
+        assert log == [("slow", 0), ("slow", 1)] and rec.runner.running and not job.done
+        rec.runner.resume()                            # shown again: goes on where it stopped
+        await turns(6)
+        return job
+
+    job = asyncio.run(scenario())
+    assert job.done and [e for e in log if e[1] != "closed"] == [("slow", i) for i in range(5)]
+    assert rec.events[-2:] == [("end", "slow"), ("done", "slow result")]
+
+
+def test_a_paused_job_whose_session_changed_is_dropped_and_start_resumes():
+    session = FakeSession()
+    rec, log = Recorder(session), []
+
+    async def scenario():
+        stale = rec.start(counting(5, log, "stale"))
+        await turns(1)
+        rec.runner.pause()
+        await turns(2)
+        session.version += 1                           # a new image while it waited
+        rec.runner.resume()
+        await turns(2)
+        assert stale.closed and not rec.runner.running
+        rec.runner.pause()
+        rec.start(counting(2, log, "asked"))           # starting a job is asking for it
+        assert not rec.runner.paused
+        await turns(4)
+
+    asyncio.run(scenario())
+    assert [e for e in log if e[0] == "stale"] == [("stale", 0), ("stale", "closed")]
+    assert rec.events[-2:] == [("end", "asked"), ("done", "asked result")]
+
+
+def test_at_once_runs_to_the_end_inside_a_loop():
+    rec = Recorder()
+
+    async def scenario():
+        rec.runner.start(counting(3, []), on_done=rec.done, at_once=True)
+        return list(rec.events)
+
+    assert asyncio.run(scenario())[-1] == ("done", "job result")
+
+
+def test_a_hidden_view_pauses_its_runners():
+    from zfwidgets.widgets.base import set_shown
+    import ipywidgets as W
+
+    session, log = FakeSession(), []
+
+    async def scenario():
+        view = View(session)
+        runner = view.new_runner()
+        job = counting(6, log, "view job")
+        runner.start(job)
+        await turns(1)
+        tabs = W.Tab(children=[W.VBox([view]), W.VBox()])
+        tabs.selected_index = 1                        # its page is not selected
+        set_shown(tabs, True)
+        assert not view.shown and runner.paused
+        await turns(4)
+        assert job.last.done == 1
+        tabs.selected_index = 0
+        set_shown(tabs, True)
+        assert view.shown and not runner.paused
+        await turns(8)
+        view.close()
+        return job
+
+    assert asyncio.run(scenario()).done
+
+
+def test_latest_runs_at_once_when_idle_and_only_the_newest_of_a_burst():
     calls = []
-    latest = Latest(delay=0.01)
+    latest = Latest(delay=0.05)
     latest(lambda: calls.append("now"))                # no loop: at once
     assert calls == ["now"]
 
+    def busy():
+        calls.append("first")
+        time.sleep(0.02)                               # the kernel computes for a while
+
     async def burst():
-        for k in range(4):
+        latest(busy)                                   # the kernel was idle: at once
+        assert calls == ["now", "first"]
+        for k in range(4):                             # queued up while it computed
             latest(lambda k=k: calls.append(k))
-        assert calls == ["now"]
-        await asyncio.sleep(0.05)
+        assert calls == ["now", "first"]
+        await asyncio.sleep(0.2)
+        assert calls == ["now", "first", 3]            # only the newest of them
+        latest(lambda: calls.append("idle again"))     # at once again
+        assert calls[-1] == "idle again"
 
     asyncio.run(burst())
-    assert calls == ["now", 3]
+    assert calls == ["now", "first", 3, "idle again"]

@@ -153,8 +153,8 @@ def test_grid_click_selects_the_map_under_the_mouse(shared):
 
 
 def test_clicks_in_a_burst_collapse_into_the_last(shared, monkeypatch):
-    """In a kernel (an event loop runs), clicks queued while the kernel was busy: only the
-    newest is acted on."""
+    """In a kernel (an event loop runs), a click on an idle kernel is acted on at once; of the
+    clicks queued while the kernel was busy with it, only the newest is acted on."""
     import asyncio
 
     grid = FeatureMapGrid(shared, MID)
@@ -165,15 +165,27 @@ def test_clicks_in_a_burst_collapse_into_the_last(shared, monkeypatch):
     real, calls = shared.project, []
     monkeypatch.setattr(shared, "project", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
 
+    grid.fig.canvas.draw()
+    height = grid.fig.canvas.get_renderer().height
+
+    def press(k):                                     # as the front-end sends it
+        y0, x0 = grid.mosaic.layout.origin(k)
+        px, py = grid.mosaic.ax.transData.transform((x0 + 6, y0 + 6))
+        grid.fig.canvas._handle_message(grid.fig.canvas, {
+            "type": "button_press", "x": float(px), "y": float(height - py), "button": 0,
+            "buttons": 1, "modifiers": []}, [])
+
     async def burst():
-        for k in (3, 4, 5, 6):
-            click_map(grid, k)
-        assert grid.channel != 6 and not calls        # nothing happened yet
+        press(3)                                      # the kernel was idle: at once
+        assert grid.channel == view.channel == 3 and calls == [3]
+        for k in (4, 5, 6):                           # queued up while it projected
+            press(k)
+        assert grid.channel == 3 and calls == [3]     # nothing happened yet
         await asyncio.sleep(0.2)
 
     asyncio.run(burst())
     assert grid.channel == view.channel == 6
-    assert calls == [6]                               # one projection, for the last click
+    assert calls == [3, 6]                            # one projection for the queued clicks
     for w in (grid, view):
         w.close()
 
@@ -457,6 +469,73 @@ def test_canvas_frames_rebuild_the_figure():
         assert (mode == "full") == (step == 0)
         np.testing.assert_array_equal(shown, np.asarray(fig.canvas.buffer_rgba()))
     close_figure = __import__("zfwidgets.widgets", fromlist=["close_figure"]).close_figure
+    close_figure(fig)
+
+
+def test_canvas_pushes_frames_once_the_browser_is_ready():
+    """A change is sent as a frame at once when the browser has asked for a frame since the
+    last one (it has them all); otherwise the browser is asked to ask, and the frame follows
+    its request. Every frame is followed by a "draw" event that a live browser answers."""
+    import json
+
+    from zfwidgets.widgets.canvas import canvas_figure, close_figure
+
+    fig = canvas_figure(2.0, 1.5, dpi=50)
+    ax = fig.add_axes((0, 0, 1, 1))
+    image = ax.imshow(np.zeros((6, 8)), cmap="gray", vmin=0, vmax=1)
+    canvas = fig.canvas
+    canvas.syncing_data_url = False                    # as with a browser connected
+    out = []
+
+    def send(content, buffers=None):
+        message = json.loads(content["data"])
+        out.append(("frame", bytes(buffers[0])) if message["type"] == "binary"
+                   else ("event", message["type"]))
+
+    canvas.send = send
+    shown = None
+
+    def receive():                                     # what the browser paints
+        nonlocal shown
+        for kind, data in out:
+            if kind != "frame":
+                continue
+            frame = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+            if shown is None or canvas._current_image_mode == "full":
+                shown = frame.copy()
+            else:                                      # diff: changed pixels, others zero
+                mask = frame.view(np.uint32)[..., 0] != 0
+                shown[mask] = frame[mask]
+        return [data for kind, data in out if kind == "frame"]
+
+    def browser_asks():
+        del out[:]
+        canvas._handle_message(canvas, {"type": "draw"}, [])
+        return receive()
+
+    def change(value):
+        del out[:]
+        image.set_data(np.full((6, 8), value))
+        canvas.draw_idle()
+        receive()
+        return list(out)
+
+    def painted():
+        return np.array_equal(shown, np.asarray(canvas.buffer_rgba()))
+
+    assert change(0.3) == [("event", "draw")]          # not asked yet: ask the browser
+    assert len(browser_asks()) == 1 and out[-1] == ("event", "draw")   # frame, then a ping
+    assert painted()
+    assert browser_asks() == []                        # the ping's answer: nothing new
+    pushed = change(0.6)                               # ready: the frame goes at once
+    assert [kind for kind, _ in pushed] == ["frame", "event"] and painted()
+    assert browser_asks() == []                        # (the browser got it)
+    assert change(0.9) != [] and painted()
+    before = shown.copy()
+    assert change(0.1) == [("event", "draw")]          # not asked since the last frame
+    assert np.array_equal(shown, before)               # still the 0.9 picture
+    assert len(browser_asks()) == 1 and painted()      # the request brings the last change
+    assert not np.array_equal(shown, before)
     close_figure(fig)
 
 

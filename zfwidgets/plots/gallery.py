@@ -167,7 +167,8 @@ def gallery_figure(gallery=None, *, rows: int = 3, cols: int = 3, tile: int = 80
     return fig, artists
 
 
-def update_gallery(artists: GalleryArtists, gallery, title: str | None = None) -> None:
+def update_gallery(artists: GalleryArtists, gallery, title: str | None = None, *,
+                   draw: bool = True) -> None:
     """Show ``gallery`` in an existing figure (``set_data``; the source panel is reset).
 
     Parameters
@@ -177,6 +178,8 @@ def update_gallery(artists: GalleryArtists, gallery, title: str | None = None) -
         ``None`` clears the grids.
     title : str, optional
         Figure title; default names the layer and channel.
+    draw : bool
+        Ask the canvas for a redraw (``draw_idle``).
     """
     a = artists
     if gallery is None:
@@ -203,7 +206,7 @@ def update_gallery(artists: GalleryArtists, gallery, title: str | None = None) -
         a.ax_source.set_ylim(7.5, -0.5)
         a.box.set_visible(False)
         a.ax_source.set_title("click a patch to see its image", fontsize=9)
-    if a.fig.canvas is not None:
+    if draw and a.fig.canvas is not None:
         a.fig.canvas.draw_idle()
 
 

@@ -27,7 +27,13 @@ from matplotlib.patches import Patch, Rectangle
 from .base import new_figure
 
 __all__ = ["OcclusionPanels", "occlusion_figure", "update_occlusion_maps", "update_occluder",
-           "occluded_image", "class_index_map", "CLASS_COLORS"]
+           "occluded_image", "class_index_map", "CLASS_COLORS", "FIGSIZE", "DPI"]
+
+#: Default figure size (inches) and resolution: 828 x 261 pixels, which fits a notebook output in
+#: JupyterLab with its file browser open (measured in chromium: an output is 848 px wide in a
+#: 1280 px window, whose main area is 962 px).
+FIGSIZE = (9.2, 2.9)
+DPI = 90
 
 #: Colours of the most frequent classes in panel (e); the rest share OTHER_COLOR.
 CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -151,7 +157,7 @@ def _map_limits(values: np.ndarray | None) -> tuple[float, float]:
 def occlusion_figure(image: np.ndarray, result, projection: np.ndarray | None = None, *,
                      occluder: tuple[int, int] | None = None, fill_color=(0.5, 0.5, 0.5),
                      projection_title: str = "(c) projection", fig: Figure | None = None,
-                     size: tuple[float, float] = (11.0, 3.3), dpi: float = 90
+                     size: tuple[float, float] = FIGSIZE, dpi: float = DPI
                      ) -> tuple[Figure, OcclusionPanels]:
     """The five Fig. 7 panels side by side.
 

@@ -2,15 +2,19 @@
 
 * :class:`View` owns the session, an :class:`ErrorBox`, request tokens (:class:`Requests`), the
   figures, links and runners it makes (closed or removed by :meth:`View.close`), batched
-  refreshes (:meth:`View.hold` / :meth:`View.release`: several traits, one redraw) and the
-  reaction to the session's changes (override :meth:`View.session_changed`).
+  refreshes (:meth:`View.hold` / :meth:`View.release`: several traits, one redraw), the
+  reaction to the session's changes (override :meth:`View.session_changed`) and whether it is
+  on screen (:attr:`View.shown`): a hidden view computes nothing; what it is asked to redraw
+  meanwhile it redraws once, when it is shown again (or on :meth:`View.update_now`).
 * :class:`LayerView` adds the validated ``layer`` trait, :class:`MapView` the ``channel`` trait
   of one feature map of that layer.
 * :class:`SharedTraits` keeps traits equal across several views (the :class:`Explorer`'s layer
   and channel): a change reaches every view, and each redraws once.
 
 A new view subclasses one of them, builds its controls, calls :meth:`View.ready` at the end of
-its constructor and implements :meth:`View.refresh` (what it draws).
+its constructor and implements :meth:`View.refresh` (what it draws). Its long work goes through
+:meth:`View.new_runner` (paused while the view is hidden). A container that shows only some of
+its views at a time (tabs) says which with :func:`set_shown` (see :meth:`View.follow_selection`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from ..errors import OutOfRangeError, UnknownLayerError
 from .canvas import canvas_figure, close_figure, close_widget
 from .runner import Runner
 
-__all__ = ["ErrorBox", "LayerView", "MapView", "Requests", "SharedTraits", "View", "close_tree"]
+__all__ = ["ErrorBox", "LayerView", "MapView", "Requests", "SharedTraits", "View", "close_tree",
+           "set_shown"]
 
 
 class ErrorBox(W.HTML):
@@ -111,16 +116,28 @@ class View(W.VBox):
     errors : ErrorBox
         Where the view shows what went wrong (ipympl would swallow callback errors); the
         subclass places it among its children.
+    shown : bool
+        Whether the view is on screen (a trait, not synced; default ``True``). While it is
+        false the view computes nothing: a refresh it is asked for (a new image, a new layer)
+        marks it stale, its runners pause, and the views inside it are hidden too; set back
+        to true, it resumes its jobs and refreshes once if it is stale. The :class:`Explorer`
+        hides the views of the tabs not selected.
+    stale : bool
+        Whether a refresh was skipped because the view was hidden (read-only).
     """
 
+    shown = T.Bool(True)
+
     def __init__(self, session, **kwargs):
+        self._runners: list[Runner] = []
+        self._stale = False
         super().__init__(**kwargs)
         self.session = session
         self.errors = ErrorBox()
         self._requests = Requests(session)
         self._figures: list[Figure] = []
         self._links: list = []
-        self._runners: list[Runner] = []
+        self._followed: list = []
         self._holds = 0
         self._dirty = False
         self._listening = False
@@ -138,13 +155,19 @@ class View(W.VBox):
         self._links.append(link)
         return link
 
-    def new_runner(self, **callbacks) -> Runner:
+    def new_runner(self, *, watch_session: bool = True, **callbacks) -> Runner:
         """A :class:`~zfwidgets.widgets.runner.Runner` of long jobs over this view's session,
-        showing errors in its error box; its job is stopped when the view closes.
+        showing errors in its error box; paused while the view is hidden, its job is stopped
+        when the view closes.
 
+        ``watch_session``: drop a job when the session changes (its image or model); ``False``
+        for work that depends on neither (the view stops it itself when it must).
         ``callbacks``: ``on_step``, ``on_end``, ``background`` (see the Runner).
         """
-        runner = Runner(self.session, errors=self.errors, **callbacks)
+        runner = Runner(self.session if watch_session else None, errors=self.errors,
+                        **callbacks)
+        if not self.shown:
+            runner.pause()
         self._runners.append(runner)
         return runner
 
@@ -182,10 +205,25 @@ class View(W.VBox):
             self.release()
 
     def request_refresh(self) -> None:
-        """Redraw now, or once the current hold ends; errors are shown inside the widget."""
+        """Redraw now, or once the current hold ends, or (hidden) once shown again; errors are
+        shown inside the widget."""
         if self._holds:
             self._dirty = True
             return
+        if not self.shown:
+            self._stale = True
+            return
+        self._refresh()
+
+    def update_now(self) -> None:
+        """Bring the view up to date now, shown or not (an explicit request): its paused jobs
+        go on and it refreshes."""
+        for runner in self._runners:
+            runner.resume()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._stale = False
         try:
             self.refresh()
         except Exception as exc:
@@ -193,6 +231,40 @@ class View(W.VBox):
 
     def refresh(self) -> None:
         """Override point: bring the figures up to date with the traits and the session."""
+
+    # ------------------------------------------------------------------ on screen or not
+    @property
+    def stale(self) -> bool:
+        """Whether the view skipped a refresh while hidden (it refreshes when shown)."""
+        return self._stale
+
+    @T.observe("shown")
+    def _shown_changed(self, change) -> None:
+        shown = change["new"]
+        for runner in self._runners:
+            if shown:
+                runner.resume()
+            else:
+                runner.pause()
+        self.show_children(shown)
+        if shown and self._stale:
+            self.request_refresh()
+
+    def show_children(self, shown: bool) -> None:
+        """Override point: show or hide the views inside this one when it is shown or hidden.
+        The default passes ``shown`` to every child (:func:`set_shown`: in a tab container,
+        only the selected page is shown)."""
+        for child in self.children:
+            set_shown(child, shown)
+
+    def follow_selection(self, container) -> None:
+        """Keep the views in the pages of ``container`` (a Tab, Accordion or Stack inside this
+        view) shown only while their page is selected and this view is shown."""
+        def selected(change):
+            set_shown(container, self.shown)
+
+        container.observe(selected, names="selected_index")
+        self._followed.append((container, selected))
 
     # ------------------------------------------------------------------ the session
     def session_changed(self, what: str) -> None:
@@ -217,6 +289,9 @@ class View(W.VBox):
             self._listening = False
         for runner in getattr(self, "_runners", ()):
             runner.close()
+        for container, callback in getattr(self, "_followed", ()):
+            container.unobserve(callback, names="selected_index")
+        self._followed = []
         for link in getattr(self, "_links", ()):
             link.unlink()
         self._links = []
@@ -394,6 +469,28 @@ class SharedTraits:
         for member, names in self._members:
             member.unobserve(self._changed, names=names)
         self._members = []
+
+
+def set_shown(widget, shown: bool) -> None:
+    """Tell the views in ``widget``'s tree whether they are on screen (see :attr:`View.shown`).
+
+    A :class:`View` takes ``shown`` and passes it on to the views inside it; in a Tab,
+    Accordion or Stack only the selected page's views are shown; other widgets pass it to
+    their children.
+    """
+    if isinstance(widget, View):
+        widget.shown = shown
+        return
+    children = list(getattr(widget, "children", ()))
+    if isinstance(widget, (W.Tab, W.Accordion, W.Stack)):
+        selected = widget.selected_index
+        states = [shown and index == selected for index in range(len(children))]
+    else:
+        states = [shown] * len(children)
+    for state in (False, True):  # hide first: what leaves the screen pauses before the rest
+        for child, child_shown in zip(children, states):
+            if child_shown is state:
+                set_shown(child, state)
 
 
 def close_tree(widget) -> None:

@@ -3,11 +3,13 @@
 Figures are made with :class:`matplotlib.figure.Figure` and given an ipympl canvas directly, so
 they work whatever matplotlib backend the notebook uses (``%matplotlib widget`` or not), never
 enter pyplot's figure registry, and are closed with :func:`close_figure` when a view is closed.
-The canvas encodes its frames faster than ipympl's own (see :func:`_canvas_class`).
+The canvas encodes its frames faster than ipympl's own and sends a new frame as soon as the
+figure changes, when the browser is ready for it (see :func:`_canvas_class`).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import warnings
 
@@ -19,45 +21,99 @@ __all__ = ["canvas_figure", "close_figure", "close_widget"]
 _numbers = itertools.count(10_000)
 
 
-def _canvas_class():
-    """ipympl's canvas widget, with frames PNG-encoded at zlib level 1.
+class _Frames:
+    """What :func:`_canvas_class` adds to ipympl's canvas (mixed in before it): frames pushed
+    as soon as they are drawn, PNG-encoded fast.
 
-    A frame is the figure's pixels ("full" mode) or, after the first one, only the pixels
-    that changed ("diff" mode), as matplotlib's web backend protocol expects. Level 1 encodes
-    about 2-3x faster than the default level 6 for the same size within ~10 %, and encoding
-    is most of the cost of a redraw.
+    **Frames.** A frame is the figure's pixels ("full" mode) or, after the first one, only the
+    pixels that changed ("diff" mode), as matplotlib's web backend protocol expects, PNG-encoded
+    at zlib level 1 (about 2-3x faster than the default level 6 for the same size within
+    ~10 %).
+
+    **When a frame is sent.** ipympl's ``draw_idle`` only asks the browser to ask for a frame
+    (a "draw" event out, a "draw" request back, then the frame): a round trip through the
+    browser that waits behind whatever the kernel does next (the projection of the deconv view
+    after the grid's highlight, an occlusion step), so each canvas of a change was painted only
+    once every view had finished. Here a figure that changes is drawn and its frame sent at
+    once, when the browser is *ready*: it has asked for a frame since the last frame was sent,
+    so it has received every frame (a diff frame that arrives before the previous one has
+    loaded would replace it, and its pixels would be lost). Every frame is followed by a
+    "draw" event, so a live browser asks again at once and is ready for the next change; until
+    it has asked, ``draw_idle`` falls back to ipympl's protocol (ask the browser), and the
+    frame follows its request. A front end that went away answers nothing: one frame at most
+    is drawn for nobody. The cursor never changes (no navigation tools), which saves two
+    messages a frame.
     """
-    global _Canvas
-    if _Canvas is None:
-        import io
 
+    _ready = False    # the browser asked for a frame after the last one was sent
+    _wanted = False   # the figure changed since the last frame
+    _drawing = False
+
+    def draw_idle(self):
+        if self._ready and not self._drawing:
+            self._wanted = False
+            self.draw()             # the frame goes out now
+        else:
+            self._wanted = True
+            super().draw_idle()     # ask the browser to ask for it
+
+    def draw(self):
+        self._drawing = True
+        try:
+            super().draw()
+        finally:
+            self._drawing = False
+
+    def set_cursor(self, cursor):
+        # No navigation tools here (clicks select): matplotlib's only cursor change would be
+        # the "wait" cursor around a draw after a pause, two messages a frame.
+        pass
+
+    def handle_draw(self, event):
+        # The browser asks for a frame: it has received every frame sent before.
+        self._ready = True
+        if self._wanted:
+            self._wanted = False
+            self.draw()
+
+    def send_binary(self, data):
+        super().send_binary(data)
+        self._ready = False
+        self.send_event("draw")     # a live browser answers with a request: ready
+
+    def get_diff_image(self):
+        if not self._png_is_old:
+            return None
         import numpy as np
-        from ipympl.backend_nbagg import Canvas
         from PIL import Image
 
-        class FastCanvas(Canvas):
-            def get_diff_image(self):
-                if not self._png_is_old:
-                    return None
-                rgba = np.asarray(self.get_renderer().buffer_rgba())
-                words = rgba.view(np.uint32)[..., 0]   # one integer per pixel: fast compare
-                previous = self._last_buff
-                if (self._force_full or previous.shape != words.shape
-                        or not (rgba[..., 3] == 255).all()):
-                    self.set_image_mode("full")
-                    frame = words
-                else:
-                    self.set_image_mode("diff")
-                    frame = np.where(words != previous, words, 0)
-                self._last_buff = words.copy()
-                self._force_full = False
-                self._png_is_old = False
-                pixels = np.ascontiguousarray(frame).view(np.uint8).reshape(frame.shape + (4,))
-                with io.BytesIO() as out:
-                    Image.fromarray(pixels).save(out, format="png", compress_level=1)
-                    return out.getvalue()
+        rgba = np.asarray(self.get_renderer().buffer_rgba())
+        words = rgba.view(np.uint32)[..., 0]   # one integer per pixel: fast compare
+        previous = self._last_buff
+        if (self._force_full or previous.shape != words.shape
+                or not (rgba[..., 3] == 255).all()):
+            self.set_image_mode("full")
+            frame = words
+        else:
+            self.set_image_mode("diff")
+            frame = np.where(words != previous, words, 0)
+        self._last_buff = words.copy()
+        self._force_full = False
+        self._png_is_old = False
+        pixels = np.ascontiguousarray(frame).view(np.uint8).reshape(frame.shape + (4,))
+        with io.BytesIO() as out:
+            Image.fromarray(pixels).save(out, format="png", compress_level=1)
+            return out.getvalue()
 
-        _Canvas = FastCanvas
+
+def _canvas_class():
+    """ipympl's canvas widget with :class:`_Frames` mixed in (made once, on first use: ipympl
+    is imported only when a figure is made)."""
+    global _Canvas
+    if _Canvas is None:
+        from ipympl.backend_nbagg import Canvas
+
+        _Canvas = type("FastCanvas", (_Frames, Canvas), {})
     return _Canvas
 
 

@@ -10,7 +10,7 @@ import traitlets as T
 from ..backend.rules import check_rule
 from ..backend.session import Session
 from ..models import list_models
-from .base import ErrorBox, MapView, SharedTraits
+from .base import ErrorBox, MapView, SharedTraits, set_shown
 from .deconv import DeconvView
 from .grid import FeatureMapGrid
 from .images import ImageChooser, TopPredictions
@@ -37,7 +37,9 @@ class Explorer(MapView):
     All views share one :class:`~zfwidgets.Session` and the ``layer`` and ``channel`` traits
     (a :class:`~zfwidgets.widgets.base.SharedTraits`): choosing a layer anywhere changes it
     everywhere, clicking a map in the grid selects that channel in every view, and each view
-    redraws once per change.
+    redraws once per change. Only the selected tab's views compute: the others are hidden
+    (:attr:`~zfwidgets.widgets.base.View.shown`), remember that they are stale, and catch up
+    once when their tab is selected again.
 
     Parameters
     ----------
@@ -98,6 +100,7 @@ class Explorer(MapView):
         pages += [W.VBox([W.HTML(f"<i>{title}: opening&hellip;</i>")]) for title, _ in tabs]
         self.tabs = W.Tab(children=pages, titles=["Feature maps"] + [title for title, _ in tabs])
         self.tabs.observe(self._tab_selected, names="selected_index")
+        self.follow_selection(self.tabs)  # only the selected tab's views compute
 
         header = W.HTML("<div style='font-size:15px;font-weight:600;margin:2px 0 4px'>"
                         "zfwidgets &middot; what does the network see? "
@@ -145,8 +148,10 @@ class Explorer(MapView):
             factory, options = dict(self._tab_specs)[title]
             page = self.tabs.children[index]
             view = None
+            hidden = {} if self.shown else {"shown": False}
             try:
-                view = factory(self.session, layer=self.layer, channel=self.channel, **options)
+                view = factory(self.session, layer=self.layer, channel=self.channel, **options,
+                               **hidden)
                 self.shared.add(view)
             except Exception as exc:
                 if view is not None:
@@ -157,6 +162,7 @@ class Explorer(MapView):
                 return None
             self.extra[title] = view
             page.children = [view]
+            set_shown(page, self.shown and self.tabs.selected_index == index)
         return self.extra[title]
 
     # ------------------------------------------------------------------ model choice

@@ -4,13 +4,16 @@ The paper's Fig. 2 as a widget. For the selected layer and channel it shows the 
 crops of the nine strongest activations found in a data set (each from a different image by
 default) beside the deconvnet projections of those activations; a click on a patch shows the
 whole image it came from with the box. The data is mined on demand (button "Mine", or on its
-own for the offline sample collection) with a progress bar, once per layer, and kept in memory
-(and on disk with ``cache_dir``).
+own for the offline sample collection) with a progress bar and a Cancel button, once per
+layer, and kept in memory (and on disk with ``cache_dir``). Mining is a
+:class:`~zfwidgets.backend.jobs.Job` run by the view's background runner
+(:mod:`zfwidgets.widgets.runner`): one batch per turn of the kernel's event loop, paused while
+the view is hidden, stopped when the model changes (the data set's hits belong to a model; a
+new image changes nothing here).
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 import time
 from collections.abc import Sequence
@@ -27,21 +30,10 @@ from ..backend.defaults import mining_layers
 from ..errors import OutOfRangeError
 from ..plots.gallery import gallery_figure, show_source, tile_index, update_gallery
 from .base import MapView
+from .runner import running_loop
 from .selector import LayerSelector
 
 __all__ = ["PatchGallery"]
-
-
-_RUNNING = object()  # a mining step's outcome while the run goes on
-
-
-def _has_loop() -> bool:
-    """Whether we run inside an event loop (a Jupyter kernel), where mining can be a task."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class PatchGallery(MapView):
@@ -68,10 +60,11 @@ class PatchGallery(MapView):
     batch_size : int, optional
         Images per forward pass (default: :func:`zfwidgets.backend.mining.mining_batch_size`).
     auto : bool, optional
-        Mine without waiting for the button whenever the selected layer is not mined yet, as a
-        task on the kernel's event loop (one batch per turn, so the page stays live). Outside an
-        event loop (plain Python, tests) nothing starts on its own: call :meth:`mine_now`.
-        Default: ``True`` for the sample collection (quick), ``False`` for your own data.
+        Mine without waiting for the button whenever the selected layer is not mined yet and
+        the view is shown, in the background of the kernel's event loop (one batch per turn,
+        so the page stays live). Outside an event loop (plain Python, tests) nothing starts on
+        its own: call :meth:`mine_now`. Default: ``True`` for the sample collection (quick),
+        ``False`` for your own data; Cancel turns it off until Mine is pressed.
     rule : {"deconvnet", "guided", "gradient"}
     tile : int
         Pixels per tile.
@@ -89,6 +82,10 @@ class PatchGallery(MapView):
         ``selected`` is the hit (0-based) whose source image is shown, ``-1`` for none.
     result : MiningResult or None
         What has been mined so far (the mined layers accumulate).
+    mining : bool
+        Whether a mining job is running (or paused while the view is hidden).
+    runner : zfwidgets.widgets.runner.Runner
+        Runs the mining jobs.
     current : Gallery or None
         What the figure shows.
     fig : matplotlib.figure.Figure
@@ -109,6 +106,7 @@ class PatchGallery(MapView):
             images = result.source
         self.source = as_source(images)
         self.auto = isinstance(self.source, SampleCollection) if auto is None else bool(auto)
+        self._auto = self.auto  # what Mine turns back on after a Cancel
         self.k = k
         self.per_image = per_image
         self.cache_dir = cache_dir
@@ -122,8 +120,12 @@ class PatchGallery(MapView):
                     "k", "per_image", "n_images", "n_skipped", "skipped", "source",
                     "source_spec", "model", "preprocessing", "data", "shard")})
         self.current = None
-        self._mining = False
-        self._task = None  # the running mining task (a strong reference keeps it alive)
+        self._started = 0.0
+        self._what = ""
+        # an image change does not make hits over the data set stale (a model change stops the
+        # job: session_changed)
+        self.runner = self.new_runner(on_step=self._mining_step, on_end=self._mining_ended,
+                                      watch_session=False)
 
         self.fig = self.new_figure(*size, dpi=dpi)
         _, self.artists = gallery_figure(None, tile=tile, fig=self.fig)
@@ -141,6 +143,9 @@ class PatchGallery(MapView):
         self.mine_button = W.Button(description="Mine", icon="search", button_style="primary",
                                     tooltip="find the strongest activations over the data set",
                                     layout=W.Layout(width="90px"))
+        self.cancel_button = W.Button(description="Cancel", icon="stop",
+                                      tooltip="stop mining (mined layers are kept)",
+                                      layout=W.Layout(width="90px", display="none"))
         self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="240px",
                                                                               display="none"))
         self.status = W.HTML()
@@ -153,15 +158,17 @@ class PatchGallery(MapView):
         if self.selector is not None:
             self.link((self.selector, "layer"), (self, "layer"))
         self.channel_slider.observe(self._slider_changed, names="value")
-        self.mine_button.on_click(lambda _: self.start_mining())
+        self.mine_button.on_click(lambda _: self._mine_pressed())
+        self.cancel_button.on_click(lambda _: self.cancel())
 
         self.children = [
             *([self.selector] if self.selector is not None else []),
-            W.HBox([self.channel_slider, self.rule_dropdown, self.mine_button, self.progress],
+            W.HBox([self.channel_slider, self.rule_dropdown, self.mine_button,
+                    self.cancel_button, self.progress],
                    layout=W.Layout(align_items="center", flex_flow="row wrap")),
             self.status, self.fig.canvas, self.hits, self.data_label, self.errors]
         self._sync_slider()
-        self.ready(refresh=self.current is None and not self._mining)
+        self.ready(refresh=self.current is None and not self.mining)
 
     # ------------------------------------------------------------------ traits
     @T.validate("rule")
@@ -199,6 +206,11 @@ class PatchGallery(MapView):
         self.channel = int(change["new"])
 
     # ------------------------------------------------------------------ mining
+    @property
+    def mining(self) -> bool:
+        """Whether a mining job is running (or waiting while the view is hidden)."""
+        return self.runner.running
+
     def mined(self, layer: str | None = None) -> bool:
         """Whether ``layer`` (default: the selected one) has been mined for the current model."""
         return self.result is not None and (layer or self.layer) in self.result.layers
@@ -216,38 +228,52 @@ class PatchGallery(MapView):
         MiningResult or None
             ``None`` when mining failed (the error is shown in the widget) or was superseded.
         """
-        run = self._begin(layers)
-        if run is None:
-            return self.result if not self._mining else None
-        while True:
-            outcome = self._step(run)
-            if outcome is not _RUNNING:
-                return outcome
+        if self.mining:
+            return None
+        job = self._mining_job(layers)
+        if job is None:
+            return self.result
+        outcome = []
+        self.runner.start(job, on_done=lambda result: outcome.append(self._mined(result)),
+                          at_once=True)
+        return outcome[0] if outcome else None
 
     def start_mining(self, layers: Sequence[str] | None = None) -> None:
         """Mine without blocking the kernel: one batch per turn of its event loop.
 
         Between batches the kernel handles other messages, so the page stays live (and
         ipympl's canvases can finish connecting). Without a running event loop (plain Python),
-        this is :meth:`mine_now`.
+        this is :meth:`mine_now`. A mining job already running goes on (what it does not mine
+        is mined after it).
         """
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if running_loop() is None:
             self.mine_now(layers)
             return
-        run = self._begin(layers)
-        if run is not None:
-            self._task = loop.create_task(self._drive(run))
+        if self.mining:
+            return
+        job = self._mining_job(layers)
+        if job is not None:
+            self.runner.start(job, on_done=self._mined)
 
-    async def _drive(self, run) -> None:
-        while self._step(run) is _RUNNING:
-            await asyncio.sleep(0)
+    def cancel(self) -> None:
+        """Stop mining (the Cancel button); the layers mined before stay, ``auto`` is turned
+        off until Mine is pressed."""
+        if not self.mining:
+            return
+        done = self.runner.job.last
+        self.auto = False
+        self.runner.cancel()
+        where = "" if done is None else f" after {done.done} of {done.total} images"
+        self.status.value = (f"<span style='font-size:12px'>mining cancelled{where}: press "
+                             "<b>Mine</b> to start again.</span>")
 
-    def _begin(self, layers):
-        """Start a run: the steps generator and its bookkeeping (None: nothing to do)."""
-        if self._mining:
-            return None
+    def _mine_pressed(self) -> None:
+        self.auto = self._auto
+        self.start_mining()
+
+    def _mining_job(self, layers):
+        """The job that mines ``layers`` (default: see :meth:`mine_now`), or ``None`` when they
+        are all mined (then the view redraws) or the job cannot be made (the error is shown)."""
         if layers is None:
             layers = [self.layer]
             if self.result is None:
@@ -269,51 +295,37 @@ class PatchGallery(MapView):
         except Exception as exc:
             self.errors.show(exc)
             return None
-        self._mining = True
         self.mine_button.disabled = True
+        self.cancel_button.layout.display = None
         self.progress.layout.display = None
         self.progress.value, self.progress.max = 0, max(len(self.source), 1)
-        what = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
-        self.status.value = f"<i>mining {html.escape(what)}&hellip;</i>"
-        return {"job": job, "what": what, "started": time.monotonic(),
-                "version": self.session.version}
+        self._what = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
+        self._started = time.monotonic()
+        self.status.value = f"<i>mining {html.escape(self._what)}&hellip;</i>"
+        return job
 
-    def _step(self, run):
-        """Advance ``run`` by one batch: ``_RUNNING``, or the outcome (result or None)."""
-        job = run["job"]
-        if self.session.version != run["version"]:  # the model changed: stop, stale
-            job.close()
-            self._end()
-            self.request_refresh()
-            return None
-        try:
-            step = job.step()
-        except Exception as exc:
-            self._end()
-            self.status.value = ""
-            self.errors.show(exc)
-            return None
-        if step is None:
-            self._end()
-            result = job.result
-            if self.result is None or self.result.model != result.model:
-                self.result = result
-            else:
-                self.result.layers.update(result.layers)
-            self.request_refresh()
-            return self.result
-        rate = step.done / max(time.monotonic() - run["started"], 1e-6)
+    def _mining_step(self, step) -> None:
+        rate = step.done / max(time.monotonic() - self._started, 1e-6)
         self.progress.max = max(step.total, 1)
         self.progress.value = step.done
         extra = f", {html.escape(step.note)}" if step.note else ""
-        self.status.value = (f"<i>mining {html.escape(run['what'])}: {step.done}/{step.total} "
+        self.status.value = (f"<i>mining {html.escape(self._what)}: {step.done}/{step.total} "
                              f"images ({rate:.0f} img/s{extra})</i>")
-        return _RUNNING
 
-    def _end(self) -> None:
-        self._mining = False
+    def _mining_ended(self, job) -> None:
         self.mine_button.disabled = False
+        self.cancel_button.layout.display = "none"
         self.progress.layout.display = "none"
+        if not job.done:
+            self.status.value = ""
+
+    def _mined(self, result: MiningResult) -> MiningResult:
+        if self.result is None or self.result.model != result.model:
+            self.result = result
+        else:
+            self.result.layers.update(result.layers)
+        self.request_refresh()
+        return self.result
 
     # ------------------------------------------------------------------ drawing
     def refresh(self) -> None:
@@ -323,9 +335,9 @@ class PatchGallery(MapView):
             self.current = None
             self.hits.value = ""
             self.errors.clear()
-            if self.auto and not self._mining and _has_loop():
-                self.start_mining()  # a task on the kernel's event loop: the page stays live
-            waiting = self._mining
+            if self.auto and not self.mining and running_loop() is not None:
+                self.start_mining()  # in the background of the kernel's loop: the page stays live
+            waiting = self.mining
             update_gallery(self.artists, None, title=f"{self.layer}: not mined yet" +
                            (" (mining…)" if waiting else " — press Mine"))
             if not waiting:
@@ -346,9 +358,11 @@ class PatchGallery(MapView):
         if not self._requests.current(token):
             return
         self.current = g
-        update_gallery(self.artists, g)
+        update_gallery(self.artists, g, draw=False)
         if self.selected != -1:
-            self.selected = -1
+            self.selected = -1  # its observer resets the source panel and draws
+        else:
+            self.fig.canvas.draw_idle()
         self.errors.clear()
         r = self.result
         skipped = f", {r.n_skipped} unreadable skipped" if r.n_skipped else ""
@@ -383,6 +397,7 @@ class PatchGallery(MapView):
     def session_changed(self, what: str) -> None:
         if what != "model":
             return  # the data set does not depend on the current image
+        self.runner.cancel()  # hits of the old model: stale
         self.result = None
         self.current = None
         super().session_changed(what)  # a layer the new model lacks: the opening layer

@@ -5,17 +5,19 @@ Two kinds of reaction:
 * moving the occluder (``y`` / ``x`` sliders, or a click on any panel) costs one forward pass:
   panel (a) shows the occluded input and the top-5 list its prediction;
 * changing the occluder ``size`` or ``stride`` (or the layer, or the image) recomputes the maps
-  (b), (d), (e) with an occlusion sweep. Inside a running kernel the sweep advances one batch
-  per event-loop turn, so the widget stays responsive: the progress bar moves, and a newer
-  request (another size, a new image) supersedes a sweep still running, which is dropped.
+  (b), (d), (e) with an occlusion sweep, a :class:`~zfwidgets.backend.jobs.Job` run by the
+  view's background runner (:mod:`zfwidgets.widgets.runner`): inside a running kernel it
+  advances one step per event-loop turn, so the widget stays responsive; the progress bar
+  moves; a coarse stage of the maps (``Step.partial``) is drawn as it arrives while the sweep
+  refines; a newer request (another size, a new image) supersedes a sweep still running.
   Without an event loop (tests, scripts) the sweep runs to the end at once.
 
 Changing the channel only swaps which of the recorded per-channel totals panel (b) shows.
+Hidden (an explorer tab not selected), the view computes nothing; it catches up when shown.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 from collections import OrderedDict
 
@@ -24,20 +26,13 @@ import traitlets as T
 
 from ..backend.defaults import top_layer
 from ..backend.occlusion import fill_rgb, occluded_prediction, occlusion_job
-from ..errors import BadParameterError, Cancelled
+from ..errors import BadParameterError
 from ..plots.deconv import projection_image
-from ..plots.occlusion import (occluded_image, occlusion_figure, update_occluder,
+from ..plots.occlusion import (FIGSIZE, occluded_image, occlusion_figure, update_occluder,
                                update_occlusion_maps)
 from .base import MapView
 
 __all__ = ["OcclusionExplorer"]
-
-
-def _running_loop():
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class OcclusionExplorer(MapView):
@@ -59,6 +54,8 @@ class OcclusionExplorer(MapView):
         Step sweeps from the kernel's event loop (``True``) or run them at once (``False``);
         default: step when an event loop is running.
     figsize : (width, height) in inches
+        Default :data:`zfwidgets.plots.occlusion.FIGSIZE`: 828 px wide at 90 dpi, so that the
+        five panels fit JupyterLab's notebook with the file browser open.
     dpi : float
 
     Attributes
@@ -66,7 +63,12 @@ class OcclusionExplorer(MapView):
     layer, channel, size, stride, y, x : traits
         ``y`` / ``x`` are the occluder's top-left corner in input pixels.
     result : OcclusionResult or None
-        The maps shown.
+        The maps shown: the sweep's result, or a coarse stage of it while it refines
+        (``partial``).
+    partial : bool
+        Whether ``result`` is a coarse stage of the sweep still running.
+    runner : zfwidgets.widgets.runner.Runner
+        Runs the sweeps (``runner.job``: the one running).
     prediction : list of (class_id, label, probability)
         Top-5 with the occluder at ``(y, x)``.
     fig : matplotlib.figure.Figure
@@ -82,19 +84,21 @@ class OcclusionExplorer(MapView):
 
     def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
                  size: int = 32, stride: int = 8, fill: str | float = "gray",
-                 background: bool | None = None, figsize: tuple[float, float] = (11.0, 3.1),
+                 background: bool | None = None, figsize: tuple[float, float] = FIGSIZE,
                  dpi: float = 90, **kwargs):
         super().__init__(session, **kwargs)
         self.fill = fill
-        self.background = background
         self._cache: OrderedDict = OrderedDict()
         self._projections: OrderedDict = OrderedDict()
-        self._sweep = None
+        self._computing = None  # key of the sweep the runner runs
         self.result = None
+        self.partial = False
         self.prediction: list = []
         self.panels = None
         self.fig = self.new_figure(*figsize, dpi=dpi)
         self.sweeps = 0  # sweeps started (tests and curious users)
+        self.runner = self.new_runner(on_step=self._progress, on_end=self._sweep_ended,
+                                      background=background)
 
         H, W_ = self._input_size()
         slider = dict(continuous_update=False, style={"description_width": "72px"},
@@ -183,106 +187,84 @@ class OcclusionExplorer(MapView):
         """Bring the figure up to date: the occluder, the top-5, and (if needed) the maps."""
         self._refresh_position()
         key = self._key()
-        if self.result is not None and self._shown_key == key:
+        if self.result is not None and self._shown_key == key and not self.partial:
             if self.result.channel != self.channel:
-                self._show(self.result.for_channel(self.channel), key)
+                self._show(self.result, key)
+            self._draw()
             return
         cached = self._cache.get(key)
         if cached is not None:
-            self._cancel_sweep()
-            self._show(cached.for_channel(self.channel), key)
-            return
-        if self._sweep is not None and self._sweep[1] == key:
-            return  # already computing exactly this
-        self._start_sweep(key)
+            self.runner.cancel()
+            self._show(cached, key)
+        elif self._computing == key and self.runner.running:
+            if self.partial and self._shown_key == key:  # a coarse stage: follow the channel
+                self._show(self.result, key, partial=True)
+        else:
+            self._start_sweep(key)
+        self._draw()
 
     _shown_key = None
 
     def _refresh_position(self) -> None:
         session = self.session
         self.prediction = occluded_prediction(session, self.y, self.x, self.size, self.fill)
+        cell = "padding:0 6px 0 0;line-height:1.35;border:none"  # compact in JupyterLab too
         rows = "".join(
-            f"<tr><td style='padding:0 6px 0 0'>{html.escape(label)}</td>"
-            f"<td style='text-align:right'>{p:.3f}</td></tr>"
+            f"<tr><td style='{cell}'>{html.escape(label)}</td>"
+            f"<td style='{cell};text-align:right'>{p:.3f}</td></tr>"
             for _, label, p in self.prediction)
         base = session.predict(1)[0]
         self.top5.value = (
             "<div style='font-size:12px'><b>top-5 with the occluder</b>"
-            f"<table style='font-size:12px'>{rows}</table>"
+            f"<table style='font-size:12px;margin:2px 0'>{rows}</table>"
             f"<span style='color:#666'>unoccluded: {html.escape(base[0])} {base[1]:.3f}</span>"
             "</div>")
         if self.panels is not None:
-            image = occluded_image(session.display_image, self.y, self.x, self.size,
-                                   fill_rgb(session, self.fill))
-            update_occluder(self.panels, self.y, self.x, image=image)
+            update_occluder(self.panels, self.y, self.x, image=self._occluded(), draw=False)
 
-    def _cancel_sweep(self) -> None:
-        self._sweep = None
-        self.progress.layout.visibility = "hidden"
-        self.status.value = ""
+    def _occluded(self):
+        session = self.session
+        return occluded_image(session.display_image, self.y, self.x, self.size,
+                              fill_rgb(session, self.fill))
 
+    def _draw(self) -> None:
+        if self.panels is not None:
+            self.fig.canvas.draw_idle()
+
+    # ------------------------------------------------------------------ sweeps
     def _start_sweep(self, key) -> None:
-        token = self._requests.new()
         job = occlusion_job(self.session, self.size, self.stride, layer=self.layer,
                             channel=self.channel, fill=self.fill)
         self.sweeps += 1
-        self._sweep = (token, key, job)
+        self._computing = key
         self.progress.value = 0
         self.progress.layout.visibility = "visible"
         self.status.value = ("<span style='font-size:12px;color:#555'>occluding"
                              "&hellip;</span>")
-        background = self.background if self.background is not None else \
-            _running_loop() is not None
-        loop = _running_loop() if background else None
-        if loop is None:
-            while self._step(token):
-                pass
-        else:
-            loop.call_soon(self._step_later, token)
+        self.runner.start(job, on_done=lambda result: self._swept(key, result))
 
-    def _step_later(self, token) -> None:
-        if self._step(token):
-            loop = _running_loop()
-            if loop is None:  # pragma: no cover - the loop went away
-                while self._step(token):
-                    pass
-            else:
-                loop.call_soon(self._step_later, token)
+    def _progress(self, step) -> None:
+        """A step of the sweep: the progress bar, and a coarse stage of the maps if it has one."""
+        self.progress.max = max(1, step.total)
+        self.progress.value = step.done
+        note = f", {html.escape(step.note)}" if step.note else ""
+        self.status.value = (f"<span style='font-size:12px;color:#555'>occluding "
+                             f"{step.total} positions{note}&hellip;</span>")
+        if step.partial is not None and self._computing is not None:
+            self._show(step.partial, self._computing, partial=True)
+            self._draw()
 
-    def _step(self, token) -> bool:
-        """Advance the current sweep job by one batch; whether more steps are wanted."""
-        current = self._sweep
-        if current is None or current[0] != token:
-            return False  # superseded
-        if not self._requests.current(token):
-            self._cancel_sweep()  # the session changed under it: a newer request redraws
-            return False
-        _, key, job = current
-        try:
-            step = job.step()
-            if step is not None:
-                self.progress.max = max(1, step.total)
-                self.progress.value = step.done
-                self.status.value = (f"<span style='font-size:12px;color:#555'>occluding "
-                                     f"{step.total} positions&hellip;</span>")
-                return True
-            result = job.result
-        except Cancelled:
-            self._cancel_sweep()
-            return False
-        except Exception as exc:
-            self._cancel_sweep()
-            self.errors.show(exc)
-            return False
-        self._cancel_sweep()
+    def _sweep_ended(self, job) -> None:
+        self._computing = None
+        self.progress.layout.visibility = "hidden"
+        self.status.value = ""
+
+    def _swept(self, key, result) -> None:
         self._cache[key] = result
         while len(self._cache) > 8:
             self._cache.popitem(last=False)
-        try:
-            self._show(result.for_channel(self.channel), key)
-        except Exception as exc:
-            self.errors.show(exc)
-        return False
+        self._show(result, key)
+        self._draw()
 
     def _projection(self):
         key = (self.session.version, self.layer, self.channel)
@@ -294,21 +276,23 @@ class OcclusionExplorer(MapView):
                 self._projections.popitem(last=False)
         return hit
 
-    def _show(self, result, key) -> None:
+    def _show(self, result, key, partial: bool = False) -> None:
+        """Put ``result`` (shown for the current channel) in the panels; the caller draws."""
+        if result.features is not None:
+            result = result.for_channel(self.channel)
         session = self.session
-        image = occluded_image(session.display_image, self.y, self.x, self.size,
-                               fill_rgb(session, self.fill))
         title = "(c) projection"
         if self.panels is None:
             _, self.panels = occlusion_figure(session.display_image, result, self._projection(),
                                               occluder=(self.y, self.x),
                                               fill_color=fill_rgb(session, self.fill),
                                               projection_title=title, fig=self.fig)
-            self.fig.canvas.draw_idle()
         else:
             update_occlusion_maps(self.panels, result, projection=self._projection(),
-                                  image=image, occluder=(self.y, self.x), projection_title=title)
+                                  image=self._occluded(), occluder=(self.y, self.x),
+                                  projection_title=title, draw=False)
         self.result = result
+        self.partial = partial
         self._shown_key = key
         self.errors.clear()
 
@@ -334,7 +318,7 @@ class OcclusionExplorer(MapView):
 
     def close(self) -> None:
         """Drop any running sweep, stop listening to the session, close the figure."""
-        self._sweep = None
+        self._computing = None
         super().close()
 
     def session_changed(self, what: str) -> None:

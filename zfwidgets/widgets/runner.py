@@ -5,6 +5,8 @@
   stays live (sliders move, canvases repaint, a cancel button is heard) while an occlusion
   sweep or a mining pass goes on. The newest job wins: starting another closes the one running,
   and a job whose session changed under it is dropped, so no stale result is ever shown.
+* A runner can be paused (its view was hidden: nothing computes for a view nobody sees) and
+  resumed (shown again): the job waits between two steps, and starting a job resumes it.
 * :class:`Latest` runs only the newest of quickly repeated UI requests (clicks in a burst).
 
 Without a running event loop (plain Python, scripts, tests) both act at once: a job runs to the
@@ -64,7 +66,9 @@ class Runner:
     Attributes
     ----------
     job : Job or None
-        The job running now.
+        The job running now (or waiting, while the runner is paused).
+    paused : bool
+        While true no step runs (see :meth:`pause`).
     """
 
     def __init__(self, session=None, *, errors=None,
@@ -79,27 +83,54 @@ class Runner:
         self._on_done: Callable[[Any], Any] | None = None
         self._version = None
         self._handle: asyncio.Handle | None = None
+        self.paused = False
+        self._parked: Job | None = None  # the job that stopped between two steps for a pause
 
     @property
     def running(self) -> bool:
         """Whether a job is running (started, not finished, cancelled or dropped)."""
         return self.job is not None
 
-    def start(self, job: Job, *, on_done: Callable[[Any], Any] | None = None) -> None:
+    def start(self, job: Job, *, on_done: Callable[[Any], Any] | None = None,
+              at_once: bool = False) -> None:
         """Run ``job``, closing the one running (it is superseded: no result, no ``on_end``).
+
+        Starting a job is asking for it: a paused runner resumes.
 
         Parameters
         ----------
         job : Job
         on_done : callable, optional
             ``on_done(result)`` once the job has finished (after ``on_end``).
+        at_once : bool
+            Run the job to the end before returning, even inside a running event loop (a
+            blocking call such as ``PatchGallery.mine_now``).
         """
         self._supersede()
+        self.paused = False
         self.job, self._on_done = job, on_done
         self._version = None if self.session is None else self.session.version
-        loop = running_loop() if self.background is not False else None
+        loop = running_loop() if self.background is not False and not at_once else None
         if loop is None:
             self._run_now(job)
+        else:
+            self._handle = loop.call_soon(self._turn, job)
+
+    def pause(self) -> None:
+        """Stop stepping: the running job waits between two steps until :meth:`resume` (or a
+        newer :meth:`start`). Its session is still watched: a job whose session changed while
+        it waited is dropped when it resumes."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Step again after :meth:`pause` (a job that waited goes on where it stopped)."""
+        self.paused = False
+        job, self._parked = self._parked, None
+        if job is None or job is not self.job or self._handle is not None:
+            return
+        loop = running_loop() if self.background is not False else None
+        if loop is None:
+            self._run_now(job)  # the loop that stepped it is gone: finish it here
         else:
             self._handle = loop.call_soon(self._turn, job)
 
@@ -118,6 +149,7 @@ class Runner:
     # ------------------------------------------------------------------ driving
     def _supersede(self) -> None:
         job, self.job = self.job, None
+        self._parked = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -147,6 +179,9 @@ class Runner:
         self._handle = None
         if self._stale(job):
             self._stop(job)
+            return
+        if self.paused:
+            self._parked = job  # resume() steps it again
             return
         try:
             step = job.step()
@@ -202,28 +237,43 @@ class Runner:
 class Latest:
     """Run only the newest of quickly repeated UI requests (clicks arriving in a burst).
 
-    Inside a running kernel the call waits ``delay`` seconds on the event loop and is
-    cancelled by a newer one: clicks that queued up while a projection was computing collapse
-    into the last one. Without an event loop (scripts, tests) the call runs at once.
+    Inside a running kernel a call that comes while the kernel is idle runs at once (no
+    delay between a click and its reaction). A call that comes less than ``delay`` seconds
+    after the previous one finished (it queued up while that one was computing) waits
+    ``delay`` seconds on the event loop and is cancelled by a newer one: clicks that queued up
+    while a projection was computing collapse into the last one. Without an event loop
+    (scripts, tests) the call runs at once.
 
     Parameters
     ----------
     delay : float
-        Seconds a call waits for a newer one.
+        Seconds after a call finished during which a new call waits for a newer one.
     """
 
     def __init__(self, delay: float = 0.03):
         self.delay = delay
         self._handle = None
+        self._finished = float("-inf")
 
     def __call__(self, fn: Callable[[], Any]) -> None:
         loop = running_loop()
         if loop is None:
             fn()
             return
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = loop.call_later(self.delay, fn)
+        pending = self._handle is not None
+        self.cancel()
+        if not pending and loop.time() - self._finished >= self.delay:
+            self._run(fn)
+        else:
+            self._handle = loop.call_later(self.delay, self._run, fn)
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        self._handle = None
+        try:
+            fn()
+        finally:
+            loop = running_loop()
+            self._finished = loop.time() if loop is not None else float("-inf")
 
     def cancel(self) -> None:
         """Forget the call waiting, if any."""
