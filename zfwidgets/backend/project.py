@@ -18,8 +18,9 @@ from torch import nn
 
 from ..data.datasets import ImageSource
 from ..errors import BadImageError, BadParameterError, DataError
-from .layers import forward_to, receptive_field_box
+from .layers import Geometry, forward_to, receptive_field_box
 from .mining.results import LayerTopK, MiningResult
+from .rfcrop import CropAudit, CropPlan, crop_plan, cut_crops, paste_crops
 from .rules import RuleMode, check_rule
 
 __all__ = ["Gallery", "Target", "gallery", "project", "projection_to_rgb"]
@@ -53,13 +54,18 @@ def _signal(acts: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
 
 def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequence[Target],
             rule: str = "deconvnet", *, batch_size: int = 16, known: list[str] | None = None,
-            ) -> torch.Tensor:
+            geometry: Geometry | None = None, crop: bool | None = None,
+            reference: torch.Tensor | None = None) -> torch.Tensor:
     """Project activations of ``layer`` to input space, batched.
 
-    Each distinct image is run forward once (up to ``layer`` only). The targets are then arranged
-    in *rounds* holding at most one target per image, and each round goes down in one
-    backward pass over the retained graph: 9 units of one image cost one forward and 9
-    backward passes; the top units of 9 images cost one batch-9 forward and one backward.
+    With the layer's receptive-field ``geometry``, single units are projected on crops of the
+    input that hold their receptive fields (:mod:`zfwidgets.backend.rfcrop`): all the crops of a
+    batch go forward and backward together, each with its own unit, and the result equals the
+    whole-image projection (the crops keep the strides' phase and the network's own padding at
+    the image borders; a network doing anything non-local before ``layer`` falls back to the
+    whole image). Without it (or for whole maps), each distinct image is run forward once (up to
+    ``layer`` only) and the targets are arranged in *rounds* holding at most one target per
+    image, each round going down in one backward pass over the retained graph.
 
     Parameters
     ----------
@@ -76,24 +82,95 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
         At most this many targets are projected per forward/backward pass (bounds memory).
     known : list of str, optional
         Valid layer ids, for error messages.
+    geometry : Geometry, optional
+        The layer's receptive-field geometry (``LayerInfo.geometry``); needed for crops.
+    crop : bool or None
+        ``None`` (default): crop when that is cheaper than the whole image (a crop's area
+        times three passes against one forward per image and one backward per target);
+        ``True``: crop whenever the geometry allows it; ``False``: always the whole image.
+    reference : torch.Tensor, optional
+        The layer's activations ``[B, C, h, w]`` for ``inputs`` when already known: each crop's
+        forward is checked against them at its unit (all channels) and a unit that differs is
+        projected on the whole image instead.
 
     Returns
     -------
     torch.Tensor
-        ``[N, 3, H, W]`` projections, in input (normalized) space, one per target.
+        ``[N, 3, H, W]`` projections, in input (normalized) space, one per target (zero
+        outside the unit's receptive field).
     """
     check_rule(rule)
     targets = [Target(*t) for t in targets]
     out = []
     for start in range(0, len(targets), batch_size):
         out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size], rule,
-                                  known))
+                                  known, geometry, crop, reference))
     if not out:
         return inputs.new_zeros((0,) + tuple(inputs.shape[1:]))
     return torch.cat(out)
 
 
-def _project_chunk(model, inputs, layer, targets, rule, known):
+def _project_chunk(model, inputs, layer, targets, rule, known, geometry, crop, reference):
+    """One batch of targets: units on crops where that is exact and pays, the rest whole."""
+    units = [n for n, t in enumerate(targets) if t.y is not None]
+    done: dict[int, torch.Tensor] = {}
+    plan = None if crop is False or not units else crop_plan(
+        geometry, [(targets[n].y, targets[n].x) for n in units], *inputs.shape[-2:])
+    if plan is not None and (crop or _crop_pays(plan, [targets[n] for n in units])):
+        got = _project_crops(model, inputs, layer, [targets[n] for n in units], rule, known,
+                             plan, reference)
+        if got is not None:
+            grads, ok = got
+            done.update((n, g) for n, g, good in zip(units, grads, ok) if good)
+    rest = [n for n in range(len(targets)) if n not in done]
+    if rest:
+        done.update(zip(rest, _project_whole(model, inputs, layer, [targets[n] for n in rest],
+                                             rule, known)))
+    return torch.stack([done[n] for n in range(len(targets))])
+
+
+def _crop_pays(plan: CropPlan, targets: Sequence[Target]) -> bool:
+    """Whether crops beat the whole image: a forward and a backward (about twice a forward) on
+    each crop, against one forward per image and one backward per target on whole images."""
+    n, images = len(targets), len({t.index for t in targets})
+    return 3 * n * plan.area_ratio <= 0.9 * (images + 2 * n)
+
+
+def _project_crops(model, inputs, layer, targets, rule, known, plan: CropPlan, reference):
+    """Projections of single units on their crops, ``([N, 3, H, W], ok)``; ``None`` when the
+    network does something on the way that a crop would not reproduce."""
+    x = cut_crops(inputs.detach(), [t.index for t in targets], plan).requires_grad_(True)
+    audit = CropAudit(x)
+    with torch.enable_grad():
+        try:
+            with RuleMode(rule), audit:
+                acts = forward_to(model, x, layer, known)
+        except (RuntimeError, ValueError):  # the model needs its full input size
+            return None
+        h, w = acts.shape[-2:]
+        if not (audit.safe and audit.derived(acts)) or \
+                any(not (0 <= y < h and 0 <= x_ < w) for y, x_ in plan.units):
+            return None
+        a = acts.detach()
+        sig = torch.zeros_like(a)
+        ok = []
+        for n, (t, (y, x_)) in enumerate(zip(targets, plan.units)):
+            v = a[n, t.channel, y, x_]
+            sig[n, t.channel, y, x_] = v if v > 0 else 1.0
+            ok.append(reference is None or _matches(a[n, :, y, x_],
+                                                    reference[t.index, :, t.y, t.x]))
+        grad = torch.autograd.grad(acts, x, sig)[0]
+    return paste_crops(grad.detach(), plan), ok
+
+
+def _matches(got: torch.Tensor, want: torch.Tensor) -> bool:
+    want = want.to(got.device, got.dtype)
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
+
+
+def _project_whole(model, inputs, layer, targets, rule, known):
+    """Projections on whole images: one forward per image, one backward per round."""
     images = sorted({t.index for t in targets})
     slot = {b: i for i, b in enumerate(images)}
     rounds: list[int] = []            # round of each target

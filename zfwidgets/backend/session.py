@@ -334,7 +334,8 @@ class Session:
         if todo:
             result = project(self.model, self.input_tensor, layer,
                              [Target(0, k[1], *(k[2] or (None, None))) for k in todo], rule,
-                             known=self.layers)
+                             known=self.layers, geometry=self.layer_info(layer).geometry,
+                             reference=self._rec().activations[layer])
             for key, p in zip(todo, result):
                 self._projections[key] = p
                 while len(self._projections) > 256:
