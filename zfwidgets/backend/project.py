@@ -23,7 +23,8 @@ from .mining.results import LayerTopK, MiningResult
 from .rfcrop import CropAudit, CropPlan, crop_plan, cut_crops, paste_crops
 from .rules import RuleMode, check_rule
 
-__all__ = ["Gallery", "Target", "gallery", "project", "projection_to_rgb"]
+__all__ = ["Gallery", "ProjectionCrop", "Target", "gallery", "normalisation_text", "project",
+           "projection_crop", "projection_to_rgb", "saturation_note"]
 
 
 class Target(NamedTuple):
@@ -114,14 +115,15 @@ def _project_chunk(model, inputs, layer, targets, rule, known, geometry, crop, r
     """One batch of targets: units on crops where that is exact and pays, the rest whole."""
     units = [n for n, t in enumerate(targets) if t.y is not None]
     done: dict[int, torch.Tensor] = {}
-    plan = None if crop is False or not units else crop_plan(
-        geometry, [(targets[n].y, targets[n].x) for n in units], *inputs.shape[-2:])
-    if plan is not None and (crop or _crop_pays(plan, [targets[n] for n in units])):
-        got = _project_crops(model, inputs, layer, [targets[n] for n in units], rule, known,
-                             plan, reference)
-        if got is not None:
-            grads, ok = got
-            done.update((n, g) for n, g, good in zip(units, grads, ok) if good)
+    groups = [] if crop is False or not units else _crop_groups(
+        geometry, targets, units, inputs.shape[-2:], inputs.device)
+    if groups and (crop or _crop_pays(groups, [targets[n] for n in units])):
+        for members, plan in groups:
+            got = _project_crops(model, inputs, layer, [targets[n] for n in members], rule,
+                                 known, plan, reference)
+            if got is not None:
+                grads, ok = got
+                done.update((n, g) for n, g, good in zip(members, grads, ok) if good)
     rest = [n for n in range(len(targets)) if n not in done]
     if rest:
         done.update(zip(rest, _project_whole(model, inputs, layer, [targets[n] for n in rest],
@@ -129,11 +131,30 @@ def _project_chunk(model, inputs, layer, targets, rule, known, geometry, crop, r
     return torch.stack([done[n] for n in range(len(targets))])
 
 
-def _crop_pays(plan: CropPlan, targets: Sequence[Target]) -> bool:
+def _crop_groups(geometry, targets, units, size, device) -> list[tuple[list[int], CropPlan]]:
+    """The units' crops, batched: on a GPU one batch of one size (the largest any unit needs);
+    on a CPU, where a batch runs no faster than its crops one by one, each unit at its own
+    smallest crop, units of equal crop size together (interior units all share one)."""
+    H, W = (int(v) for v in size)
+    if device.type != "cpu":
+        plan = crop_plan(geometry, [(targets[n].y, targets[n].x) for n in units], H, W)
+        return [] if plan is None else [(list(units), plan)]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for n in units:
+        plan = crop_plan(geometry, [(targets[n].y, targets[n].x)], H, W)
+        if plan is None:
+            return []
+        by_size.setdefault(plan.size, []).append(n)
+    return [(members, crop_plan(geometry, [(targets[n].y, targets[n].x) for n in members], H, W))
+            for members in by_size.values()]
+
+
+def _crop_pays(groups, targets: Sequence[Target]) -> bool:
     """Whether crops beat the whole image: a forward and a backward (about twice a forward) on
     each crop, against one forward per image and one backward per target on whole images."""
-    n, images = len(targets), len({t.index for t in targets})
-    return 3 * n * plan.area_ratio <= 0.9 * (images + 2 * n)
+    images = len({t.index for t in targets})
+    crops = sum(len(members) * plan.area_ratio for members, plan in groups)
+    return 3 * crops <= 0.9 * (images + 2 * len(targets))
 
 
 def _project_crops(model, inputs, layer, targets, rule, known, plan: CropPlan, reference):
@@ -196,17 +217,20 @@ def _project_whole(model, inputs, layer, targets, rule, known):
     return torch.stack([grads[r, slot[t.index]] for t, r in zip(targets, rounds)]).detach()
 
 
-def projection_to_rgb(projection: torch.Tensor | np.ndarray) -> np.ndarray:
+def projection_to_rgb(projection: torch.Tensor | np.ndarray, scale=None) -> np.ndarray:
     """Turn a projection ``[3, H, W]`` (or ``[N, 3, H, W]``) into displayable RGB in [0, 1].
 
-    Zero maps to mid-gray and the largest absolute value of each projection to 0 or 1, the
-    symmetric scaling of the paper's figures.
+    Zero maps to mid-gray and ``+-scale`` to 1 / 0 in each colour channel (values beyond are
+    clipped): the symmetric scaling of the paper's figures.
 
     Parameters
     ----------
     projection : torch.Tensor or numpy.ndarray
         One projection ``[3, H, W]`` or a batch ``[N, 3, H, W]`` in input (normalized) space,
         as returned by :func:`project` or :meth:`Session.project`.
+    scale : float or sequence of float, optional
+        The value that maps to full scale, one for all or one per projection of a batch;
+        default each projection's own largest absolute value.
 
     Returns
     -------
@@ -217,9 +241,163 @@ def projection_to_rgb(projection: torch.Tensor | np.ndarray) -> np.ndarray:
     single = p.dim() == 3
     if single:
         p = p[None]
-    scale = p.abs().flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
-    rgb = (0.5 + 0.5 * p / scale).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    if scale is None:
+        s = p.abs().flatten(1).amax(1)
+    else:
+        s = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).expand(p.shape[0])
+    s = s.clamp(min=1e-12)[:, None, None, None]
+    rgb = (0.5 + 0.5 * p / s).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     return rgb[0] if single else rgb
+
+
+# ============================================================================ receptive-field view
+
+@dataclass
+class ProjectionCrop:
+    """A projection at the scale of its receptive field, beside the image patch (the paper's
+    Fig. 2 shows projections this way), with the normalisation stated.
+
+    Attributes
+    ----------
+    layer, rule : str
+    channel : int
+    position : (int, int) or None
+        The unit; ``None`` for a whole map (then the box is the whole image).
+    value : float
+        The unit's activation (the map's largest for a whole map).
+    box : (int, int, int, int)
+        ``(top, left, bottom, right)`` in the model's input, bottom/right exclusive, clipped to
+        the image (the receptive field).
+    rf_size : (int, int) or None
+        The receptive field's size before clipping.
+    patch : numpy.ndarray
+        ``[h, w, 3]`` float32 in [0, 1]: what the unit sees.
+    projection : numpy.ndarray
+        ``[3, h, w]`` float32: the projection cut to the box, in the model's input space (the
+        projection of one unit is zero outside it).
+    rgb : numpy.ndarray
+        ``[h, w, 3]`` float32: ``projection`` as an image, with :attr:`scale`.
+    scale : float
+        The value shown at full scale: the largest absolute value of the crop (equal to the
+        whole projection's for a unit). 0 for a blank projection.
+    normalisation : str
+        One line stating the colour scale, for a caption.
+    note : str or None
+        Why the projection is blank, when it is (:func:`saturation_note`).
+    """
+
+    layer: str
+    channel: int
+    position: tuple[int, int] | None
+    rule: str
+    value: float
+    box: tuple[int, int, int, int]
+    rf_size: tuple[int, int] | None
+    patch: np.ndarray
+    projection: np.ndarray
+    rgb: np.ndarray
+    scale: float
+    normalisation: str
+    note: str | None
+
+
+def normalisation_text(scale: float) -> str:
+    """The caption of a projection shown with :func:`projection_to_rgb` at ``scale``."""
+    if scale <= 0:
+        return "blank: every value is exactly 0"
+    return (f"symmetric scale: 0 = mid-gray, +/-{scale:.3g} = full colour in each channel "
+            "(the largest |value| of the projection, in the model's input units)")
+
+
+def projection_crop(session, layer: str, channel: int, position: tuple[int, int] | None,
+                    rule: str | None = None) -> ProjectionCrop:
+    """The projection of one unit cut to its receptive field, beside the image patch.
+
+    Parameters
+    ----------
+    session : Session
+    layer : str
+    channel : int
+    position : (y, x) or None
+        The unit; ``None`` projects the whole map (the box is then the whole image).
+    rule : {"deconvnet", "guided", "gradient"}, optional
+        Default :meth:`Session.default_rule` of the layer.
+
+    Returns
+    -------
+    ProjectionCrop
+    """
+    rule = check_rule(rule or session.default_rule(layer))
+    proj = session.project(layer, channel, position, rule)
+    H, W = proj.shape[-2:]
+    info = session.layer_info(layer)
+    if position is None:
+        box, value = (0, 0, int(H), int(W)), float(session.activation(layer)[channel].max())
+        y = x = None
+    else:
+        y, x = (int(v) for v in position)
+        box, value = session.receptive_field(layer, y, x), float(
+            session.activation(layer)[channel, y, x])
+    t, left, b, r = box
+    crop = proj[:, t:b, left:r].detach().float().cpu().numpy()
+    scale = float(np.abs(crop).max()) if crop.size else 0.0
+    return ProjectionCrop(
+        layer=layer, channel=int(channel), position=None if y is None else (y, x), rule=rule,
+        value=value, box=tuple(int(v) for v in box), rf_size=info.rf_size,
+        patch=np.ascontiguousarray(session.display_image[t:b, left:r]), projection=crop,
+        rgb=projection_to_rgb(crop, scale=scale if scale > 0 else None), scale=scale,
+        normalisation=normalisation_text(scale),
+        note=saturation_note(session, layer, channel, y, x, rule, projection=proj))
+
+
+def _rectifier_cap(module: nn.Module) -> tuple[bool, float | None]:
+    """``(is a plain rectifier, upper bound)`` of a layer's module (ReLU6: ``(True, 6.0)``)."""
+    if isinstance(module, nn.Hardtanh):  # ReLU6 is one
+        return float(module.min_val) == 0.0, float(module.max_val)
+    if isinstance(module, nn.ReLU):
+        return True, None
+    if isinstance(module, nn.Threshold):
+        return float(module.threshold) == 0.0 and float(module.value) == 0.0, None
+    return False, None
+
+
+def saturation_note(session, layer: str, channel: int, y: int | None, x: int | None,
+                    rule: str, projection: torch.Tensor | None = None) -> str | None:
+    """Why the ``rule`` projection of a unit is blank, in one line, or ``None`` when it is not.
+
+    A rectifier passes no gradient where it is flat: above ReLU6's cap (the unit is saturated
+    at 6) and below 0 (the unit is dead). So the plain gradient of a saturated unit, and the
+    gradient and guided backprop of a dead one, are exactly 0. Given the ``projection``, a
+    blank one is also explained when the cause lies deeper (every path down passes a flat
+    rectifier).
+
+    Parameters
+    ----------
+    session : Session
+    layer : str
+    channel : int
+    y, x : int or None
+        The unit (``None``: a whole map, judged from ``projection`` only).
+    rule : {"deconvnet", "guided", "gradient"}
+    projection : torch.Tensor, optional
+        The projection shown.
+    """
+    check_rule(rule)
+    if y is not None:
+        value = float(session.activation(layer)[channel, int(y), int(x)])
+        plain, cap = _rectifier_cap(session.layer_module(layer))
+        kind = session.layer_info(layer).kind
+        if plain and cap is not None and value >= cap and rule == "gradient":
+            return (f"blank: the unit is saturated at {cap:g} ({kind}'s cap), so its gradient "
+                    "is exactly 0; guided backprop and the deconvnet still show what drives it")
+        if plain and value <= 0 and rule in ("gradient", "guided"):
+            return (f"blank: the unit is dead here ({kind} outputs 0 for its input <= 0 and "
+                    "passes no gradient); the deconvnet, which ignores that gate, still shows "
+                    "what it responds to")
+    if projection is not None and not bool(torch.as_tensor(projection).any()):
+        return ("blank: every path from this unit down to the image passes a saturated or dead "
+                "rectifier, so the projection is exactly 0")
+    return None
 
 
 # ============================================================================ gallery
@@ -277,8 +455,9 @@ def gallery(session, result: MiningResult | LayerTopK, layer: str | None = None,
             source: ImageSource | None = None) -> Gallery:
     """Patches and projections of the top hits of one feature map (the paper's Fig. 2).
 
-    All projections are computed in one batched backward pass through
-    :func:`zfwidgets.backend.project.project`.
+    All projections are computed in one batched pass through
+    :func:`zfwidgets.backend.project.project`, each on a crop of its image that holds the
+    unit's receptive field (exactly the whole-image projection, cut to the box).
 
     Parameters
     ----------
@@ -368,5 +547,6 @@ def _project_hits(session, source: ImageSource, layer: str, channel: int, hits, 
                             f"read any more: {exc}") from exc
     inputs = torch.stack(tensors).to(getattr(session, "device", torch.device("cpu")))
     targets = [Target(uniq.index(img), channel, y, x) for _, img, y, x in hits]
-    proj = project(session.model, inputs, layer, targets, rule, known=session.layers)
+    proj = project(session.model, inputs, layer, targets, rule, known=session.layers,
+                   geometry=session.layer_info(layer).geometry)
     return pre.denormalize(inputs).permute(0, 2, 3, 1).cpu().numpy(), proj

@@ -344,6 +344,21 @@ class Session:
             self._projections.move_to_end(key)
         return torch.stack([self._projections[k] for k in targets])
 
+    # ------------------------------------------------------------------ rule choice (defaults)
+    def default_rule(self, layer: str) -> str:
+        """The backward rule a view of ``layer`` starts with; see
+        :func:`zfwidgets.backend.defaults.default_rule`."""
+        from .defaults import default_rule
+
+        return default_rule(self, layer)
+
+    def rule_reason(self, layer: str) -> str:
+        """One line saying why :meth:`default_rule` picks its rule; see
+        :func:`zfwidgets.backend.defaults.rule_reason`."""
+        from .defaults import rule_reason
+
+        return rule_reason(self, layer)
+
     def occlusion(self, size: int = 32, stride: int = 8, target: int | None = None,
                   layer: str | None = None, fill: str | float = "gray", **kwargs):
         """Occlusion sensitivity maps (the paper's Fig. 7) for the current image.
