@@ -432,6 +432,9 @@ class Gallery:
         image.
     views : numpy.ndarray
         ``[n, H, W, 3]`` float32 in [0, 1]: the model's view of each hit's whole image.
+    pre_values : numpy.ndarray or None
+        ``[n]`` the hits' pre-activations (a rectifier layer's input), which rank hits of equal
+        value (many read 6.00 on a ReLU6 network); the values themselves for other layers.
     """
 
     layer: str
@@ -445,6 +448,7 @@ class Gallery:
     patches: list[np.ndarray]
     projections: list[np.ndarray]
     views: np.ndarray
+    pre_values: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -508,7 +512,8 @@ def gallery(session, result: MiningResult | LayerTopK, layer: str | None = None,
                    names=[source.name(img) for _, img, _, _ in hits],
                    positions=[(y, x) for _, _, y, x in hits], boxes=boxes, patches=patches,
                    projections=projections,
-                   views=np.stack(hit_views) if hit_views else np.zeros((0, h_in, w_in, 3), np.float32))
+                   views=np.stack(hit_views) if hit_views else np.zeros((0, h_in, w_in, 3), np.float32),
+                   pre_values=np.array(top.pre_activations(channel)[:len(hits)], np.float32))
 
 
 def _mined_layer(session, result: MiningResult | LayerTopK, layer: str | None,

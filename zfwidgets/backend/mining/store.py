@@ -34,7 +34,8 @@ from ...fingerprint import key_digest
 __all__ = ["FORMAT_VERSION", "MiningStore", "atomic_save", "safe_load"]
 
 #: Version of the cache / result file layout; bumping it invalidates old cache files.
-FORMAT_VERSION = 1
+#: 2: hits of equal value are ranked by their pre-activation (``LayerTopK.pre``).
+FORMAT_VERSION = 2
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
