@@ -12,7 +12,7 @@ from .backend.experiments import (AscentResult, CorrespondenceResult, EvolutionR
                                   probe)
 from .backend.occlusion import OcclusionResult, occlusion_maps
 from .backend.mining import LayerTopK, MiningResult, load_result, merge, mine
-from .backend.project import Gallery, gallery
+from .backend.project import Gallery, ProjectionCrop, gallery, projection_crop, saturation_note
 from .data import DEFAULT_SAMPLE, load_image, load_sample, sample_images
 from .data.datasets import ImageFolder, ImageList, sample_collection
 from .errors import (BadImageError, BadParameterError, Cancelled, DataError, OutOfRangeError,
@@ -31,6 +31,7 @@ __all__ = [
     "AscentResult", "ascent", "FilterDiagnosis", "diagnose_filters", "EvolutionResult",
     "feature_evolution", "CorrespondenceResult", "correspondence", "ProbeResult", "probe",
     "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
+    "ProjectionCrop", "projection_crop", "saturation_note",
     "DEFAULT_SAMPLE", "load_image", "load_sample", "sample_images",
     "ImageFolder", "ImageList", "sample_collection",
     "BadImageError", "BadParameterError", "Cancelled", "DataError", "OutOfRangeError", "UnknownClassError", "UnknownLayerError",

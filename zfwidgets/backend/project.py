@@ -368,8 +368,9 @@ def saturation_note(session, layer: str, channel: int, y: int | None, x: int | N
     A rectifier passes no gradient where it is flat: above ReLU6's cap (the unit is saturated
     at 6) and below 0 (the unit is dead). So the plain gradient of a saturated unit, and the
     gradient and guided backprop of a dead one, are exactly 0. Given the ``projection``, a
-    blank one is also explained when the cause lies deeper (every path down passes a flat
-    rectifier).
+    blank one is also explained when the cause lies deeper: every path down meets a rectifier
+    that stops the signal (flat there, or, for guided backprop and the deconvnet, which pass
+    only positive signals, a negative one).
 
     Parameters
     ----------
@@ -395,8 +396,11 @@ def saturation_note(session, layer: str, channel: int, y: int | None, x: int | N
                     "passes no gradient); the deconvnet, which ignores that gate, still shows "
                     "what it responds to")
     if projection is not None and not bool(torch.as_tensor(projection).any()):
-        return ("blank: every path from this unit down to the image passes a saturated or dead "
-                "rectifier, so the projection is exactly 0")
+        blocks = {"gradient": "a rectifier flat there (a dead or saturated unit)",
+                  "guided": "a dead unit or a negative signal",
+                  "deconvnet": "a rectifier meeting a negative signal"}[rule]
+        return (f"blank: on every path from this unit down to the image, {blocks} stops the "
+                "signal, so the projection is exactly 0")
     return None
 
 
