@@ -694,6 +694,8 @@ def test_gallery_patches_and_projections_match_the_session():
         act = one.activation("act2")[2, y0, x0]
         assert abs(float(act) - float(g.values[j])) < 1e-4
         assert g.projections[j].shape == (3,) + g.patches[j].shape[:2]
+        assert g.scales[j] == pytest.approx(float(np.abs(g.projections[j]).max()))
+    assert g.pre_values.tolist() == result["act2"].pre_activations(2)[:4]
     with torch.no_grad():
         s.model.conv1.bias.add_(1.0)
     with pytest.raises(DataError, match="other model weights"):

@@ -441,6 +441,10 @@ class Gallery:
     pre_values : numpy.ndarray or None
         ``[n]`` the hits' pre-activations (a rectifier layer's input), which rank hits of equal
         value (many read 6.00 on a ReLU6 network); the values themselves for other layers.
+    scales : numpy.ndarray or None
+        ``[n]`` the largest absolute value of each projection crop: what
+        ``projection_to_rgb(projections[j], scale=scales[j])`` shows at full colour (0 for a
+        blank projection); :func:`normalisation_text` words it for a caption.
     """
 
     layer: str
@@ -455,6 +459,7 @@ class Gallery:
     projections: list[np.ndarray]
     views: np.ndarray
     pre_values: np.ndarray | None = None
+    scales: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -519,7 +524,9 @@ def gallery(session, result: MiningResult | LayerTopK, layer: str | None = None,
                    positions=[(y, x) for _, _, y, x in hits], boxes=boxes, patches=patches,
                    projections=projections,
                    views=np.stack(hit_views) if hit_views else np.zeros((0, h_in, w_in, 3), np.float32),
-                   pre_values=np.array(top.pre_activations(channel)[:len(hits)], np.float32))
+                   pre_values=np.array(top.pre_activations(channel)[:len(hits)], np.float32),
+                   scales=np.array([float(np.abs(p).max()) if p.size else 0.0
+                                    for p in projections], np.float32))
 
 
 def _mined_layer(session, result: MiningResult | LayerTopK, layer: str | None,
