@@ -11,7 +11,10 @@ EfficientNet-Lite0 whole top-9 lists read 6.00, and dead maps tie at 0. Among ti
 hits that drove the rectifier hardest come first (the ReLU6 units furthest past the cap, the dead
 units closest to firing), so the top-9 still ranks what the unit responds to most, instead of
 falling back to the order of the images. Only exact ties of both value and pre-activation go to
-image and position. A :class:`Miner` keeps a running
+image and position. A rectifier being non-decreasing, ranking by ``(value, pre-activation)`` is
+ranking by the pre-activation alone: the miner picks each map's top positions from the
+rectifier's input in a pre-hook (before an in-place rectifier overwrites it) and reads the values
+at those positions from the output, so the tie-break costs no extra pass over the maps. A :class:`Miner` keeps a running
 top ``k`` per channel of several layers and merges each batch's candidates into it with that
 order; :func:`merge` does the same for two results over disjoint images. Memory is
 ``O(layers x channels x k)`` whatever the number of images.
@@ -34,7 +37,7 @@ from ..layers import capture, resolve_layer, run_captured, scoped_eval
 from ..ops import RECTIFIER_MODULES
 from .results import MAX_SKIPPED_KEPT, LayerTopK, MiningResult
 
-__all__ = ["Miner", "candidates", "check_k", "check_per_image", "finish", "merge",
+__all__ = ["Miner", "candidates", "candidates_at", "check_k", "check_per_image", "finish", "merge",
            "merge_candidates", "order_key", "rectifier_layers"]
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -99,22 +102,34 @@ def _topk_first(flat: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]
     return vals, idx
 
 
-def _break_ties_by_pre(flat: torch.Tensor, pre: torch.Tensor, idx: torch.Tensor, m: int
-                       ) -> torch.Tensor:
-    """Redo the rows of a top ``m`` (``idx``, ties by position) where more than ``m`` values
-    reach the m-th largest value ``t``: every value above ``t``, then the tied ones by
-    pre-activation descending, position ascending (the order of :func:`order_key`, exactly).
-    Only those rows are touched, so layers with few ties cost nearly nothing more."""
-    t = flat.gather(-1, idx[..., -1:])
-    ambiguous = (flat >= t).sum(-1) > m
-    if not bool(ambiguous.any()):
-        return idx
-    rows, tr = flat[ambiguous], t[ambiguous]
-    key = torch.where(rows == tr, pre[ambiguous], torch.full((), float("-inf")))
-    key.masked_fill_(rows > tr, float("inf"))
-    idx = idx.clone()
-    idx[ambiguous] = key.max(-1).indices[..., None] if m == 1 else _topk_first(key, m)[1]
-    return idx
+def _positions(t: torch.Tensor, m: int) -> torch.Tensor:
+    """``[N, C, m]`` flat positions of the ``m`` largest values of each map of ``t``
+    ``[N, C, H, W]``, ties by position ascending."""
+    n, c, h, w = t.shape
+    flat = t.detach().reshape(n, c, h * w)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    if m == 1:  # torch.max returns the first maximal position: ties -> lowest (y, x)
+        return flat.max(dim=2).indices[..., None]
+    return _topk_first(flat, m)[1]
+
+
+def _gather(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    n, c = t.shape[:2]
+    return t.detach().reshape(n, c, -1).gather(-1, p).float()
+
+
+def candidates_at(act: torch.Tensor, ids: torch.Tensor, p: torch.Tensor,
+                  pre: torch.Tensor | None = None) -> Candidates:
+    """Candidates ``[C, N * m]`` at the flat positions ``p`` ``[N, C, m]`` of ``act``;
+    ``pre`` ``[N, C, m]`` their pre-activations (default the values)."""
+    n, c, m = p.shape
+    v = _gather(act, p)
+    q = v if pre is None else pre.float()
+    img = ids.view(1, n, 1).expand(c, n, m).reshape(c, n * m)
+    return (torch.nan_to_num(v.permute(1, 0, 2).reshape(c, n * m), nan=float("-inf")),
+            torch.nan_to_num(q.permute(1, 0, 2).reshape(c, n * m), nan=float("-inf")),
+            img, p.permute(1, 0, 2).reshape(c, n * m))
 
 
 def candidates(act: torch.Tensor, ids: torch.Tensor, m: int,
@@ -130,27 +145,13 @@ def candidates(act: torch.Tensor, ids: torch.Tensor, m: int,
     m : int
         Positions kept per image and channel (at most ``H * W``).
     pre : torch.Tensor, optional
-        ``[N, C, H, W]`` pre-activations (the rectifier's input), which break ties of ``act``;
-        default ``act`` itself.
+        ``[N, C, H, W]`` pre-activations, of which ``act`` is a non-decreasing function (a
+        rectifier's input): then ranking by ``(act, pre)`` is ranking by ``pre`` alone, which is
+        what selects the positions. Default ``act`` itself.
     """
-    n, c, h, w = act.shape
-    flat = act.detach().reshape(n, c, h * w)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    flat_pre = flat if pre is None else pre.detach().reshape(n, c, h * w).float()
-    m = min(m, h * w)
-    if m == 1:  # torch.max returns the first maximal position: ties -> lowest (y, x)
-        p = flat.max(dim=2).indices[..., None]
-    else:
-        p = _topk_first(flat, m)[1]
-    if pre is not None:
-        p = _break_ties_by_pre(flat, flat_pre, p, m)
-    v = flat.gather(-1, p).permute(1, 0, 2).reshape(c, n * m)
-    q = flat_pre.gather(-1, p).permute(1, 0, 2).reshape(c, n * m)
-    p = p.permute(1, 0, 2).reshape(c, n * m)
-    img = ids.view(1, n, 1).expand(c, n, m).reshape(c, n * m)
-    return (torch.nan_to_num(v, nan=float("-inf")), torch.nan_to_num(q, nan=float("-inf")),
-            img, p)
+    m = min(m, act.shape[2] * act.shape[3])
+    p = _positions(act if pre is None else pre, m)
+    return candidates_at(act, ids, p, None if pre is None else _gather(pre, p))
 
 
 def merge_candidates(a: Candidates | None, b: Candidates, k: int, hw: int) -> Candidates:
@@ -199,12 +200,21 @@ def _candidates_of(t: LayerTopK) -> Candidates:
     return t.values, t.values if t.pre is None else t.pre, t.image, pos
 
 
+def _monotone_rectifier(module: nn.Module) -> bool:
+    if isinstance(module, nn.LeakyReLU):
+        return module.negative_slope >= 0
+    if isinstance(module, nn.Threshold):
+        return module.value <= module.threshold
+    return isinstance(module, RECTIFIER_MODULES)
+
+
 def rectifier_layers(model: nn.Module, layers: Sequence[str],
                      known: Sequence[str] | None = None) -> list[str]:
-    """The ``layers`` that are the output of a rectifier module (their input, the
-    pre-activation, breaks ties among their values)."""
+    """The ``layers`` that are the output of a rectifier module, a non-decreasing function of
+    its input (ReLU, ReLU6, Hardtanh, LeakyReLU, Threshold with ``value <= threshold``): their
+    input, the pre-activation, breaks ties among their values."""
     return [layer for layer in layers
-            if isinstance(resolve_layer(model, layer, known)[0], RECTIFIER_MODULES)]
+            if _monotone_rectifier(resolve_layer(model, layer, known)[0])]
 
 
 # ============================================================================ streaming state
@@ -247,16 +257,20 @@ class Miner:
         self.forward_passes = 0
         self.pre_layers = rectifier_layers(model, self.layers, known)
 
-    def _forward(self, x: torch.Tensor, each: Callable[[str, torch.Tensor, object], None]
-                 ) -> None:
-        """One forward pass up to the deepest layer; ``each(layer, output, pre)`` as each is
-        made (``pre``: the rectifier's input for :attr:`pre_layers`, else ``None``)."""
+    def _forward(self, x: torch.Tensor, each: Callable[[str, torch.Tensor, object], None],
+                 m: int = 1) -> None:
+        """One forward pass up to the deepest layer; ``each(layer, output, chosen)`` as each is
+        made. For :attr:`pre_layers` ``chosen`` is ``(positions, pre-activations)`` of the top
+        ``m`` of each map, taken from the rectifier's input before it runs (an in-place one
+        overwrites it; the rectifier being non-decreasing, the top of its input is the top of
+        its output, ties at its bounds ranked), else ``None``."""
         seen = set()
-        inputs: dict[str, torch.Tensor] = {}
+        inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-        def on_input(layer, inp):  # copied: an in-place rectifier overwrites its input
-            inputs[layer] = inp.clone() if getattr(self._module(layer), "inplace", False) \
-                else inp
+        def on_input(layer, inp):
+            if isinstance(inp, torch.Tensor) and inp.dim() == 4:
+                p = _positions(inp, min(m, inp.shape[2] * inp.shape[3]))
+                inputs[layer] = (p, _gather(inp, p))
 
         def on_output(layer, out):
             if not (isinstance(out, torch.Tensor) and out.dim() == 4):
@@ -265,9 +279,9 @@ class Miner:
                                         f"(got {type(out).__name__}{shape})")
             self.shapes.setdefault(layer, tuple(int(s) for s in out.shape[1:]))
             seen.add(layer)
-            pre = inputs.pop(layer, None)
-            each(layer, out, pre if isinstance(pre, torch.Tensor) and
-                 pre.shape == out.shape else None)
+            chosen = inputs.pop(layer, None)
+            each(layer, out, chosen if chosen is not None and
+                 tuple(chosen[0].shape[:2]) == tuple(out.shape[:2]) else None)
 
         with capture(self.model, self.pre_layers, on_input, known=self.known, inputs=True):
             run_captured(self.model, x, self.layers, on_output, known=self.known)
@@ -286,8 +300,9 @@ class Miner:
         m = self.k if self.per_image is None else min(self.per_image, self.k)
         cands: dict[str, Candidates] = {}
         with torch.inference_mode(), scoped_eval(self.model):
-            self._forward(x, lambda layer, out, pre: cands.__setitem__(
-                layer, candidates(out, ids, m, pre)))
+            self._forward(x, lambda layer, out, chosen: cands.__setitem__(
+                layer, candidates(out, ids, m) if chosen is None else
+                candidates_at(out, ids, *chosen)), m)
             new = {}
             for layer in self.layers:
                 c, h, w = self.shapes[layer]
@@ -299,9 +314,6 @@ class Miner:
         that met no readable image)."""
         with torch.inference_mode(), scoped_eval(self.model):
             self._forward(x, lambda layer, out, pre: None)
-
-    def _module(self, layer: str) -> nn.Module:
-        return resolve_layer(self.model, layer, self.known)[0]
 
     def result(self) -> dict[str, LayerTopK]:
         """The current top ``k`` per layer (CPU tensors)."""
