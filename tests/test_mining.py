@@ -69,13 +69,21 @@ def random_images(n: int, seed: int = 0) -> list[np.ndarray]:
 TINY_LAYERS = ["conv1", "relu1", "act2"]
 
 
-def record(session, source, ids, batch_size, layers=None):
+def record(session, source, ids, batch_size, layers=None, inputs=False):
     """Activations over ``ids`` (copies taken when each module returns), with the same batches
-    as mining uses. Plain forward hooks on the named modules: an independent reference."""
+    as mining uses. Plain forward hooks on the named modules: an independent reference. With
+    ``inputs=True``, the modules' inputs instead (copies taken before each module runs: the
+    pre-activations of rectifier modules, which rank tied values), for the rectifier modules
+    among ``layers`` only."""
     modules = dict(session.model.named_modules())
     layers = layers or [layer for layer in session.layers if "@" not in layer]
+    if inputs:
+        layers = [layer for layer in layers if isinstance(
+            modules[layer], (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Threshold))]
     acts: dict[str, list] = {layer: [] for layer in layers}
-    handles = [modules[layer].register_forward_hook(
+    handles = [modules[layer].register_forward_pre_hook(
+        lambda m, i, layer=layer: acts[layer].append(i[0].detach().clone())) if inputs else
+        modules[layer].register_forward_hook(
         lambda m, i, o, layer=layer: acts[layer].append(o.detach().clone())) for layer in layers]
     try:
         with torch.no_grad():
@@ -89,10 +97,13 @@ def record(session, source, ids, batch_size, layers=None):
     return {layer: torch.cat(a).numpy() for layer, a in acts.items()}
 
 
-def brute_force(session, source, ids, layer, k, per_image, batch_size, acts=None):
-    """Slow, obvious reference: every activation of every image, sorted by
-    (value desc, image asc, y asc, x asc); at most ``per_image`` per image."""
+def brute_force(session, source, ids, layer, k, per_image, batch_size, acts=None, pre=None):
+    """Slow, obvious reference: every activation of every image, sorted by (value desc,
+    pre-activation desc, image asc, y asc, x asc); at most ``per_image`` per image. The
+    pre-activation is a rectifier module's input, the value itself for other layers."""
     a = (acts or record(session, source, ids, batch_size, [layer]))[layer]
+    pre = pre if pre is not None else record(session, source, ids, batch_size, [layer], True)
+    b = pre.get(layer, a)
     n, c, h, w = a.shape
     img_of = np.repeat(np.asarray(ids), h * w)
     pos = np.tile(np.arange(h * w), n)
@@ -102,7 +113,7 @@ def brute_force(session, source, ids, layer, k, per_image, batch_size, acts=None
     out_x = np.full((c, k), -1, np.int64)
     for ch in range(c):
         v = a[:, ch].reshape(-1)
-        order = np.lexsort((pos, img_of, -v))
+        order = np.lexsort((pos, img_of, -b[:, ch].reshape(-1), -v))
         taken: dict[int, int] = {}
         slot = full = 0
         for o in order:
@@ -205,13 +216,18 @@ def test_lite0_equals_brute_force():
     sub = ImageList([src.load(i) for i in (0, 1, 5, 9, 14, 30)])
     layers = ["stem.act", "blocks.4.expand.act", "head.act"]
     acts = record(s, sub, list(range(6)), 3, layers)
+    pre = record(s, sub, list(range(6)), 3, layers, inputs=True)
+    assert set(pre) == set(layers)
     for per_image in (1, None):
         result = mine(s, sub, layers, k=9, per_image=per_image, batch_size=3, progress=False)
         for layer in layers:
             assert_equal_topk(result[layer], brute_force(s, sub, list(range(6)), layer, 9,
-                                                         per_image, 3, acts))
-        # ReLU6 saturates: exact ties at 6.0 were ranked by (image, y, x)
-        assert bool((result["stem.act"].values == 6.0).sum() > 1)
+                                                         per_image, 3, acts, pre))
+        # ReLU6 saturates: exact ties at 6.0 were ranked by the pre-activation
+        top = result["stem.act"]
+        assert bool((top.values == 6.0).sum() > 1)
+        tied = (top.values == 6.0)[:, :-1] & (top.values == 6.0)[:, 1:]
+        assert bool((top.pre[:, :-1] >= top.pre[:, 1:])[tied].all()) and bool(tied.any())
     assert no_hooks(s.model)
 
 
@@ -679,6 +695,8 @@ def test_gallery_patches_and_projections_match_the_session():
         act = one.activation("act2")[2, y0, x0]
         assert abs(float(act) - float(g.values[j])) < 1e-4
         assert g.projections[j].shape == (3,) + g.patches[j].shape[:2]
+        assert g.scales[j] == pytest.approx(float(np.abs(g.projections[j]).max()))
+    assert g.pre_values.tolist() == result["act2"].pre_activations(2)[:4]
     with torch.no_grad():
         s.model.conv1.bias.add_(1.0)
     with pytest.raises(DataError, match="other model weights"):

@@ -188,6 +188,31 @@ def test_deconv_panel_update_changes_pixels_and_crop():
     assert h.crop.get_array().shape == (32, 32, 3)
 
 
+def test_rf_crop_figure_shows_patch_projection_and_scale(small_session):
+    from zfwidgets.backend.project import projection_crop
+    from zfwidgets.plots.deconv import rf_crop_figure, update_rf_crop_figure
+
+    s = small_session
+    layer = s.layers[1]
+    c = int(s.activation(layer)[:, 5, 5].argmax())
+    crop = projection_crop(s, layer, c, (5, 5), "deconvnet")
+    fig, h = rf_crop_figure(crop, dpi=60)
+    np.testing.assert_allclose(h.patch.get_array(), np.clip(crop.patch, 0, 1))
+    np.testing.assert_allclose(h.projection.get_array(), np.clip(crop.rgb, 0, 1))
+    labels = [t.get_text() for t in h.axes[2].get_yticklabels()]
+    assert labels == [f"+{crop.scale:.3g}", "0", f"-{crop.scale:.3g}"]
+    assert h.caption.get_text().startswith("symmetric scale")
+    px = pixels(fig)
+    bar = np.asarray(h.bar.get_array())
+    assert bar[0, 0, 0] == 1.0 and bar[-1, 0, 0] == 0.0   # +scale white on top, -scale black
+    deep = s.layers[-3]
+    other = projection_crop(s, deep, 0, (0, 0), "guided")
+    update_rf_crop_figure(h, other)
+    assert h.titles[1].get_text() == "guided: unit (0, 0)"
+    assert h.patch.get_array().shape == other.patch.shape
+    assert (pixels(fig) != px).any()
+
+
 def test_topk_update():
     fig, h = topk_figure([("cat", 0.7), ("dog", 0.2)], k=5, dpi=60)
     assert len(h.bars) == 5

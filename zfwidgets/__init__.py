@@ -15,7 +15,7 @@ from .backend.explain import (ClassMap, Explanation, KnockoutComparison, Knockou
                               sanity_check)
 from .backend.occlusion import OcclusionResult, occlusion_maps
 from .backend.mining import LayerTopK, MiningResult, load_result, merge, mine
-from .backend.project import Gallery, gallery
+from .backend.project import Gallery, ProjectionCrop, gallery, projection_crop, saturation_note
 from .data import (DEFAULT_SAMPLE, OCCLUSION_SAMPLE, load_image, load_sample, sample_images,
                    sample_info)
 from .data.datasets import ImageFolder, ImageList, sample_collection
@@ -38,6 +38,7 @@ __all__ = [
     "Gallery", "LayerTopK", "MiningResult", "gallery", "load_result", "merge", "mine",
     "ClassMap", "Explanation", "KnockoutComparison", "KnockoutEffect", "SanityResult", "explain",
     "knockout_comparison", "knockout_effect", "sanity_check",
+    "ProjectionCrop", "projection_crop", "saturation_note",
     "DEFAULT_SAMPLE", "OCCLUSION_SAMPLE", "load_image", "load_sample", "sample_images",
     "sample_info",
     "ImageFolder", "ImageList", "sample_collection",

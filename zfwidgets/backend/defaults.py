@@ -17,19 +17,30 @@ policy               used by
 :func:`correspondence_layers`  Fig. 8 / Table 1: the middle and top feature layers
 :func:`gradcam_layer`  Grad-CAM and guided Grad-CAM: the last layer with a spatial map
 :func:`sanity_layers`  the randomization sanity check: learned layers, top first
+:func:`default_rule`   every projection view: ``"deconvnet"`` after a max-pool (switches),
+                       else ``"guided"``; :func:`rule_reason` says why in one line
+:func:`informative_channel`  the map views and notebooks open on: alive and not flat;
+                       :func:`flat_map_note` warns when a colour scale stretches a flat map
 ==================== =========================================================================
 """
 
 from __future__ import annotations
 
+import weakref
+
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from ..errors import UnknownLayerError
-from .layers import capture, scoped_eval
+from .layers import capture, run_captured, scoped_eval
 from .ops import RECTIFIER_MODULES
 
-__all__ = ["correspondence_layers", "gradcam_layer", "invariance_layers", "is_rectifier_layer",
-           "mining_layers", "opening_layer", "sanity_layers", "top_layer"]
+__all__ = ["NEGLIGIBLE_VARIATION", "correspondence_layers", "default_rule", "flat_map_note",
+           "gradcam_layer", "informative_channel", "informative_channel_choice",
+           "invariance_layers", "is_rectifier_layer", "max_pools_before", "mining_layers",
+           "model_title", "opening_layer", "rule_reason", "sanity_layers", "top_layer"]
 
 _RECTIFIER_KINDS = frozenset(cls.__name__ for cls in RECTIFIER_MODULES)
 
@@ -141,3 +152,152 @@ def sanity_layers(session) -> list[str]:
             capture(model, names, lambda name, _: order.append(name)):
         model(session.input_tensor)
     return order[::-1]
+
+
+# ============================================================================ rule and map choices
+
+#: Relative variation over a map's positions below which the map counts as flat (1 %).
+NEGLIGIBLE_VARIATION = 0.01
+
+_MODEL_NAMES = {"efficientnet_lite0": "EfficientNet-Lite0", "alexnet": "AlexNet",
+                "vgg16": "VGG16", "zfnet": "ZF-Net", "zfnet_small": "the small ZF-style net"}
+_MAX_POOL_FUNCS = {F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices, F.max_pool1d,
+                   F.max_pool3d, F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices,
+                   F.adaptive_max_pool1d, F.adaptive_max_pool3d, F.fractional_max_pool2d}
+_POOLS_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _CountMaxPools(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func in _MAX_POOL_FUNCS
+        return func(*args, **(kwargs or {}))
+
+
+def _pool_counts(session) -> dict[str, int]:
+    """Max-pooling calls made up to (and including) each layer, from one forward pass of the
+    session's input; kept per model and input shape (the count does not depend on the image)."""
+    model, x = session.model, session.input_tensor
+    per_model = _POOLS_SEEN.setdefault(model, {})
+    key = tuple(x.shape)
+    if key not in per_model:
+        mode, counts = _CountMaxPools(), {}
+        with torch.no_grad(), scoped_eval(model), mode:
+            run_captured(model, x, session.layers,
+                         lambda layer, out: counts.setdefault(layer, mode.count),
+                         known=session.layers, stop=True)
+        per_model[key] = counts
+    return per_model[key]
+
+
+def max_pools_before(session, layer: str) -> list[str]:
+    """The max-poolings of the forward pass up to and including ``layer``: the layer ids of
+    pooling modules, and ``"max_pool2d (functional)"`` for pools written as function calls.
+
+    Every max-pool records *switches* (where each maximum was), so a deconvnet projection
+    through it depends on the image.
+    """
+    session.layer_info(layer)
+    n = _pool_counts(session).get(layer, 0)
+    names = []
+    for info in session.layer_table():
+        if len(names) < n and "maxpool" in info.kind.lower():
+            names.append(info.name)
+        if info.name == layer:
+            break
+    return names + ["max_pool2d (functional)"] * (n - len(names))
+
+
+def model_title(session) -> str:
+    """The model's name as a sentence says it ("EfficientNet-Lite0", "AlexNet", a user
+    module's class name)."""
+    name = session.entry.name
+    return _MODEL_NAMES.get(name, name)
+
+
+def default_rule(session, layer: str) -> str:
+    """The backward rule a projection of ``layer`` starts with: ``"deconvnet"`` when the model
+    max-pools before the layer, else ``"guided"``.
+
+    Without a max-pool there are no switches: the deconvnet's backward pass (rectify the
+    signal, transposed filters) never looks at the image, so its projection of a unit is the
+    same picture for every image, a view of the weights (Springenberg et al. 2015, *Striving
+    for Simplicity*). Guided backprop also gates by the forward pass, so it shows this image.
+    """
+    return "deconvnet" if max_pools_before(session, layer) else "guided"
+
+
+def rule_reason(session, layer: str) -> str:
+    """One line saying why :func:`default_rule` picks its rule for ``layer``, for a view."""
+    model, pools = model_title(session), max_pools_before(session, layer)
+    if pools:
+        shown = ", ".join(pools[:3]) + (" ..." if len(pools) > 3 else "")
+        return (f"{model} max-pools before {layer} ({shown}): the deconvnet unpools with this "
+                "image's switches, as in Zeiler & Fergus (2014)")
+    return (f"{model} has no max-pooling before {layer}: a deconvnet projection would show the "
+            "weights, the same for every image (Springenberg et al. 2015); guided backprop "
+            "gates by this image")
+
+
+def _map_stats(session, layer: str):
+    acts = session.activation(layer).detach().float().flatten(1).cpu()
+    hi, lo = acts.amax(1), acts.amin(1)
+    spread = (hi - lo) / torch.maximum(hi.abs(), lo.abs()).clamp(min=1e-30)
+    return acts.sum(1), hi, spread
+
+
+def informative_channel_choice(session, layer: str) -> tuple[int, str]:
+    """:func:`informative_channel` and the line saying how it was chosen."""
+    total, hi, spread = _map_stats(session, layer)
+    alive = hi > 0
+    good = alive & (spread >= NEGLIGIBLE_VARIATION)
+    n = int(total.numel())
+    if bool(good.any()):
+        c = int(torch.where(good, total, torch.full_like(total, -torch.inf)).argmax())
+        return c, (f"map {c}: the strongest (total activation) of the {int(good.sum())} of {n} "
+                   f"maps of {layer} that are alive and vary over this image")
+    if bool(alive.any()):
+        c = int(torch.where(alive, total, torch.full_like(total, -torch.inf)).argmax())
+        return c, (f"map {c}: no map of {layer} varies by {NEGLIGIBLE_VARIATION:.0%} over this "
+                   "image; the strongest live one")
+    c = int(total.argmax())
+    return c, f"map {c}: every map of {layer} is dead (at most 0) on this image"
+
+
+def informative_channel(session, layer: str) -> int:
+    """The map a view or notebook opens on at ``layer``: not dead, not flat on this image.
+
+    Among the maps whose largest activation is positive and whose variation over positions,
+    ``(max - min) / max(|max|, |min|)``, is at least :data:`NEGLIGIBLE_VARIATION`, the one of
+    largest total activation (the paper's Fig. 7 choice); else the strongest live map; else the
+    strongest. :func:`informative_channel_choice` also says which case applied.
+    """
+    return informative_channel_choice(session, layer)[0]
+
+
+def flat_map_note(values, threshold: float = NEGLIGIBLE_VARIATION) -> str | None:
+    """A line warning that a colour scale stretches a tiny variation to its full range, or
+    ``None`` when the values vary by at least ``threshold`` of their magnitude.
+
+    Parameters
+    ----------
+    values : array-like
+        The values a plot maps to colours (a feature map, an occlusion map ...).
+    threshold : float
+        Relative variation ``(max - min) / max(|max|, |min|)`` below which the map is flat.
+    """
+    v = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "no finite values to show"
+    lo, hi = float(v.min()), float(v.max())
+    if hi == lo:
+        return f"the map is constant ({hi:.4g}): its colours carry no information"
+    rel = (hi - lo) / max(abs(hi), abs(lo))
+    if rel >= threshold:
+        return None
+    return (f"the map varies by only {rel:.2%} ({lo:.4g} to {hi:.4g}): the colour scale "
+            "stretches that to its full range")

@@ -18,11 +18,13 @@ from torch import nn
 
 from ..data.datasets import ImageSource
 from ..errors import BadImageError, BadParameterError, DataError
-from .layers import forward_to, receptive_field_box
+from .layers import Geometry, forward_to, receptive_field_box
 from .mining.results import LayerTopK, MiningResult
+from .rfcrop import CropAudit, CropPlan, crop_plan, cut_crops, paste_crops
 from .rules import RuleMode, check_rule
 
-__all__ = ["Gallery", "Target", "gallery", "project", "projection_to_rgb"]
+__all__ = ["Gallery", "ProjectionCrop", "Target", "gallery", "normalisation_text", "project",
+           "projection_crop", "projection_to_rgb", "saturation_note"]
 
 
 class Target(NamedTuple):
@@ -53,13 +55,18 @@ def _signal(acts: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
 
 def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequence[Target],
             rule: str = "deconvnet", *, batch_size: int = 16, known: list[str] | None = None,
-            ) -> torch.Tensor:
+            geometry: Geometry | None = None, crop: bool | None = None,
+            reference: torch.Tensor | None = None) -> torch.Tensor:
     """Project activations of ``layer`` to input space, batched.
 
-    Each distinct image is run forward once (up to ``layer`` only). The targets are then arranged
-    in *rounds* holding at most one target per image, and each round goes down in one
-    backward pass over the retained graph: 9 units of one image cost one forward and 9
-    backward passes; the top units of 9 images cost one batch-9 forward and one backward.
+    With the layer's receptive-field ``geometry``, single units are projected on crops of the
+    input that hold their receptive fields (:mod:`zfwidgets.backend.rfcrop`): all the crops of a
+    batch go forward and backward together, each with its own unit, and the result equals the
+    whole-image projection (the crops keep the strides' phase and the network's own padding at
+    the image borders; a network doing anything non-local before ``layer`` falls back to the
+    whole image). Without it (or for whole maps), each distinct image is run forward once (up to
+    ``layer`` only) and the targets are arranged in *rounds* holding at most one target per
+    image, each round going down in one backward pass over the retained graph.
 
     Parameters
     ----------
@@ -76,24 +83,117 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
         At most this many targets are projected per forward/backward pass (bounds memory).
     known : list of str, optional
         Valid layer ids, for error messages.
+    geometry : Geometry, optional
+        The layer's receptive-field geometry (``LayerInfo.geometry``); needed for crops.
+    crop : bool or None
+        ``None`` (default): crop when that is cheaper than the whole image (a crop's area
+        times three passes against one forward per image and one backward per target);
+        ``True``: crop whenever the geometry allows it; ``False``: always the whole image.
+    reference : torch.Tensor, optional
+        The layer's activations ``[B, C, h, w]`` for ``inputs`` when already known: each crop's
+        forward is checked against them at its unit (all channels) and a unit that differs is
+        projected on the whole image instead.
 
     Returns
     -------
     torch.Tensor
-        ``[N, 3, H, W]`` projections, in input (normalized) space, one per target.
+        ``[N, 3, H, W]`` projections, in input (normalized) space, one per target (zero
+        outside the unit's receptive field).
     """
     check_rule(rule)
     targets = [Target(*t) for t in targets]
     out = []
     for start in range(0, len(targets), batch_size):
         out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size], rule,
-                                  known))
+                                  known, geometry, crop, reference))
     if not out:
         return inputs.new_zeros((0,) + tuple(inputs.shape[1:]))
     return torch.cat(out)
 
 
-def _project_chunk(model, inputs, layer, targets, rule, known):
+def _project_chunk(model, inputs, layer, targets, rule, known, geometry, crop, reference):
+    """One batch of targets: units on crops where that is exact and pays, the rest whole."""
+    units = [n for n, t in enumerate(targets) if t.y is not None]
+    done: dict[int, torch.Tensor] = {}
+    groups = [] if crop is False or not units else _crop_groups(
+        geometry, targets, units, inputs.shape[-2:], inputs.device)
+    if groups and (crop or _crop_pays(groups, [targets[n] for n in units])):
+        for members, plan in groups:
+            got = _project_crops(model, inputs, layer, [targets[n] for n in members], rule,
+                                 known, plan, reference)
+            if got is not None:
+                grads, ok = got
+                done.update((n, g) for n, g, good in zip(members, grads, ok) if good)
+    rest = [n for n in range(len(targets)) if n not in done]
+    if rest:
+        done.update(zip(rest, _project_whole(model, inputs, layer, [targets[n] for n in rest],
+                                             rule, known)))
+    return torch.stack([done[n] for n in range(len(targets))])
+
+
+def _crop_groups(geometry, targets, units, size, device) -> list[tuple[list[int], CropPlan]]:
+    """The units' crops, batched: on a GPU one batch of one size (the largest any unit needs);
+    on a CPU, where a batch runs no faster than its crops one by one, each unit at its own
+    smallest crop, units of equal crop size together (interior units all share one)."""
+    H, W = (int(v) for v in size)
+    if device.type != "cpu":
+        plan = crop_plan(geometry, [(targets[n].y, targets[n].x) for n in units], H, W)
+        return [] if plan is None else [(list(units), plan)]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for n in units:
+        plan = crop_plan(geometry, [(targets[n].y, targets[n].x)], H, W)
+        if plan is None:
+            return []
+        by_size.setdefault(plan.size, []).append(n)
+    return [(members, crop_plan(geometry, [(targets[n].y, targets[n].x) for n in members], H, W))
+            for members in by_size.values()]
+
+
+def _crop_pays(groups, targets: Sequence[Target]) -> bool:
+    """Whether crops beat the whole image: a forward and a backward on each crop, against one
+    forward per image and one backward per target on whole images (a backward to the input
+    measured about as long as the forward: bench/results/projection.md); work in proportion
+    to the pixels."""
+    images = len({t.index for t in targets})
+    crops = sum(len(members) * plan.area_ratio for members, plan in groups)
+    return 2 * crops <= 0.9 * (images + len(targets))
+
+
+def _project_crops(model, inputs, layer, targets, rule, known, plan: CropPlan, reference):
+    """Projections of single units on their crops, ``([N, 3, H, W], ok)``; ``None`` when the
+    network does something on the way that a crop would not reproduce."""
+    x = cut_crops(inputs.detach(), [t.index for t in targets], plan).requires_grad_(True)
+    audit = CropAudit(x)
+    with torch.enable_grad():
+        try:
+            with RuleMode(rule), audit:
+                acts = forward_to(model, x, layer, known)
+        except (RuntimeError, ValueError):  # the model needs its full input size
+            return None
+        h, w = acts.shape[-2:]
+        if not (audit.safe and audit.derived(acts)) or \
+                any(not (0 <= y < h and 0 <= x_ < w) for y, x_ in plan.units):
+            return None
+        a = acts.detach()
+        sig = torch.zeros_like(a)
+        ok = []
+        for n, (t, (y, x_)) in enumerate(zip(targets, plan.units)):
+            v = a[n, t.channel, y, x_]
+            sig[n, t.channel, y, x_] = v if v > 0 else 1.0
+            ok.append(reference is None or _matches(a[n, :, y, x_],
+                                                    reference[t.index, :, t.y, t.x]))
+        grad = torch.autograd.grad(acts, x, sig)[0]
+    return paste_crops(grad.detach(), plan), ok
+
+
+def _matches(got: torch.Tensor, want: torch.Tensor) -> bool:
+    want = want.to(got.device, got.dtype)
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
+
+
+def _project_whole(model, inputs, layer, targets, rule, known):
+    """Projections on whole images: one forward per image, one backward per round."""
     images = sorted({t.index for t in targets})
     slot = {b: i for i, b in enumerate(images)}
     rounds: list[int] = []            # round of each target
@@ -119,17 +219,20 @@ def _project_chunk(model, inputs, layer, targets, rule, known):
     return torch.stack([grads[r, slot[t.index]] for t, r in zip(targets, rounds)]).detach()
 
 
-def projection_to_rgb(projection: torch.Tensor | np.ndarray) -> np.ndarray:
+def projection_to_rgb(projection: torch.Tensor | np.ndarray, scale=None) -> np.ndarray:
     """Turn a projection ``[3, H, W]`` (or ``[N, 3, H, W]``) into displayable RGB in [0, 1].
 
-    Zero maps to mid-gray and the largest absolute value of each projection to 0 or 1, the
-    symmetric scaling of the paper's figures.
+    Zero maps to mid-gray and ``+-scale`` to 1 / 0 in each colour channel (values beyond are
+    clipped): the symmetric scaling of the paper's figures.
 
     Parameters
     ----------
     projection : torch.Tensor or numpy.ndarray
         One projection ``[3, H, W]`` or a batch ``[N, 3, H, W]`` in input (normalized) space,
         as returned by :func:`project` or :meth:`Session.project`.
+    scale : float or sequence of float, optional
+        The value that maps to full scale, one for all or one per projection of a batch;
+        default each projection's own largest absolute value.
 
     Returns
     -------
@@ -140,9 +243,167 @@ def projection_to_rgb(projection: torch.Tensor | np.ndarray) -> np.ndarray:
     single = p.dim() == 3
     if single:
         p = p[None]
-    scale = p.abs().flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
-    rgb = (0.5 + 0.5 * p / scale).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    if scale is None:
+        s = p.abs().flatten(1).amax(1)
+    else:
+        s = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).expand(p.shape[0])
+    s = s.clamp(min=1e-12)[:, None, None, None]
+    rgb = (0.5 + 0.5 * p / s).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     return rgb[0] if single else rgb
+
+
+# ============================================================================ receptive-field view
+
+@dataclass
+class ProjectionCrop:
+    """A projection at the scale of its receptive field, beside the image patch (the paper's
+    Fig. 2 shows projections this way), with the normalisation stated.
+
+    Attributes
+    ----------
+    layer, rule : str
+    channel : int
+    position : (int, int) or None
+        The unit; ``None`` for a whole map (then the box is the whole image).
+    value : float
+        The unit's activation (the map's largest for a whole map).
+    box : (int, int, int, int)
+        ``(top, left, bottom, right)`` in the model's input, bottom/right exclusive, clipped to
+        the image (the receptive field).
+    rf_size : (int, int) or None
+        The receptive field's size before clipping.
+    patch : numpy.ndarray
+        ``[h, w, 3]`` float32 in [0, 1]: what the unit sees.
+    projection : numpy.ndarray
+        ``[3, h, w]`` float32: the projection cut to the box, in the model's input space (the
+        projection of one unit is zero outside it).
+    rgb : numpy.ndarray
+        ``[h, w, 3]`` float32: ``projection`` as an image, with :attr:`scale`.
+    scale : float
+        The value shown at full scale: the largest absolute value of the crop (equal to the
+        whole projection's for a unit). 0 for a blank projection.
+    normalisation : str
+        One line stating the colour scale, for a caption.
+    note : str or None
+        Why the projection is blank, when it is (:func:`saturation_note`).
+    """
+
+    layer: str
+    channel: int
+    position: tuple[int, int] | None
+    rule: str
+    value: float
+    box: tuple[int, int, int, int]
+    rf_size: tuple[int, int] | None
+    patch: np.ndarray
+    projection: np.ndarray
+    rgb: np.ndarray
+    scale: float
+    normalisation: str
+    note: str | None
+
+
+def normalisation_text(scale: float) -> str:
+    """The caption of a projection shown with :func:`projection_to_rgb` at ``scale``."""
+    if scale <= 0:
+        return "blank: every value is exactly 0"
+    return (f"symmetric scale: 0 = mid-gray, +/-{scale:.3g} = full colour in each channel "
+            "(the largest |value| of the projection, in the model's input units)")
+
+
+def projection_crop(session, layer: str, channel: int, position: tuple[int, int] | None,
+                    rule: str | None = None) -> ProjectionCrop:
+    """The projection of one unit cut to its receptive field, beside the image patch.
+
+    Parameters
+    ----------
+    session : Session
+    layer : str
+    channel : int
+    position : (y, x) or None
+        The unit; ``None`` projects the whole map (the box is then the whole image).
+    rule : {"deconvnet", "guided", "gradient"}, optional
+        Default :meth:`Session.default_rule` of the layer.
+
+    Returns
+    -------
+    ProjectionCrop
+    """
+    rule = check_rule(rule or session.default_rule(layer))
+    proj = session.project(layer, channel, position, rule)
+    H, W = proj.shape[-2:]
+    info = session.layer_info(layer)
+    if position is None:
+        box, value = (0, 0, int(H), int(W)), float(session.activation(layer)[channel].max())
+        y = x = None
+    else:
+        y, x = (int(v) for v in position)
+        box, value = session.receptive_field(layer, y, x), float(
+            session.activation(layer)[channel, y, x])
+    t, left, b, r = box
+    crop = proj[:, t:b, left:r].detach().float().cpu().numpy()
+    scale = float(np.abs(crop).max()) if crop.size else 0.0
+    return ProjectionCrop(
+        layer=layer, channel=int(channel), position=None if y is None else (y, x), rule=rule,
+        value=value, box=tuple(int(v) for v in box), rf_size=info.rf_size,
+        patch=np.ascontiguousarray(session.display_image[t:b, left:r]), projection=crop,
+        rgb=projection_to_rgb(crop, scale=scale if scale > 0 else None), scale=scale,
+        normalisation=normalisation_text(scale),
+        note=saturation_note(session, layer, channel, y, x, rule, projection=proj))
+
+
+def _rectifier_cap(module: nn.Module) -> tuple[bool, float | None]:
+    """``(is a plain rectifier, upper bound)`` of a layer's module (ReLU6: ``(True, 6.0)``)."""
+    if isinstance(module, nn.Hardtanh):  # ReLU6 is one
+        return float(module.min_val) == 0.0, float(module.max_val)
+    if isinstance(module, nn.ReLU):
+        return True, None
+    if isinstance(module, nn.Threshold):
+        return float(module.threshold) == 0.0 and float(module.value) == 0.0, None
+    return False, None
+
+
+def saturation_note(session, layer: str, channel: int, y: int | None, x: int | None,
+                    rule: str, projection: torch.Tensor | None = None) -> str | None:
+    """Why the ``rule`` projection of a unit is blank, in one line, or ``None`` when it is not.
+
+    A rectifier passes no gradient where it is flat: above ReLU6's cap (the unit is saturated
+    at 6) and below 0 (the unit is dead). So the plain gradient of a saturated unit, and the
+    gradient and guided backprop of a dead one, are exactly 0. Given the ``projection``, a
+    blank one is also explained when the cause lies deeper: every path down meets a rectifier
+    that stops the signal (flat there, or, for guided backprop and the deconvnet, which pass
+    only positive signals, a negative one).
+
+    Parameters
+    ----------
+    session : Session
+    layer : str
+    channel : int
+    y, x : int or None
+        The unit (``None``: a whole map, judged from ``projection`` only).
+    rule : {"deconvnet", "guided", "gradient"}
+    projection : torch.Tensor, optional
+        The projection shown.
+    """
+    check_rule(rule)
+    if y is not None:
+        value = float(session.activation(layer)[channel, int(y), int(x)])
+        plain, cap = _rectifier_cap(session.layer_module(layer))
+        kind = session.layer_info(layer).kind
+        if plain and cap is not None and value >= cap and rule == "gradient":
+            return (f"blank: the unit is saturated at {cap:g} ({kind}'s cap), so its gradient "
+                    "is exactly 0; guided backprop and the deconvnet still show what drives it")
+        if plain and value <= 0 and rule in ("gradient", "guided"):
+            return (f"blank: the unit is dead here ({kind} outputs 0 for its input <= 0 and "
+                    "passes no gradient); the deconvnet, which ignores that gate, still shows "
+                    "what it responds to")
+    if projection is not None and not bool(torch.as_tensor(projection).any()):
+        blocks = {"gradient": "a rectifier flat there (a dead or saturated unit)",
+                  "guided": "a dead unit or a negative signal",
+                  "deconvnet": "a rectifier meeting a negative signal"}[rule]
+        return (f"blank: on every path from this unit down to the image, {blocks} stops the "
+                "signal, so the projection is exactly 0")
+    return None
 
 
 # ============================================================================ gallery
@@ -177,6 +438,13 @@ class Gallery:
         image.
     views : numpy.ndarray
         ``[n, H, W, 3]`` float32 in [0, 1]: the model's view of each hit's whole image.
+    pre_values : numpy.ndarray or None
+        ``[n]`` the hits' pre-activations (a rectifier layer's input), which rank hits of equal
+        value (many read 6.00 on a ReLU6 network); the values themselves for other layers.
+    scales : numpy.ndarray or None
+        ``[n]`` the largest absolute value of each projection crop: what
+        ``projection_to_rgb(projections[j], scale=scales[j])`` shows at full colour (0 for a
+        blank projection); :func:`normalisation_text` words it for a caption.
     """
 
     layer: str
@@ -190,6 +458,8 @@ class Gallery:
     patches: list[np.ndarray]
     projections: list[np.ndarray]
     views: np.ndarray
+    pre_values: np.ndarray | None = None
+    scales: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -200,8 +470,9 @@ def gallery(session, result: MiningResult | LayerTopK, layer: str | None = None,
             source: ImageSource | None = None) -> Gallery:
     """Patches and projections of the top hits of one feature map (the paper's Fig. 2).
 
-    All projections are computed in one batched backward pass through
-    :func:`zfwidgets.backend.project.project`.
+    All projections are computed in one batched pass through
+    :func:`zfwidgets.backend.project.project`, each on a crop of its image that holds the
+    unit's receptive field (exactly the whole-image projection, cut to the box).
 
     Parameters
     ----------
@@ -252,7 +523,10 @@ def gallery(session, result: MiningResult | LayerTopK, layer: str | None = None,
                    names=[source.name(img) for _, img, _, _ in hits],
                    positions=[(y, x) for _, _, y, x in hits], boxes=boxes, patches=patches,
                    projections=projections,
-                   views=np.stack(hit_views) if hit_views else np.zeros((0, h_in, w_in, 3), np.float32))
+                   views=np.stack(hit_views) if hit_views else np.zeros((0, h_in, w_in, 3), np.float32),
+                   pre_values=np.array(top.pre_activations(channel)[:len(hits)], np.float32),
+                   scales=np.array([float(np.abs(p).max()) if p.size else 0.0
+                                    for p in projections], np.float32))
 
 
 def _mined_layer(session, result: MiningResult | LayerTopK, layer: str | None,
@@ -291,5 +565,6 @@ def _project_hits(session, source: ImageSource, layer: str, channel: int, hits, 
                             f"read any more: {exc}") from exc
     inputs = torch.stack(tensors).to(getattr(session, "device", torch.device("cpu")))
     targets = [Target(uniq.index(img), channel, y, x) for _, img, y, x in hits]
-    proj = project(session.model, inputs, layer, targets, rule, known=session.layers)
+    proj = project(session.model, inputs, layer, targets, rule, known=session.layers,
+                   geometry=session.layer_info(layer).geometry)
     return pre.denormalize(inputs).permute(0, 2, 3, 1).cpu().numpy(), proj

@@ -406,7 +406,8 @@ class Session:
         if todo:
             result = project(self.model, self.input_tensor, layer,
                              [Target(0, k[1], *(k[2] or (None, None))) for k in todo], rule,
-                             known=self.layers)
+                             known=self.layers, geometry=self.layer_info(layer).geometry,
+                             reference=self._rec().activations[layer])
             for key, p in zip(todo, result):
                 self._projections[key] = p
                 while len(self._projections) > 256:
@@ -414,6 +415,21 @@ class Session:
         for key in targets:
             self._projections.move_to_end(key)
         return torch.stack([self._projections[k] for k in targets])
+
+    # ------------------------------------------------------------------ rule choice (defaults)
+    def default_rule(self, layer: str) -> str:
+        """The backward rule a view of ``layer`` starts with; see
+        :func:`zfwidgets.backend.defaults.default_rule`."""
+        from .defaults import default_rule
+
+        return default_rule(self, layer)
+
+    def rule_reason(self, layer: str) -> str:
+        """One line saying why :meth:`default_rule` picks its rule; see
+        :func:`zfwidgets.backend.defaults.rule_reason`."""
+        from .defaults import rule_reason
+
+        return rule_reason(self, layer)
 
     def occlusion(self, size: int = 32, stride: int = 8, target: int | None = None,
                   layer: str | None = None, fill: str | float = "gray", **kwargs):

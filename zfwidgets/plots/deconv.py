@@ -4,6 +4,8 @@
 percentile); :func:`deconv_panel_figure` draws the three panels and :func:`update_deconv_panel`
 changes them in place (``set_data`` on the images, ``set_xy`` on the boxes);
 :func:`deconv_titles` words the panel titles for a layer, a rule and a scope.
+:func:`rf_crop_figure` shows a projection at the scale of its receptive field beside the image
+patch, with its colour scale stated (:func:`update_rf_crop_figure` changes it in place).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from matplotlib.patches import Rectangle
 
 from .base import HIGHLIGHT_COLOR, new_figure
 
-__all__ = ["DeconvPanel", "deconv_panel_figure", "deconv_titles", "projection_image",
-           "update_deconv_panel"]
+__all__ = ["DeconvPanel", "RFCropPanel", "deconv_panel_figure", "deconv_titles",
+           "projection_image", "rf_crop_figure", "update_deconv_panel", "update_rf_crop_figure"]
 
 
 def projection_image(projection, percentile: float | None = 99.5) -> np.ndarray:
@@ -188,3 +190,106 @@ def deconv_titles(info, rule: str, scope: str) -> tuple[str, str, str]:
     rf_text = "?" if rf is None else (str(rf[0]) if rf[0] == rf[1] else f"{rf[0]}x{rf[1]}")
     what = "whole map" if scope == "map" else "strongest unit"
     return (f"image, receptive field {rf_text}px", f"{rule}: {what}", "receptive-field crop")
+
+
+# ============================================================================ receptive-field scale
+
+@dataclass
+class RFCropPanel:
+    """Artists of :func:`rf_crop_figure`: image patch | projection crop | colour scale.
+
+    Attributes
+    ----------
+    fig : Figure
+    axes : list of Axes
+        ``[patch, projection, scale bar]``.
+    patch, projection, bar : AxesImage
+    titles : list of Text
+        The two panel titles.
+    caption : Text
+        The stated normalisation (or why the projection is blank).
+    """
+
+    fig: Figure
+    axes: list
+    patch: object
+    projection: object
+    bar: object
+    titles: list
+    caption: object
+
+
+_BAR = np.repeat(np.linspace(1.0, 0.0, 129)[:, None, None], 3, axis=2)  # +scale on top
+
+
+def _rf_texts(crop) -> tuple[str, str, str, list[str]]:
+    t, left, b, r = crop.box
+    caption = crop.note or crop.normalisation
+    rf = getattr(crop, "rf_size", None)
+    if rf is not None and tuple(rf) != (b - t, r - left):
+        caption += f"; receptive field {rf[0]}x{rf[1]} px, clipped at the image border"
+    where = "whole map" if crop.position is None else f"unit {tuple(crop.position)}"
+    s = float(crop.scale)
+    ticks = [f"+{s:.3g}", "0", f"-{s:.3g}"] if s > 0 else ["", "0", ""]
+    return f"image patch {b - t}x{r - left} px", f"{crop.rule}: {where}", caption, ticks
+
+
+def rf_crop_figure(crop, *, fig: Figure | None = None, size: tuple[float, float] = (5.4, 2.9),
+                   dpi: float = 100) -> tuple[Figure, RFCropPanel]:
+    """A projection at the scale of its receptive field beside the image patch, with its
+    colour scale.
+
+    The paper's Fig. 2 shows projections cropped to the unit's receptive field next to the
+    patch that drives it; at low layers the whole-image projection is a dot on a gray square.
+
+    Parameters
+    ----------
+    crop : ProjectionCrop
+        From :func:`zfwidgets.backend.project.projection_crop` (``patch``, ``rgb``, ``box``,
+        ``scale``, ``normalisation``, ``note``, ``rule``, ``position``).
+    fig : Figure, optional
+        Draw into this figure (cleared first).
+    size : (float, float)
+        Figure size in inches.
+    dpi : float
+
+    Returns
+    -------
+    (Figure, RFCropPanel)
+        Change it with :func:`update_rf_crop_figure`.
+    """
+    fig = new_figure(fig, size, dpi)
+    grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 0.06), left=0.02, right=0.88,
+                            bottom=0.2, top=0.86, wspace=0.08)
+    axes = [fig.add_subplot(grid[0, j]) for j in range(3)]
+    titles_text = _rf_texts(crop)
+    images = []
+    for ax, data in zip(axes[:2], (crop.patch, crop.rgb)):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        images.append(ax.imshow(np.clip(data, 0, 1), interpolation="nearest"))
+    bar = axes[2].imshow(_BAR, aspect="auto", interpolation="nearest")
+    axes[2].set_xticks([])
+    axes[2].yaxis.tick_right()
+    axes[2].set_yticks([0, 64, 128])
+    axes[2].set_yticklabels(titles_text[3], fontsize=7)
+    titles = [ax.set_title(t, fontsize=8.5) for ax, t in zip(axes[:2], titles_text[:2])]
+    caption = fig.text(0.02, 0.03, titles_text[2], fontsize=7.5, va="bottom", wrap=True,
+                       color="#b22222" if crop.note else "0.2")
+    return fig, RFCropPanel(fig, axes, images[0], images[1], bar, titles, caption)
+
+
+def update_rf_crop_figure(handle: RFCropPanel, crop, *, draw: bool = True) -> RFCropPanel:
+    """Show another :class:`~zfwidgets.backend.project.ProjectionCrop` in a
+    :func:`rf_crop_figure` (``set_data`` on the images, new titles, ticks and caption)."""
+    patch_title, proj_title, caption, ticks = _rf_texts(crop)
+    _show(handle.patch, handle.axes[0], np.clip(crop.patch, 0, 1))
+    _show(handle.projection, handle.axes[1], np.clip(crop.rgb, 0, 1))
+    handle.axes[2].set_yticklabels(ticks, fontsize=7)
+    handle.titles[0].set_text(patch_title)
+    handle.titles[1].set_text(proj_title)
+    handle.caption.set_text(caption)
+    handle.caption.set_color("#b22222" if crop.note else "0.2")
+    if draw:
+        handle.fig.canvas.draw_idle()
+    return handle

@@ -4,9 +4,10 @@ For every channel of every requested layer, :func:`mine` keeps the ``k`` stronge
 seen over a whole data set: their values, the image id and the position ``(y, x)`` in the
 feature map. The data is streamed once, one forward pass per batch for all layers together, and
 the forward pass stops as soon as the deepest requested layer has been computed. Hits are ranked
-by a total order (value descending, then image, y, x ascending), so the result does not depend
-on the batch size, the order of the batches or the split into shards, and :func:`merge` of shard
-results is exact. Memory is ``O(layers x channels x k)`` whatever the number of images.
+by a total order (value descending, then pre-activation descending, then image, y, x ascending),
+so the result does not depend on the batch size, the order of the batches or the split into
+shards, and :func:`merge` of shard results is exact. The pre-activation (a rectifier layer's
+input) ranks the many exact ties of saturating rectifiers (ReLU6 at 6, dead units at 0). Memory is ``O(layers x channels x k)`` whatever the number of images.
 
 ``per_image=1`` (the default) keeps at most one hit per image and channel, its strongest
 position, as the paper's galleries show nine different images; ``per_image=m`` allows up to

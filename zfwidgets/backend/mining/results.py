@@ -48,6 +48,10 @@ class LayerTopK:
         ``[C, k]`` int64 positions in the feature map; ``-1`` in unused slots.
     shape : tuple of int
         The layer's output shape ``(C, H, W)``.
+    pre : torch.Tensor or None
+        ``[C, k]`` float32 pre-activations of the hits (the rectifier's input for a layer that
+        is a rectifier module's output, else the values): they rank hits of equal value
+        (see :mod:`zfwidgets.backend.mining.topk`). ``None`` in results saved without them.
     """
 
     layer: str
@@ -56,6 +60,7 @@ class LayerTopK:
     y: torch.Tensor
     x: torch.Tensor
     shape: tuple[int, int, int]
+    pre: torch.Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -76,16 +81,26 @@ class LayerTopK:
         return [(float(self.values[c, j]), int(self.image[c, j]), int(self.y[c, j]),
                  int(self.x[c, j])) for j in range(self.k) if int(self.image[c, j]) >= 0]
 
+    def pre_activations(self, channel: int) -> list[float]:
+        """The pre-activations of :meth:`hits` ``(channel)``, in the same order (the values
+        themselves when none were recorded)."""
+        pre = self.values if self.pre is None else self.pre
+        n = len(self.hits(channel))
+        return [float(v) for v in pre[int(channel), :n]]
+
     def to_state(self) -> dict:
         """Plain data (tensors, strings, numbers)."""
-        return {"layer": self.layer, "values": self.values, "image": self.image, "y": self.y,
-                "x": self.x, "shape": list(self.shape)}
+        state = {"layer": self.layer, "values": self.values, "image": self.image, "y": self.y,
+                 "x": self.x, "shape": list(self.shape)}
+        if self.pre is not None:
+            state["pre"] = self.pre
+        return state
 
     @classmethod
     def from_state(cls, s: dict) -> LayerTopK:
         """Inverse of :meth:`to_state`."""
         return cls(s["layer"], s["values"], s["image"], s["y"], s["x"],
-                   tuple(int(v) for v in s["shape"]))
+                   tuple(int(v) for v in s["shape"]), pre=s.get("pre"))
 
 
 @dataclass

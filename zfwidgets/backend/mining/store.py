@@ -48,7 +48,8 @@ __all__ = ["FORMAT_VERSION", "MiningStore", "atomic_save", "check_file_writable"
            "check_writable", "safe_load", "storage_error"]
 
 #: Version of the cache / result file layout; bumping it invalidates old cache files.
-FORMAT_VERSION = 1
+#: 2: hits of equal value are ranked by their pre-activation (``LayerTopK.pre``).
+FORMAT_VERSION = 2
 
 #: Bytes written (and removed) by :func:`check_writable` to find out whether a folder takes data.
 PROBE_BYTES = 64 << 10
