@@ -169,13 +169,18 @@ def _checkpoint_parser(shapes: dict[str, tuple[int, int, int]], k: int, total: i
         for layer, shape in saved.items():
             if tuple(int(v) for v in shape) != shapes[layer]:
                 raise ValueError(f"layer {layer!r} has shape {shape}, not {shapes[layer]}")
-        for layer, (values, image, pos) in states.items():
+        for layer, state_tensors in states.items():
             c = shapes[layer][0]
-            for t, dtype in ((values, torch.float32), (image, torch.int64), (pos, torch.int64)):
+            if len(state_tensors) != 4:
+                raise ValueError(f"the state of layer {layer!r} has {len(state_tensors)} parts")
+            values, pre, image, pos = state_tensors
+            kinds = ((values, torch.float32), (pre, torch.float32), (image, torch.int64),
+                     (pos, torch.int64))
+            for t, dtype in kinds:
                 if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.dim() != 2 or \
                         t.shape[0] != c or t.shape[1] > k or t.shape != values.shape:
-                    raise ValueError(f"the state of layer {layer!r} is not three [{c}, <={k}] "
-                                     "tensors")
+                    raise ValueError(f"the state of layer {layer!r} is not [{c}, <={k}] "
+                                     "tensors (values, pre-activations, images, positions)")
         snapshot = {"states": states, "shapes": saved}
         return position, batch, threads, snapshot, Tally.from_state(state)
     return parse
