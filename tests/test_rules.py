@@ -414,18 +414,30 @@ def test_each_rectifier_form_against_its_hand_written_backward(name, rule):
         assert not torch.equal(got, plain_dx)
 
 
-@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("name", list(NOT_RECTIFIERS))
-def test_other_bounds_keep_their_own_derivative_under_every_rule(name, rule):
+def test_other_bounds_keep_their_own_derivative_under_the_gradient(name):
     """hardtanh(-1, 1), threshold(0.5, 0), clamp(min=-1) ... are not rectifiers at 0: no rule
-    rectifies their backward signal; it is the op's ordinary derivative."""
+    treats them as one. The gradient goes through with the op's ordinary derivative."""
     call = NOT_RECTIFIERS[name]
     x = _rectifier_input(3)
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
-    y, got, _, replaced = _backward(call, x, g, rule)
+    y, got, _, replaced = _backward(call, x, g, "gradient")
     want_y, want, _, _ = _backward(call, x, g)
     assert replaced == 0
     torch.testing.assert_close(y, want_y, rtol=0, atol=0)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert not torch.equal(got, g.clamp(min=0))             # not treated as deconvnet
     assert not torch.equal(got, g.clamp(min=0) * (x > 0))   # nor as guided
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+@pytest.mark.parametrize("name", list(NOT_RECTIFIERS))
+def test_other_bounds_are_refused_by_deconvnet_and_guided(name, rule):
+    """... and the deconvnet and guided rules are not defined through them: refused (issue 10:
+    they used to pass with their plain derivative), naming the op."""
+    call = NOT_RECTIFIERS[name]
+    leaf = _rectifier_input(3).requires_grad_(True)
+    inp = leaf * 1.0
+    with pytest.raises(UnsupportedModelError, match=r"applies (hardtanh|threshold|clamp)"):
+        with RuleMode(rule, inputs=inp):
+            call(inp)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data.datasets import ImageSource
 from ..errors import BadImageError, BadParameterError, DataError
-from .layers import forward_to, receptive_field_box
+from .layers import Layout, forward_to, model_dtype, receptive_field_box
 from .mining.results import LayerTopK, MiningResult
 from .rules import RuleMode, check_rule
 
@@ -53,7 +53,7 @@ def _signal(acts: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
 
 def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequence[Target],
             rule: str = "deconvnet", *, batch_size: int = 16, known: list[str] | None = None,
-            ) -> torch.Tensor:
+            layout: Layout | None = None) -> torch.Tensor:
     """Project activations of ``layer`` to input space, batched.
 
     Each distinct image is run forward once (up to ``layer`` only). The targets are then arranged
@@ -76,24 +76,27 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
         At most this many targets are projected per forward/backward pass (bounds memory).
     known : list of str, optional
         Valid layer ids, for error messages.
+    layout : Layout, optional
+        The layer's :attr:`~zfwidgets.backend.layers.LayerInfo.layout` (a token or
+        channels-last layer); the signal is built in map space (:func:`~.layers.as_maps`).
 
     Returns
     -------
     torch.Tensor
-        ``[N, 3, H, W]`` projections, in input (normalized) space, one per target.
+        ``[N, C, H, W]`` projections, in input (normalized) space, one per target.
     """
     check_rule(rule)
     targets = [Target(*t) for t in targets]
     out = []
     for start in range(0, len(targets), batch_size):
         out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size], rule,
-                                  known))
+                                  known, layout))
     if not out:
         return inputs.new_zeros((0,) + tuple(inputs.shape[1:]))
     return torch.cat(out)
 
 
-def _project_chunk(model, inputs, layer, targets, rule, known):
+def _project_chunk(model, inputs, layer, targets, rule, known, layout):
     images = sorted({t.index for t in targets})
     slot = {b: i for i, b in enumerate(images)}
     rounds: list[int] = []            # round of each target
@@ -102,10 +105,10 @@ def _project_chunk(model, inputs, layer, targets, rule, known):
         rounds.append(seen.get(t.index, 0))
         seen[t.index] = rounds[-1] + 1
     n_rounds = max(rounds) + 1
-    x = inputs[images].detach().clone().requires_grad_(True)
+    x = inputs[images].detach().to(dtype=model_dtype(model)).requires_grad_(True)
     with torch.enable_grad():
         with RuleMode(rule):
-            acts = forward_to(model, x, layer, known)
+            acts = forward_to(model, x, layer, known, layout)
         a = acts.detach()
         sig = torch.zeros((n_rounds,) + tuple(a.shape), dtype=a.dtype, device=a.device)
         for t, r in zip(targets, rounds):
@@ -140,6 +143,8 @@ def projection_to_rgb(projection: torch.Tensor | np.ndarray) -> np.ndarray:
     single = p.dim() == 3
     if single:
         p = p[None]
+    if p.shape[1] == 1:  # a gray model's projection, shown gray
+        p = p.expand(-1, 3, -1, -1)
     scale = p.abs().flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
     rgb = (0.5 + 0.5 * p / scale).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     return rgb[0] if single else rgb
@@ -291,5 +296,6 @@ def _project_hits(session, source: ImageSource, layer: str, channel: int, hits, 
                             f"read any more: {exc}") from exc
     inputs = torch.stack(tensors).to(getattr(session, "device", torch.device("cpu")))
     targets = [Target(uniq.index(img), channel, y, x) for _, img, y, x in hits]
-    proj = project(session.model, inputs, layer, targets, rule, known=session.layers)
-    return pre.denormalize(inputs).permute(0, 2, 3, 1).cpu().numpy(), proj
+    proj = project(session.model, inputs, layer, targets, rule, known=session.layers,
+                   layout=session.layer_info(layer).layout)
+    return pre.to_rgb(inputs).permute(0, 2, 3, 1).cpu().numpy(), proj

@@ -14,14 +14,14 @@ running state into a :class:`~zfwidgets.backend.mining.LayerTopK`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ...errors import BadParameterError, UnknownLayerError
-from ..layers import run_captured, scoped_eval
+from ..layers import Layout, model_dtype, run_captured, scoped_eval
 from .results import MAX_SKIPPED_KEPT, LayerTopK, MiningResult
 
 __all__ = ["Miner", "candidates", "check_k", "check_per_image", "finish", "merge",
@@ -166,6 +166,9 @@ class Miner:
         At most this many hits per image and channel (``None``: no limit).
     known : sequence of str, optional
         Valid layer ids, for error messages.
+    layouts : mapping of str to Layout, optional
+        The layers' :attr:`~zfwidgets.backend.layers.LayerInfo.layout` (token and
+        channels-last layers are mined as maps, :func:`~zfwidgets.backend.layers.as_maps`).
 
     Examples
     --------
@@ -176,8 +179,10 @@ class Miner:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], k: int = 9,
-                 per_image: int | None = 1, known: Sequence[str] | None = None):
+                 per_image: int | None = 1, known: Sequence[str] | None = None,
+                 layouts: Mapping[str, Layout | None] | None = None):
         self.model = model
+        self.layouts = dict(layouts or {})
         self.layers = list(dict.fromkeys(layers))
         if not self.layers:
             raise BadParameterError("no layers to mine")
@@ -201,7 +206,8 @@ class Miner:
             seen.add(layer)
             each(layer, out)
 
-        run_captured(self.model, x, self.layers, on_output, known=self.known)
+        run_captured(self.model, x.to(model_dtype(self.model)), self.layers, on_output,
+                     known=self.known, layouts=self.layouts)
         self.forward_passes += 1
         missing = [layer for layer in self.layers if layer not in seen]
         if missing:
