@@ -368,10 +368,10 @@ class GeometryMode(TorchFunctionMode):
     def _windowed(self, func, args, kwargs, out, sx) -> Spatial | None:
         x = args[0]
         nd = x.dim()
+        grid = tuple(out.shape[-2:])
         if sx.tokens or sx.axes != (nd - 2, nd - 1) or any(
                 t is not x and t in self._table for t in tensors_in(args[1:])):
-            return None
-        grid = tuple(out.shape[-2:])
+            return Spatial((nd - 2, nd - 1), grid, 0, None)  # maps of something else
         if func in _CONV:
             g = _conv(sx.geometry, args, kwargs)
         elif func in _ADAPTIVE:
