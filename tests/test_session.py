@@ -237,6 +237,8 @@ def test_a_gray_model_just_works_and_is_shown_in_rgb():
     # wrap_model reads the channel count from the first convolution
     s = zf.Session(net, zf.load_sample("coffee"))
     assert s.preprocessing.channels == 1 and s.input_tensor.shape[1] == 1
+    with pytest.raises(BadParameterError, match=r"channels=1"):  # a 3-channel preprocessing
+        zf.Session(net, preprocessing=zf.Preprocessing(size=28)).layers
 
 
 def test_a_model_without_maps_says_what_is_missing():

@@ -27,7 +27,31 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .ops import FACTORIES, TensorTable, call_arg, op_name, pool_args, tensors_in, torch_funcs
+from .ops import (
+    ADAPTIVE,
+    ALONG_DIM,
+    AVG_POOL,
+    CAT,
+    FACTORIES,
+    GEO_CONV,
+    GETITEM,
+    LAST_DIMS,
+    MAX_POOL,
+    PAD,
+    PER_POSITION,
+    PERMUTE,
+    RESHAPE,
+    SPATIAL_MIX,
+    SPLIT,
+    STACK,
+    UNBIND,
+    TensorTable,
+    call_arg,
+    is_pointwise,
+    op_name,
+    pool_args,
+    tensors_in,
+)
 
 __all__ = ["IDENTITY", "Geometry", "GeometryMode", "Spatial"]
 
@@ -154,59 +178,6 @@ def _adaptive(g: Geometry | None, ins, outs) -> Geometry | None:
     return _window(g, k, k, 0, 1)
 
 
-# --------------------------------------------------------------------------- op vocabulary
-
-_CONV = torch_funcs("conv2d")
-_MAX_POOL = torch_funcs("max_pool2d", "max_pool2d_with_indices")
-_AVG_POOL = torch_funcs("avg_pool2d")
-_ADAPTIVE = torch_funcs("adaptive_avg_pool2d", "adaptive_max_pool2d",
-                        "adaptive_max_pool2d_with_indices")
-_PAD = torch_funcs("pad", "constant_pad_nd")
-_RESHAPE = torch_funcs("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
-                       "view_as", "reshape_as", "squeeze_", "unsqueeze_")
-_PERMUTE = torch_funcs("permute", "transpose", "transpose_", "swapaxes", "swapdims", "t",
-                       "movedim", "moveaxis")
-_CAT = torch_funcs("cat", "concat", "concatenate")
-_STACK = torch_funcs("stack")
-_SPLIT = torch_funcs("chunk", "split", "split_with_sizes", "tensor_split", "unbind")
-_GETITEM = torch_funcs("__getitem__", "narrow", "select")
-# along some dims (argument "dim"): per position when those dims are not the grid's
-_ALONG_DIM = torch_funcs("mean", "sum", "amax", "amin", "max", "min", "softmax",
-                         "log_softmax", "normalize", "nanmean", "logsumexp", "std", "var",
-                         "norm", "argmax", "argmin", "cumsum")
-_LAST_DIMS = torch_funcs("layer_norm", "linear", "rms_norm")       # over the last dim(s)
-_SPATIAL_MIX = torch_funcs("group_norm", "instance_norm", "interpolate", "upsample",
-                           "upsample_nearest", "upsample_bilinear", "roll", "flip",
-                           "pixel_shuffle", "pixel_unshuffle", "conv_transpose2d",
-                           "grid_sample", "rot90")
-# pointwise or per position, besides what aten tags as pointwise
-_PER_POSITION = torch_funcs(
-    "batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-    "feature_alpha_dropout", "hardswish", "hardswish_", "prelu", "logsigmoid", "log_sigmoid",
-    "to", "float", "double", "half", "bfloat16", "type", "type_as", "contiguous", "clone",
-    "detach", "detach_", "requires_grad_", "channel_shuffle", "native_channel_shuffle",
-    "local_response_norm", "expand", "expand_as", "broadcast_to", "rrelu", "glu")
-
-_POINTWISE_CACHE: dict = {}
-
-
-def _is_pointwise(func) -> bool:
-    """Whether aten tags ``func``'s op as pointwise (looked up by name, cached)."""
-    hit = _POINTWISE_CACHE.get(func)
-    if hit is None:
-        name = op_name(func).strip("_")
-        packet = getattr(torch.ops.aten, name, None)
-        tags = set()
-        if packet is not None:
-            try:
-                for overload in packet.overloads():
-                    tags |= set(getattr(packet, overload).tags)
-            except Exception:  # noqa: BLE001 - not an op packet
-                tags = set()
-        hit = _POINTWISE_CACHE[func] = torch.Tag.pointwise in tags
-    return hit
-
-
 def _dims(value, ndim: int) -> list[int] | None:
     """``dim`` argument(s) as non-negative ints; ``None`` for "all dims"."""
     if value is None:
@@ -293,17 +264,17 @@ class GeometryMode(TorchFunctionMode):
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         sx = self._table.get(x) if x is not None else None
         first = out[0] if isinstance(out, (tuple, list)) else out
-        if func in _CAT or func in _STACK:
+        if func in CAT or func in STACK:
             return self._join(func, args, kwargs, first)
-        if func in _SPLIT:
+        if func in SPLIT:
             return self._split(func, args, kwargs, out, sx)
-        if sx is not None and func in _ALONG_DIM:
+        if sx is not None and func in ALONG_DIM:
             dim = call_arg(args, kwargs, 2, "dim", 1) if func is F.normalize else \
                 call_arg(args, kwargs, 1, "dim", None)
             return _along(sx, x, first, _dims(dim, x.dim()))
-        if func in _PER_POSITION or _is_pointwise(func):
+        if func in PER_POSITION or is_pointwise(func):
             return self._pointwise(derived, first)
-        windowed = func in _CONV or func in _MAX_POOL or func in _AVG_POOL or func in _ADAPTIVE
+        windowed = func in GEO_CONV or func in MAX_POOL or func in AVG_POOL or func in ADAPTIVE
         if windowed and sx is None and x is not None and x in self._table and x.dim() == 4:
             # a 2-d convolution or pool makes [N, C, H, W] maps of whatever it reads: the grid
             # is its last two axes, what each unit sees is not known
@@ -312,19 +283,19 @@ class GeometryMode(TorchFunctionMode):
             return self._same_shape(derived, first)
         if windowed:
             return self._windowed(func, args, kwargs, first, sx)
-        if func in _PAD:
+        if func in PAD:
             return self._pad(args, kwargs, first, sx)
-        if func in _RESHAPE:
+        if func in RESHAPE:
             return _reshaped(sx, tuple(x.shape), tuple(first.shape))
-        if func in _PERMUTE:
+        if func in PERMUTE:
             return _permuted(func, args, sx, x.dim(), first)
-        if func in _GETITEM:
+        if func in GETITEM:
             return _indexed(func, args, kwargs, sx, x, first)
-        if func in _LAST_DIMS:
+        if func in LAST_DIMS:
             k = 1 if func is F.linear else \
                 len(_pair_tuple(call_arg(args, kwargs, 1, "normalized_shape", (0,))))
             return _along(sx, x, first, list(range(x.dim() - k, x.dim())))
-        if func in _SPATIAL_MIX:
+        if func in SPATIAL_MIX:
             return self._same_layout(derived, first)
         return self._same_shape(derived, first)
 
@@ -372,12 +343,12 @@ class GeometryMode(TorchFunctionMode):
         if sx.tokens or sx.axes != (nd - 2, nd - 1) or any(
                 t is not x and t in self._table for t in tensors_in(args[1:])):
             return Spatial((nd - 2, nd - 1), grid, 0, None)  # maps of something else
-        if func in _CONV:
+        if func in GEO_CONV:
             g = _conv(sx.geometry, args, kwargs)
-        elif func in _ADAPTIVE:
+        elif func in ADAPTIVE:
             g = _adaptive(sx.geometry, tuple(x.shape[-2:]), grid)
         else:
-            g = _window(sx.geometry, *pool_args(args, kwargs, has_dilation=func in _MAX_POOL))
+            g = _window(sx.geometry, *pool_args(args, kwargs, has_dilation=func in MAX_POOL))
         return Spatial(sx.axes, grid, 0, g)
 
     def _pad(self, args, kwargs, out, sx) -> Spatial | None:
@@ -399,14 +370,14 @@ class GeometryMode(TorchFunctionMode):
     def _join(self, func, args, kwargs, out):
         pieces = list(call_arg(args, kwargs, 0, "tensors", ()))
         nd = pieces[0].dim()
-        d = int(call_arg(args, kwargs, 1, "dim", 0)) % (nd + (func in _STACK))
+        d = int(call_arg(args, kwargs, 1, "dim", 0)) % (nd + (func in STACK))
         tracked = [(i, t, self._table.get(t)) for i, t in enumerate(pieces) if t in self._table]
         if any(s is None for _, _, s in tracked):
             return None
         s0 = tracked[0][2]
         if any((s.axes, s.offset) != (s0.axes, s0.offset) for _, _, s in tracked):
             return None
-        if func in _STACK:
+        if func in STACK:
             axes = tuple(a + (a >= d) for a in s0.axes)
             return Spatial(axes, s0.grid, s0.offset, _union(s.geometry for _, _, s in tracked))
         if d not in s0.axes:
@@ -423,10 +394,9 @@ class GeometryMode(TorchFunctionMode):
             return None
         nd = x.dim()
         default = 0
-        d = int(call_arg(args, kwargs, 2 if func is not torch.unbind and
-                         func is not torch.Tensor.unbind else 1, "dim", default)) % nd
+        d = int(call_arg(args, kwargs, 1 if func in UNBIND else 2, "dim", default)) % nd
         pieces = list(out)
-        if func in torch_funcs("unbind"):
+        if func in UNBIND:
             if d in sx.axes:
                 return None
             axes = tuple(a - (a > d) for a in sx.axes)

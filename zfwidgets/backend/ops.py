@@ -17,7 +17,9 @@ is their shared vocabulary:
   other call on the path is refused;
 * :func:`op_name` names a call for an error message; :class:`TensorTable` remembers which
   tensors a forward pass derived from the model's input (the rules and the geometry tracker
-  both follow them).
+  both follow them);
+* the op families of the geometry tracker (``GEO_CONV``, ``RESHAPE``, ``SPLIT`` ...,
+  :func:`is_pointwise`): what each kind of op does to the positions of a map.
 """
 
 from __future__ import annotations
@@ -370,3 +372,58 @@ def refusal(func, args, kwargs, derived) -> str | None:
     if any(flags[1:]):
         return f"{name} takes an input-derived tensor in an argument it is not linear in"
     return None
+
+
+# ============================================================================ what ops do to positions
+# (the vocabulary of :class:`~zfwidgets.backend.geometry.GeometryMode`)
+
+GEO_CONV = torch_funcs("conv2d")
+MAX_POOL = torch_funcs("max_pool2d", "max_pool2d_with_indices")
+AVG_POOL = torch_funcs("avg_pool2d")
+ADAPTIVE = torch_funcs("adaptive_avg_pool2d", "adaptive_max_pool2d",
+                        "adaptive_max_pool2d_with_indices")
+PAD = torch_funcs("pad", "constant_pad_nd")
+RESHAPE = torch_funcs("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
+                       "view_as", "reshape_as", "squeeze_", "unsqueeze_")
+PERMUTE = torch_funcs("permute", "transpose", "transpose_", "swapaxes", "swapdims", "t",
+                       "movedim", "moveaxis")
+CAT = torch_funcs("cat", "concat", "concatenate")
+STACK = torch_funcs("stack")
+SPLIT = torch_funcs("chunk", "split", "split_with_sizes", "tensor_split", "unbind")
+UNBIND = torch_funcs("unbind")
+GETITEM = torch_funcs("__getitem__", "narrow", "select")
+# along some dims (argument "dim"): per position when those dims are not the grid's
+ALONG_DIM = torch_funcs("mean", "sum", "amax", "amin", "max", "min", "softmax",
+                         "log_softmax", "normalize", "nanmean", "logsumexp", "std", "var",
+                         "norm", "argmax", "argmin", "cumsum")
+LAST_DIMS = torch_funcs("layer_norm", "linear", "rms_norm")       # over the last dim(s)
+SPATIAL_MIX = torch_funcs("group_norm", "instance_norm", "interpolate", "upsample",
+                           "upsample_nearest", "upsample_bilinear", "roll", "flip",
+                           "pixel_shuffle", "pixel_unshuffle", "conv_transpose2d",
+                           "grid_sample", "rot90")
+# pointwise or per position, besides what aten tags as pointwise
+PER_POSITION = torch_funcs(
+    "batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+    "feature_alpha_dropout", "hardswish", "hardswish_", "prelu", "logsigmoid", "log_sigmoid",
+    "to", "float", "double", "half", "bfloat16", "type", "type_as", "contiguous", "clone",
+    "detach", "detach_", "requires_grad_", "channel_shuffle", "native_channel_shuffle",
+    "local_response_norm", "expand", "expand_as", "broadcast_to", "rrelu", "glu")
+
+_POINTWISE_CACHE: dict = {}
+
+
+def is_pointwise(func) -> bool:
+    """Whether aten tags ``func``'s op as pointwise (looked up by name, cached)."""
+    hit = _POINTWISE_CACHE.get(func)
+    if hit is None:
+        name = op_name(func).strip("_")
+        packet = getattr(torch.ops.aten, name, None)
+        tags = set()
+        if packet is not None:
+            try:
+                for overload in packet.overloads():
+                    tags |= set(getattr(packet, overload).tags)
+            except Exception:  # noqa: BLE001 - not an op packet
+                tags = set()
+        hit = _POINTWISE_CACHE[func] = torch.Tag.pointwise in tags
+    return hit

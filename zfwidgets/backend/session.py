@@ -15,7 +15,7 @@ from ..data import DEFAULT_SAMPLE, load_image, load_sample
 from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError, UnsupportedModelError
 from ..fingerprint import tensor_digest
 from ..models import LoadedModel, Preprocessing, class_name, get_model, wrap_model
-from ..models.registry import check_output
+from ..models.registry import check_output, input_channels
 from .layers import (
     LayerInfo,
     Record,
@@ -213,6 +213,12 @@ class Session:
             try:
                 self._record = record_forward(self.model, x, self.entry.output)
             except RuntimeError as exc:
+                channels = input_channels(self.model)
+                if channels is not None and channels != x.shape[1]:
+                    raise BadParameterError(
+                        f"the model's first convolution reads {channels} channel(s) but the "
+                        f"preprocessing makes {x.shape[1]}: pass Preprocessing(..., "
+                        f"channels={channels})") from exc
                 if "not implemented for" not in str(exc) or x.dtype == torch.float32:
                     raise
                 raise UnsupportedModelError(
