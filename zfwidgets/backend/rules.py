@@ -126,7 +126,8 @@ class RuleMode(TorchFunctionMode):
     -----
     Use as a context manager around one forward pass; the backward may happen after the mode
     exits. While active, the mode keeps a stack of the module calls under way with global
-    forward pre/post hooks (for the error message); they are removed when the mode exits, even
+    forward pre/post hooks (the outermost call gives the model's input, the innermost names
+    the module in an error message); they are removed when the mode exits, even
     after an error. Torch disables the mode inside its own ``__torch_function__``, so the
     replacement computations are not intercepted again.
     """
@@ -191,7 +192,7 @@ class RuleMode(TorchFunctionMode):
         names = {id(m): n for n, m in self._stack[0].named_modules()}
         name = names.get(id(inner), "")
         return f" in module {name!r} ({type(inner).__name__})" if name else \
-            f" in {type(inner).__name__}"
+            f" in the forward of {type(inner).__name__} itself"
 
     # -- the calls ----------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
