@@ -251,12 +251,13 @@ class Preprocessing:
         Parameters
         ----------
         x : torch.Tensor
-            Normalized ``[..., C, H, W]`` tensor.
+            A model input (any batch shape, the model's channels in dimension ``-3``).
 
         Returns
         -------
         torch.Tensor
-            ``[..., 3, H, W]`` float32 in [0, 1]: a gray channel repeated, alpha dropped.
+            RGB float32 in [0, 1] (3 channels in dimension ``-3``): a gray channel repeated
+            three times, an alpha channel dropped.
         """
         x01 = self.denormalize(x).float()
         if self.channels == 1:

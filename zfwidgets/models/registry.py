@@ -326,6 +326,14 @@ def conv_layer_names(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if n and isinstance(m, nn.Conv2d)]
 
 
+def _check_labels(labels) -> list[str] | None:
+    if labels is not None:
+        if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
+            raise BadParameterError("labels must be a sequence of class-name strings")
+        labels = list(labels)
+    return labels
+
+
 def wrap_model(
     module: nn.Module,
     preprocessing: Preprocessing | None = None,
@@ -384,10 +392,7 @@ def wrap_model(
         raise BadParameterError(
             f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}"
         )
-    if labels is not None:
-        if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
-            raise BadParameterError("labels must be a sequence of class-name strings")
-        labels = list(labels)
+    labels = _check_labels(labels)
     names = [n for n, _ in module.named_modules() if n]
     for given in (default_layer, middle_layer):
         if given is not None and given not in names:
