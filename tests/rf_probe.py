@@ -37,12 +37,13 @@ class LinearProbe(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def empirical_box(model, x, layer, y, xx):
-    """Bounding box ``(top, left, bottom, right)`` of the support of unit (y, xx)'s gradient."""
+def empirical_box(model, x, layer, y, xx, layout=None):
+    """Bounding box ``(top, left, bottom, right)`` of the support of unit (y, xx)'s gradient
+    (``layout``: the layer's, for channels-last or token maps)."""
     inp = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         with LinearProbe():
-            out = forward_to(model, inp, layer)
+            out = forward_to(model, inp, layer, layout=layout)
         sel = out[:, :, y, xx].sum()
         (g,) = torch.autograd.grad(sel, inp)
     support = g[0].abs().sum(0) > 0

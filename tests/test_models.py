@@ -713,3 +713,75 @@ def test_wrap_model_arguments():
         wrap_model("not a module")
     no_conv = wrap_model(nn.Linear(3, 2))
     assert no_conv.default_layer is None and no_conv.middle_layer is None
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 10: gray and RGBA inputs, any size; which output is the logits
+# --------------------------------------------------------------------------------------------
+
+
+def test_one_channel_preprocessing_is_grayscale_at_any_size():
+    image = _random_image(40, 30)
+    pre = Preprocessing(size=28, channels=1)
+    assert pre.resize == 32 and pre.mean == (0.449,) and pre.std == (0.226,)
+    x = pre(image)
+    assert x.shape == (1, 1, 28, 28) and x.dtype == torch.float32
+    gray = np.asarray(pre.to_pixels(image), np.float32) / 255.0     # PIL's "L" conversion
+    assert pre.to_pixels(image).mode == "L"
+    torch.testing.assert_close(x[0, 0], (torch.from_numpy(gray) - 0.449) / 0.226)
+    rgb = pre.to_rgb(x)                                              # what a learner sees
+    assert rgb.shape == (1, 3, 28, 28)
+    torch.testing.assert_close(rgb[0, 0], torch.from_numpy(gray))
+    torch.testing.assert_close(rgb[0, 2], rgb[0, 0])
+    rgba = Preprocessing(size=32, channels=4)
+    assert rgba(image).shape == (1, 4, 32, 32) and rgba.mean[3] == 0.5
+    assert rgba.to_rgb(rgba(image)).shape == (1, 3, 32, 32)
+    with pytest.raises(BadParameterError, match="channels"):
+        Preprocessing(channels=2)
+    with pytest.raises(BadParameterError, match="1 finite number"):
+        Preprocessing(channels=1, mean=(0.5, 0.5, 0.5))
+
+
+def test_resize_auto_keeps_imagenet_ratio_and_old_fingerprints():
+    assert Preprocessing().resize == 256 and Preprocessing(size=32).resize == 37
+    assert Preprocessing(size=(28, 40)).resize == 32
+    # the default's cache key is what it was before channels and "auto" existed
+    assert Preprocessing().fingerprint() == "224x224r256-" + zfwidgets.fingerprint.digest(
+        repr(((224, 224), 256, IMAGENET_MEAN, IMAGENET_STD)), length=8)
+    assert Preprocessing(channels=1).fingerprint() != Preprocessing().fingerprint()
+
+
+class _Gray(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(4, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_wrap_model_infers_the_input_channels_from_the_first_conv():
+    lm = wrap_model(_Gray())
+    assert lm.preprocessing.channels == 1 and lm.preprocessing.mean == (0.449,)
+    assert wrap_model(UserNet()).preprocessing == Preprocessing()
+    assert registry.input_channels(nn.Linear(3, 2)) is None
+
+
+def test_pick_logits_rule():
+    pick = registry.pick_logits
+    t, u = torch.randn(2, 5), torch.randn(2, 7, 3)
+    assert pick(t) is t
+    assert pick((u.sum(), t)) is not None and pick((t, u)) is t and pick([None, t]) is t
+    assert pick({"feat": u, "logits": t}) is t
+    assert pick({"feat": u, "scores": t}) is t                       # the only 2-d value
+    with pytest.raises(zfwidgets.UnsupportedModelError, match=r"\['a', 'b'\].*output="):
+        pick({"a": t, "b": t.clone()})
+    with pytest.raises(zfwidgets.UnsupportedModelError):
+        pick("text")
+    assert pick({"a": t, "b": u}, "b") is u and pick((t, u), 1) is u
+    assert pick({"a": t}, lambda out: out["a"] * 2).equal(t * 2)
+    with pytest.raises(zfwidgets.UnsupportedModelError, match="'c'"):
+        pick({"a": t}, "c")
+    with pytest.raises(BadParameterError):
+        wrap_model(_Gray(), output=2.5)

@@ -414,18 +414,218 @@ def test_each_rectifier_form_against_its_hand_written_backward(name, rule):
         assert not torch.equal(got, plain_dx)
 
 
-@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("name", list(NOT_RECTIFIERS))
-def test_other_bounds_keep_their_own_derivative_under_every_rule(name, rule):
+def test_other_bounds_keep_their_own_derivative_under_the_gradient(name):
     """hardtanh(-1, 1), threshold(0.5, 0), clamp(min=-1) ... are not rectifiers at 0: no rule
-    rectifies their backward signal; it is the op's ordinary derivative."""
+    treats them as one. The gradient goes through with the op's ordinary derivative."""
     call = NOT_RECTIFIERS[name]
     x = _rectifier_input(3)
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
-    y, got, _, replaced = _backward(call, x, g, rule)
+    y, got, _, replaced = _backward(call, x, g, "gradient")
     want_y, want, _, _ = _backward(call, x, g)
     assert replaced == 0
     torch.testing.assert_close(y, want_y, rtol=0, atol=0)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert not torch.equal(got, g.clamp(min=0))             # not treated as deconvnet
     assert not torch.equal(got, g.clamp(min=0) * (x > 0))   # nor as guided
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+@pytest.mark.parametrize("name", list(NOT_RECTIFIERS))
+def test_other_bounds_are_refused_by_deconvnet_and_guided(name, rule):
+    """... and the deconvnet and guided rules are not defined through them: refused (issue 10:
+    they used to pass with their plain derivative), naming the op."""
+    call = NOT_RECTIFIERS[name]
+    leaf = _rectifier_input(3).requires_grad_(True)
+    inp = leaf * 1.0
+    with pytest.raises(UnsupportedModelError, match=r"applies (hardtanh|threshold|clamp)"):
+        with RuleMode(rule, inputs=inp):
+            call(inp)
+
+
+# ----------------------------------------------------------------------------- the allow-list
+# Issue 10: anything that is not on the allow-list and lies on the path from the input to the
+# layer makes deconvnet and guided undefined; it used to pass with its plain gradient.
+
+class _Act(nn.Module):
+    """An activation written out as a function (a hand-written ReLU, exp, erf ...)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+HAND_WRITTEN = {
+    "sigmoid_": (lambda x: x.sigmoid_(), "sigmoid_"),
+    "tanh_": (lambda x: x.tanh_(), "tanh_"),
+    "LogSigmoid": (nn.LogSigmoid(), "log_?sigmoid"),
+    "exp": (torch.exp, "exp"),
+    "erf": (torch.erf, "erf"),
+    "abs": (torch.abs, "abs"),
+    "where(x > 0, x, 0)": (lambda x: torch.where(x > 0, x, 0.0), "gt"),
+    "x * (x > 0)": (lambda x: x * (x > 0), "gt"),
+    "x * (x > 0).float()": (lambda x: x * (x > 0).float(), "gt"),
+    "x * sigmoid(x)": (lambda x: x * torch.sigmoid(x), "sigmoid"),
+    "softmax over channels": (nn.Softmax2d(), "softmax"),
+    "x / x.norm()": (lambda x: x / x.norm(dim=1, keepdim=True), "norm"),
+    "GroupNorm": (nn.GroupNorm(2, 8), "group_norm"),
+    "x ** 2": (lambda x: x ** 2, "pow"),
+    "clamp(-1, 1)": (lambda x: x.clamp(-1, 1), "clamp"),
+}
+
+
+OUT_OF_PLACE = {"sigmoid_": torch.sigmoid, "tanh_": torch.tanh}
+
+
+def _act_net(act) -> nn.Sequential:
+    torch.manual_seed(0)
+    a = act if isinstance(act, nn.Module) else _Act(act)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), a,
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()).eval()
+
+
+@pytest.mark.parametrize("name", list(HAND_WRITTEN))
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_ops_off_the_allow_list_are_refused(name, rule):
+    act, op = HAND_WRITTEN[name]
+    net = _act_net(act)
+    x = torch.randn(1, 3, 12, 12)
+    with pytest.raises(UnsupportedModelError, match=rf"applies {op}\b.* in module '2' "):
+        project(net, x, "4", [Target(0, 1)], rule)
+    got = project(net, x, "4", [Target(0, 1)], "gradient")  # the gradient goes through anything
+    leaf = x.clone().requires_grad_(True)
+    # (plain autograd cannot go through an in-place sigmoid_ of a ReLU's output: the reference
+    # uses the out-of-place op)
+    reference_net = _act_net(OUT_OF_PLACE.get(name, act))
+    out = reference_net(leaf)[:, 1]
+    (want,) = torch.autograd.grad(out, leaf, out.detach())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_issue_example_is_no_longer_the_gradient():
+    """nn.Sequential(Conv2d, Softmax2d, Conv2d, ...): deconvnet was bit-identical to the
+    gradient; now it is refused, naming the op and the module."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Softmax2d(),
+                        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(UnsupportedModelError) as err:
+        project(net, x, "4", [Target(0, 0)], "deconvnet")
+    assert "softmax" in str(err.value) and "'1' (Softmax2d)" in str(err.value)
+    assert "rule='gradient'" in str(err.value)
+    assert project(net, x, "4", [Target(0, 0)], "gradient").abs().sum() > 0
+    # a layer before the softmax is still projected by the deconvnet
+    assert project(net, x, "0", [Target(0, 0)], "deconvnet").abs().sum() > 0
+
+
+class _Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3), _Gate())
+
+    def forward(self, x):
+        return self.block(self.stem(x))
+
+
+class _Gate(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x.mean((2, 3), keepdim=True))  # squeeze-excitation style
+
+
+def test_the_message_names_the_innermost_module_by_its_dotted_name():
+    with pytest.raises(UnsupportedModelError, match=r"applies sigmoid in module 'block.1' "
+                                                    r"\(_Gate\)"):
+        project(_Nested().eval(), torch.randn(1, 3, 10, 10), "block", [Target(0, 0)], "guided")
+
+
+class _StdConv(nn.Conv2d):
+    """A convolution whose weights are standardized at every call (timm's StdConv2d): the
+    computation touches only the weights, not the path from the input."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / torch.sqrt(w.var((1, 2, 3), keepdim=True)
+                                                                + 1e-5)
+        return F.conv2d(x, torch.tanh(w), self.bias, self.stride, self.padding)
+
+
+def test_computations_on_weights_alone_do_not_count():
+    torch.manual_seed(0)
+    net = nn.Sequential(_StdConv(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        _StdConv(6, 6, 3, padding=1), nn.ReLU()).eval()
+    plain = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()).eval()
+    with torch.no_grad():
+        for a, b in ((net[0], plain[0]), (net[3], plain[3])):
+            w = a.weight
+            w = (w - w.mean((1, 2, 3), keepdim=True)) / torch.sqrt(
+                w.var((1, 2, 3), keepdim=True) + 1e-5)
+            b.weight.copy_(torch.tanh(w))
+            b.bias.copy_(a.bias)
+    x = torch.randn(1, 3, 16, 16)
+    for rule in ("deconvnet", "guided"):
+        got = project(net, x, "4", [Target(0, 2, 3, 3)], rule)
+        want = project(plain, x, "4", [Target(0, 2, 3, 3)], rule)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got, project(net, x, "4", [Target(0, 2, 3, 3)], "gradient"))
+
+
+class _Glue(nn.Module):
+    """Everything on the allow-list at once: joins, splits, sums, scalings, pools, reshapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv1(x)))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([b, a * 0.5], 1) + x / 3 - 1.0
+        x = F.pad(F.avg_pool2d(x, 2), (1, 1, 1, 1))
+        x = F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)
+        x = self.conv2(x.permute(0, 1, 3, 2).contiguous())
+        x = F.adaptive_max_pool2d(F.relu(x), 4)
+        return self.fc(self.drop(torch.flatten(x, 1)))
+
+
+def test_the_allow_list_covers_the_usual_glue():
+    torch.manual_seed(0)
+    net = _Glue().eval()
+    x = torch.randn(1, 3, 12, 12)
+    with RuleMode("deconvnet"):
+        net(x.clone().requires_grad_(True))  # nothing refused
+    d = project(net, x, "conv2", [Target(0, 1)], "deconvnet")
+    g = project(net, x, "conv2", [Target(0, 1)], "gradient")
+    assert d.abs().sum() > 0 and not torch.allclose(d, g)
+
+
+def test_training_mode_batch_norm_and_dropout_are_refused():
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    with pytest.raises(UnsupportedModelError, match="training mode"):
+        with RuleMode("deconvnet", inputs=x):
+            F.batch_norm(x, None, None, training=True)
+    with pytest.raises(UnsupportedModelError, match="training mode"):
+        with RuleMode("guided", inputs=x):
+            F.dropout(x, 0.3)
+    with RuleMode("deconvnet", inputs=x):
+        F.dropout(x, 0.3, training=False)
+
+
+def test_no_global_hook_outlives_the_mode_even_after_a_refusal():
+    from torch.nn.modules import module as m
+
+    before = (dict(m._global_forward_hooks), dict(m._global_forward_pre_hooks))
+    net = _act_net(torch.exp)
+    with pytest.raises(UnsupportedModelError):
+        project(net, torch.randn(1, 3, 8, 8), "4", [Target(0, 0)], "deconvnet")
+    assert (dict(m._global_forward_hooks), dict(m._global_forward_pre_hooks)) == before
+    assert torch.overrides._get_current_function_mode() is None

@@ -157,3 +157,122 @@ def test_backend_imports_no_gui_stack():
             "bad = [m for m in ('ipywidgets', 'matplotlib', 'ipympl') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- issue 10
+# Models that used to fail outright: other dtypes, dict outputs, gray inputs, no maps at all.
+
+def _small_cnn(in_channels=3, classes=6):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(in_channels, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, classes)).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_the_session_feeds_the_model_its_own_dtype(dtype):
+    net = _small_cnn().to(dtype)
+    s = zf.Session(net, preprocessing=zf.Preprocessing(size=24))
+    x = s.input_tensor
+    assert x.dtype == dtype
+    with torch.no_grad():
+        assert torch.equal(s.logits, net(x)[0])
+    assert s.activation("4").dtype == dtype and s.display_image.dtype == np.float32
+    p = s.project("4", 1, rule="deconvnet")
+    assert p.shape == (3, 24, 24) and torch.isfinite(p.float()).all()
+    assert s.predict(2)[0][1] > 0
+
+
+def test_a_dtype_the_cpu_cannot_run_says_what_to_do(monkeypatch):
+    s = zf.Session(_small_cnn().double(), preprocessing=zf.Preprocessing(size=16))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Double\'')
+
+    monkeypatch.setattr("zfwidgets.backend.session.record_forward", refuse)
+    with pytest.raises(zf.UnsupportedModelError, match=r"model.float\(\)"):
+        s.layers
+
+
+class _DictNet(nn.Module):
+    def __init__(self, key="logits"):
+        super().__init__()
+        self.key = key
+        self.body = _small_cnn()
+
+    def forward(self, x):
+        logits = self.body(x)
+        return {"feat": self.body[:3](x), self.key: logits, "extra": logits * 2}
+
+
+def test_dict_and_tuple_outputs_give_the_logits_by_the_documented_rule():
+    image = zf.load_sample("coffee")
+    pre = zf.Preprocessing(size=32)
+    s = zf.Session(_DictNet(), image, preprocessing=pre)
+    with torch.no_grad():
+        want = s.model(s.input_tensor)["logits"][0]
+    assert torch.equal(s.logits, want) and s.layers[0] == "body.0"
+    r = s.occlusion(size=16, stride=16, progress=False)
+    assert r.prob.shape == (2, 2) and r.base_class == int(want.argmax())
+    # no "logits" key and two 2-d values: the error lists the keys; output= chooses
+    with pytest.raises(zf.UnsupportedModelError, match=r"'feat', 'scores', 'extra'"):
+        zf.Session(_DictNet("scores"), image, preprocessing=pre).logits
+    s = zf.Session(_DictNet("scores"), image, preprocessing=pre, output="extra")
+    torch.testing.assert_close(s.logits, 2 * want)
+    s = zf.Session(_DictNet("scores"), image, preprocessing=pre, output=lambda o: o["scores"])
+    torch.testing.assert_close(s.logits, want)
+    assert s.occlusion(size=16, stride=16, progress=False).base_class == int(want.argmax())
+
+
+def test_a_gray_model_just_works_and_is_shown_in_rgb():
+    net = _small_cnn(in_channels=1, classes=10)
+    s = zf.Session(net, zf.load_sample("coffee"), preprocessing=zf.Preprocessing(size=28,
+                                                                                channels=1))
+    assert tuple(s.input_tensor.shape) == (1, 1, 28, 28)
+    assert s.display_image.shape == (28, 28, 3)
+    assert np.allclose(s.display_image[..., 0], s.display_image[..., 2])
+    p = s.project("4", 0, rule="guided")
+    assert p.shape == (1, 28, 28) and zf.projection_to_rgb(p).shape == (28, 28, 3)
+    assert s.occlusion(size=7, stride=7, progress=False).prob.shape == (4, 4)
+    # wrap_model reads the channel count from the first convolution
+    s = zf.Session(net, zf.load_sample("coffee"))
+    assert s.preprocessing.channels == 1 and s.input_tensor.shape[1] == 1
+    with pytest.raises(BadParameterError, match=r"channels=1"):  # a 3-channel preprocessing
+        zf.Session(net, preprocessing=zf.Preprocessing(size=28)).layers
+
+
+def test_a_model_without_maps_says_what_is_missing():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)).eval()
+    s = zf.Session(mlp, preprocessing=zf.Preprocessing(size=16))
+    assert s.layers == [] and len(s.predict(2)) == 2
+    for call in (lambda: zf.explore(s), lambda: s.occlusion(size=8, stride=8, progress=False),
+                 lambda: zf.mine(s, [s.image])):
+        with pytest.raises(zf.UnsupportedModelError, match="no layer that makes feature maps"):
+            call()
+
+
+def test_token_layers_of_a_vision_transformer():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                            hidden_dim=16, mlp_dim=24, num_classes=5).eval()
+    s = zf.Session(vit, zf.load_sample("coffee"), preprocessing=zf.Preprocessing(size=32))
+    layer = "encoder.layers.encoder_layer_1"
+    assert s.layer_info(layer).layout.kind == "tokens"
+    assert s.activation(layer).shape == (16, 4, 4)
+    p = s.project(layer, 3, (1, 2), "gradient")
+    x = s.input_tensor.clone().requires_grad_(True)
+    seen = {}
+    hook = vit.encoder.layers[1].register_forward_hook(lambda m, i, o: seen.setdefault("o", o))
+    try:
+        vit(x)
+    finally:
+        hook.remove()
+    unit = seen["o"][0, 1 + 1 * 4 + 2, 3]              # class token first, then row-major
+    (want,) = torch.autograd.grad(unit, x, unit.detach().clamp(min=0) + (unit <= 0).float())
+    torch.testing.assert_close(p, want[0], rtol=1e-5, atol=1e-7)
+    with pytest.raises(zf.UnsupportedModelError, match="layer_norm|gelu"):
+        s.project(layer, 3, (1, 2), "deconvnet")
+    r = s.occlusion(size=16, stride=16, layer=layer, progress=False)
+    assert r.features.shape == (2, 2, 16)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnknownLayerError
-from .layers import capture, run_captured, scoped_eval
+from .layers import capture, require_maps, run_captured, scoped_eval
 from .ops import RECTIFIER_MODULES
 
 __all__ = ["NEGLIGIBLE_VARIATION", "correspondence_layers", "default_rule", "flat_map_note",
@@ -54,6 +54,7 @@ def is_rectifier_layer(info) -> bool:
 def opening_layer(session) -> str:
     """The layer a view opens on: the model's ``middle_layer``, else its ``default_layer``,
     else the middle of the leaf layers."""
+    require_maps(session)
     layers = session.layers
     for name in (session.entry.middle_layer, session.entry.default_layer):
         if name and name in layers:
@@ -68,6 +69,7 @@ def top_layer(session) -> str:
     """The top feature layer (the paper's layer 5, whose strongest map Fig. 7 b tracks): the
     model's ``default_layer`` if it is one of the session's layers, else the last layer whose
     maps are larger than 1x1, else the last layer."""
+    require_maps(session)
     layers = session.layers
     name = getattr(session.entry, "default_layer", None)
     if name in layers:
@@ -87,7 +89,7 @@ def mining_layers(session, n: int = 5) -> list[str]:
     forward order, always including the model's ``middle_layer`` and ``default_layer`` when they
     qualify. Falls back to convolutions, then to every layer.
     """
-    table = session.layer_table()
+    table = require_maps(session)
     rect = [i.name for i in table if is_rectifier_layer(i)
             and i.geometry is not None and i.shape[1] * i.shape[2] > 1]
     cands = rect or [i.name for i in table if i.is_leaf and i.kind.startswith("Conv")
@@ -108,7 +110,7 @@ def mining_layers(session, n: int = 5) -> list[str]:
 def invariance_layers(session) -> list[str]:
     """The layers Fig. 5 follows: the first rectified layer (the paper's layer 1) and the
     model's top feature layer (its registry entry's ``default_layer``, else the last layer)."""
-    table = session.layer_table()
+    table = require_maps(session)
     if not table:
         raise UnknownLayerError("(invariance layers)", [])
     first = next((info.name for info in table if is_rectifier_layer(info)), table[0].name)
@@ -119,6 +121,7 @@ def invariance_layers(session) -> list[str]:
 def correspondence_layers(session) -> list[str]:
     """The layers Fig. 8 / Table 1 compares (the paper's layers 5 and 7): the model's
     ``middle_layer`` and ``default_layer``, else its last layer."""
+    require_maps(session)
     entry = session.entry
     layers = [layer for layer in dict.fromkeys([entry.middle_layer, entry.default_layer])
               if layer]

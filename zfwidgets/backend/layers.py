@@ -1,75 +1,115 @@
-"""Layer table, receptive-field geometry and scoped forward passes over any ``nn.Module``.
+"""Layer table, feature-map layouts and scoped forward passes over any ``nn.Module``.
 
 Layers are identified by torch's dotted ``named_modules()`` names. A module called more than once
 in one forward pass (a shared ReLU, say) gives one layer per call: ``"relu"``, ``"relu@1"``,
 ``"relu@2"`` ...
 
-Receptive fields are tracked, not looked up: during one real forward pass a
-:class:`GeometryMode` follows every 4-d tensor through convolutions, pools, pads and pointwise
-ops (residual additions and concatenations take the union), so the geometry is right for any
-architecture built from those operations. An operation it cannot follow (interpolation, a
-transposed convolution ...) gives ``geometry=None`` for everything downstream, never a wrong box.
+A layer is a module call whose output holds feature maps: a ``[N, C, H, W]`` tensor, a
+channels-last ``[N, H, W, C]`` one (Swin, ConvNeXt blocks) or a vision transformer's token
+sequence ``[N, k + h * w, D]`` (``k`` class tokens, left out). Which is which, and each unit's
+receptive field, is tracked during one real forward pass by
+:class:`~zfwidgets.backend.geometry.GeometryMode`, never guessed from shapes: a layer's
+:class:`Layout` says where its maps are and :func:`as_maps` reads any output as
+``[N, C, H, W]`` (the one function every view, mining and occlusion read maps through). The
+geometry is right or ``None``, never a wrong box.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from ..errors import UnknownLayerError, UnsupportedModelError
-from .ops import call_arg, pool_args
+from ..errors import BadParameterError, UnknownLayerError, UnsupportedModelError
+from ..models.registry import pick_logits
+from .geometry import IDENTITY, Geometry, GeometryMode, Spatial
 
-__all__ = ["Geometry", "LayerInfo", "GeometryMode", "Record", "StopForward", "capture",
-           "first_rgb_conv", "forward_to", "receptive_field_box", "record_forward",
-           "resolve_layer", "run_captured", "scoped_eval", "split_layer_id"]
+__all__ = ["IDENTITY", "Geometry", "GeometryMode", "LayerInfo", "Layout", "Record",
+           "StopForward", "as_maps", "capture", "first_rgb_conv", "forward_to", "layouts_of", "model_dtype", "require_maps",
+           "receptive_field_box", "record_forward", "resolve_layer", "run_captured",
+           "scoped_eval", "split_layer_id"]
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """Where the units of a feature map look in the input image.
-
-    Unit ``(y, x)`` sees input rows ``start[0] + y * stride[0]`` up to (excluding)
-    ``start[0] + y * stride[0] + size[0]``, and likewise for columns. ``start`` can be negative:
-    padding makes border units look partly outside the image.
+class Layout:
+    """Where a layer's output keeps its feature maps.
 
     Attributes
     ----------
-    size : tuple of int
-        Receptive-field size ``(height, width)`` in input pixels.
-    stride : tuple of int
-        Input pixels between neighbouring units ``(rows, columns)``.
-    start : tuple of int
-        Input coordinate of the first row / column seen by unit ``(0, 0)``.
+    channel : int
+        Axis of the channels.
+    spatial : tuple of int
+        ``(row_axis, column_axis)``, or ``(token_axis,)`` for a token sequence.
+    grid : tuple of int
+        ``(h, w)``: the maps' size.
+    offset : int
+        Tokens only: how many (class) tokens come before the grid's ``h * w`` tokens.
     """
 
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    start: tuple[int, int]
+    channel: int
+    spatial: tuple[int, ...]
+    grid: tuple[int, int]
+    offset: int = 0
 
-    def box(self, y: int, x: int, height: int | None = None, width: int | None = None
-            ) -> tuple[int, int, int, int]:
-        """Receptive field of unit ``(y, x)`` as ``(top, left, bottom, right)``.
-
-        ``bottom`` and ``right`` are exclusive (slice ends). When ``height`` / ``width`` are
-        given, the box is clipped to the image.
-        """
-        top = self.start[0] + y * self.stride[0]
-        left = self.start[1] + x * self.stride[1]
-        bottom, right = top + self.size[0], left + self.size[1]
-        if height is not None:
-            top, bottom = max(top, 0), min(bottom, height)
-        if width is not None:
-            left, right = max(left, 0), min(right, width)
-        return top, left, bottom, right
+    @property
+    def kind(self) -> str:
+        """``"nchw"``, ``"channels_last"`` (any other order of the axes) or ``"tokens"``."""
+        if len(self.spatial) == 1:
+            return "tokens"
+        return "nchw" if (self.channel, self.spatial) == (1, (2, 3)) else "channels_last"
 
 
-IDENTITY = Geometry((1, 1), (1, 1), (0, 0))
+def _layout_of(s: Spatial | None, t: torch.Tensor) -> Layout | None:
+    """The layout of a module output that the tracker followed: batch first, one channel axis
+    besides the grid's axes; ``None`` when the output is not feature maps."""
+    if s is None or t.dim() != len(s.axes) + 2 or 0 in s.axes:
+        return None
+    (channel,) = [a for a in range(1, t.dim()) if a not in s.axes]
+    return Layout(channel, s.axes, tuple(int(v) for v in s.grid), s.offset)
+
+
+def as_maps(output: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
+    """A layer's output as feature maps ``[N, C, H, W]`` (a view; the class tokens left out).
+
+    Parameters
+    ----------
+    output : torch.Tensor
+        The module's output, as the model made it.
+    layout : Layout, optional
+        The layer's :attr:`LayerInfo.layout`; ``None`` means ``[N, C, H, W]`` already.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, C, H, W]``, differentiable (a view of ``output``).
+
+    Raises
+    ------
+    UnsupportedModelError
+        When ``output`` does not have the layout's shape.
+    """
+    if not isinstance(output, torch.Tensor):
+        raise UnsupportedModelError(f"a layer output is {type(output).__name__}, not a tensor")
+    if layout is None or layout.kind == "nchw":
+        if output.dim() != 4:
+            raise UnsupportedModelError(f"expected [N, C, H, W] feature maps, got shape "
+                                        f"{list(output.shape)}")
+        return output
+    h, w = layout.grid
+    if layout.kind == "tokens":
+        (axis,) = layout.spatial
+        if output.dim() != 3 or output.shape[axis] < layout.offset + h * w:
+            raise UnsupportedModelError(f"expected {layout.offset} + {h}x{w} tokens, got shape "
+                                        f"{list(output.shape)}")
+        tokens = output.narrow(axis, layout.offset, h * w)
+        return tokens.permute(0, layout.channel, axis).unflatten(2, (h, w))
+    if output.dim() != 4:
+        raise UnsupportedModelError(f"expected a 4-d channels-last output, got shape "
+                                    f"{list(output.shape)}")
+    return output.permute(0, layout.channel, *layout.spatial)
 
 
 @dataclass(frozen=True)
@@ -83,11 +123,15 @@ class LayerInfo:
     kind : str
         The module's class name (``Conv2d``, ``ReLU6``, ``MaxPool2d``, a block class ...).
     shape : tuple of int
-        Output shape ``(channels, height, width)`` for the session's input size.
+        The maps' shape ``(channels, height, width)`` for the session's input size (for a token
+        layer: ``D`` maps of the ``h x w`` patch grid).
     geometry : Geometry or None
         Receptive-field geometry, ``None`` where it could not be tracked.
     is_leaf : bool
         Whether the module has no child modules.
+    layout : Layout or None
+        Where the module's output keeps the maps (:func:`as_maps` reads them); ``None`` for a
+        plain ``[N, C, H, W]`` output.
     """
 
     name: str
@@ -95,6 +139,7 @@ class LayerInfo:
     shape: tuple[int, int, int]
     geometry: Geometry | None
     is_leaf: bool
+    layout: Layout | None = None
 
     @property
     def rf_size(self) -> tuple[int, int] | None:
@@ -107,135 +152,41 @@ class LayerInfo:
         return None if self.geometry is None else self.geometry.stride
 
 
+def layouts_of(session, layers: Sequence[str]) -> dict[str, Layout | None]:
+    """Layer id -> :attr:`LayerInfo.layout` of a session's ``layers``, for :func:`capture`'s
+    ``layouts`` (the maps of token and channels-last layers read as ``[N, C, H, W]``)."""
+    return {layer: session.layer_info(layer).layout for layer in layers}
+
+
+def require_maps(session) -> list[LayerInfo]:
+    """A session's layer table; :class:`~zfwidgets.errors.UnsupportedModelError` saying what
+    is missing when no layer of the model makes feature maps (an MLP, say)."""
+    table = session.layer_table()
+    if not table:
+        raise UnsupportedModelError(
+            f"the model {session.entry.name!r} has no layer that makes feature maps (a 2-d "
+            "convolution's [N, C, H, W] output, a channels-last map or a vision transformer's "
+            "patch tokens), so there is nothing to show layer by layer. Its predictions "
+            "(session.predict()) still work; the feature views, occlusion's feature panel and "
+            "mining need a convolutional or vision-transformer model.")
+    return table
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating-point dtype of ``model``'s first floating parameter or buffer (float32
+    when it has none): the dtype its input must have."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def split_layer_id(layer: str) -> tuple[str, int]:
     """``"features.1@2"`` -> ``("features.1", 2)``; ``"features.1"`` -> ``("features.1", 0)``."""
     name, sep, call = layer.rpartition("@")
     if sep and call.isdigit():
         return name, int(call)
     return layer, 0
-
-
-# --------------------------------------------------------------------------- geometry tracking
-
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        return (int(v[0]), int(v[-1])) if len(v) else (0, 0)
-    return int(v), int(v)
-
-
-def _window(g: Geometry, kernel, stride, padding, dilation) -> Geometry:
-    k, s, p, d = _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
-    size = tuple(g.size[a] + d[a] * (k[a] - 1) * g.stride[a] for a in range(2))
-    start = tuple(g.start[a] - p[a] * g.stride[a] for a in range(2))
-    step = tuple(g.stride[a] * s[a] for a in range(2))
-    return Geometry(size, step, start)
-
-
-def _union(geos: list[Geometry]) -> Geometry:
-    if len(geos) == 1:
-        return geos[0]
-    start = tuple(min(g.start[a] for g in geos) for a in range(2))
-    end = tuple(max(g.start[a] + g.size[a] for g in geos) for a in range(2))
-    stride = tuple(max(g.stride[a] for g in geos) for a in range(2))
-    return Geometry(tuple(end[a] - start[a] for a in range(2)), stride, start)
-
-
-def _conv(g, args, kwargs, out):
-    weight = args[1]
-    stride = call_arg(args, kwargs, 3, "stride", 1)
-    padding = call_arg(args, kwargs, 4, "padding", 0)
-    dilation = _pair(call_arg(args, kwargs, 5, "dilation", 1))
-    k = weight.shape[-2:]
-    if isinstance(padding, str):
-        padding = (0, 0) if padding == "valid" else tuple(dilation[a] * (k[a] - 1) // 2 for a in range(2))
-    return _window(g, k, stride, padding, dilation)
-
-
-def _pool(g, args, kwargs, out, *, has_dilation):
-    return _window(g, *pool_args(args, kwargs, has_dilation=has_dilation))
-
-
-def _adaptive(g, args, kwargs, out, inp):
-    ins, outs = inp.shape[-2:], out.shape[-2:]
-    stride = tuple(max(ins[a] // max(outs[a], 1), 1) for a in range(2))
-    kernel = tuple(ins[a] - (outs[a] - 1) * stride[a] for a in range(2))
-    return _window(g, kernel, stride, 0, 1)
-
-
-def _pad(g, args, kwargs, out):
-    pad = list(call_arg(args, kwargs, 1, "pad", ()))
-    pad += [0] * (4 - len(pad))
-    left, top = pad[0], pad[2]
-    return Geometry(g.size, g.stride, (g.start[0] - top * g.stride[0], g.start[1] - left * g.stride[1]))
-
-
-_WINDOWED = {
-    F.conv2d: _conv,
-    torch.conv2d: _conv,
-    F.max_pool2d: lambda g, a, k, o: _pool(g, a, k, o, has_dilation=True),
-    torch.max_pool2d: lambda g, a, k, o: _pool(g, a, k, o, has_dilation=True),
-    F.max_pool2d_with_indices: lambda g, a, k, o: _pool(g, a, k, o, has_dilation=True),
-    F.avg_pool2d: lambda g, a, k, o: _pool(g, a, k, o, has_dilation=False),
-    F.pad: _pad,
-}
-_ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices}
-
-
-def _tensors(obj, depth=0) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)) and depth < 2:
-        for item in obj:
-            yield from _tensors(item, depth + 1)
-
-
-class GeometryMode(TorchFunctionMode):
-    """Track the receptive-field geometry of every 4-d tensor made during a forward pass.
-
-    Parameters
-    ----------
-    inputs : torch.Tensor
-        The model's input ``[N, 3, H, W]``; it gets the identity geometry.
-
-    Notes
-    -----
-    Use :meth:`geometry` to look a tensor up. The mode keeps references to the tensors it saw,
-    so use it for one forward pass and drop it.
-    """
-
-    def __init__(self, inputs: torch.Tensor):
-        super().__init__()
-        self._table: dict[int, tuple[torch.Tensor, Geometry | None]] = {id(inputs): (inputs, IDENTITY)}
-
-    def geometry(self, t: torch.Tensor) -> Geometry | None:
-        """Geometry of ``t``, or ``None`` when ``t`` was not seen or could not be followed."""
-        entry = self._table.get(id(t))
-        return None if entry is None or entry[0] is not t else entry[1]
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        first = out[0] if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor) else out
-        if isinstance(first, torch.Tensor) and first.dim() == 4 and id(first) not in self._table:
-            self._table[id(first)] = (first, self._follow(func, args, kwargs, first))
-        return out
-
-    def _follow(self, func, args, kwargs, out) -> Geometry | None:
-        seen = [t for t in _tensors(list(args) + list(kwargs.values()))
-                if t.dim() == 4 and id(t) in self._table]
-        if not seen:
-            return None
-        geos = [self._table[id(t)][1] for t in seen]
-        if any(g is None for g in geos):
-            return None
-        if func in _WINDOWED:
-            return _WINDOWED[func](geos[0], args, kwargs, out)
-        if func in _ADAPTIVE:
-            return _adaptive(geos[0], args, kwargs, out, seen[0])
-        # pointwise / channel-wise ops keep the spatial grid: union of what flows in
-        if all(t.shape[-2:] == out.shape[-2:] for t in seen):
-            return _union(geos)
-        return None
 
 
 # --------------------------------------------------------------------------- scoped forwards
@@ -295,12 +246,13 @@ class Record:
     Attributes
     ----------
     output : torch.Tensor
-        The model's output (logits), detached.
+        The model's class scores (picked by the model's output rule,
+        :func:`~zfwidgets.models.registry.pick_logits`), detached.
     layers : list of LayerInfo
-        Every module call with a 4-d output, in the order the calls finished.
+        Every module call whose output holds feature maps, in the order the calls finished.
     activations : dict of str to torch.Tensor
-        Layer id -> ``[N, C, H, W]`` copy of its output, taken when the module returned (so a
-        later in-place op cannot alter it).
+        Layer id -> ``[N, C, H, W]`` copy of its maps (:func:`as_maps`), taken when the module
+        returned (so a later in-place op cannot alter it).
     """
 
     output: torch.Tensor
@@ -308,15 +260,18 @@ class Record:
     activations: dict[str, torch.Tensor]
 
 
-def record_forward(model: nn.Module, x: torch.Tensor) -> Record:
-    """Run ``model(x)`` once in eval mode, recording every layer's output and geometry.
+def record_forward(model: nn.Module, x: torch.Tensor, output=None) -> Record:
+    """Run ``model(x)`` once in eval mode, recording every layer's maps and geometry.
 
     Parameters
     ----------
     model : nn.Module
         Any module; its flags and hooks are exactly as before afterwards.
     x : torch.Tensor
-        Input batch ``[N, 3, H, W]``.
+        Input batch ``[N, C, H, W]``.
+    output : str, int or callable, optional
+        Which part of the model's output holds the class scores (see
+        :func:`~zfwidgets.models.registry.pick_logits`).
 
     Returns
     -------
@@ -327,19 +282,22 @@ def record_forward(model: nn.Module, x: torch.Tensor) -> Record:
     acts: dict[str, torch.Tensor] = {}
     mode = GeometryMode(x)
 
-    def on_output(name, call, module, output):
-        if not (isinstance(output, torch.Tensor) and output.dim() == 4):
+    def on_output(name, call, module, out):
+        if not isinstance(out, torch.Tensor):
+            return
+        s = mode.spatial(out)
+        layout = _layout_of(s, out)
+        if layout is None:
             return
         lid = _layer_id(name, call)
-        acts[lid] = output.detach().clone()
-        layers.append(LayerInfo(lid, type(module).__name__, tuple(output.shape[1:]),
-                                mode.geometry(output), next(module.children(), None) is None))
+        maps = as_maps(out.detach(), layout)
+        acts[lid] = maps.clone(memory_format=torch.contiguous_format)
+        layers.append(LayerInfo(lid, type(module).__name__, tuple(maps.shape[1:]), s.geometry,
+                                next(module.children(), None) is None, layout))
 
     with torch.no_grad(), scoped_eval(model), _hooks(model, on_output), mode:
         out = model(x)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return Record(out.detach(), layers, acts)
+    return Record(pick_logits(out, output).detach(), layers, acts)
 
 
 def resolve_layer(model: nn.Module, layer: str, known: Sequence[str] | None = None
@@ -374,7 +332,8 @@ def resolve_layer(model: nn.Module, layer: str, known: Sequence[str] | None = No
 @contextlib.contextmanager
 def capture(model: nn.Module, layers: Sequence[str],
             on_output: Callable[[str, object], object], *, known: Sequence[str] | None = None,
-            stop: bool = False, inputs: bool = False, replace: bool = False) -> Iterator[None]:
+            stop: bool = False, inputs: bool = False, replace: bool = False,
+            layouts: Mapping[str, Layout | None] | None = None) -> Iterator[None]:
     """Forward hooks on the modules of ``layers`` only, for the block.
 
     ``on_output(layer, output)`` is called when a requested layer (module call) has been
@@ -384,14 +343,19 @@ def capture(model: nn.Module, layers: Sequence[str],
     :class:`StopForward`, ending the forward pass there (run the model with
     :func:`run_captured`). With ``replace=True`` what ``on_output`` returns (when not ``None``)
     replaces that output (input) for the rest of the pass, and the hooks run before any other
-    hook of their modules (an ablation, say, that every later observer must see). The hooks
-    are removed in ``finally``: none outlives the block, even after an error.
+    hook of their modules (an ablation, say, that every later observer must see). With
+    ``layouts`` (layer id -> :attr:`LayerInfo.layout`, see :func:`layouts_of`), ``on_output``
+    gets each layer's maps ``[N, C, H, W]`` (:func:`as_maps`) instead of the raw output (not
+    together with ``replace``). The hooks are removed in ``finally``: none outlives the block,
+    even after an error.
 
     Raises
     ------
     UnknownLayerError
         For a layer id that names no submodule.
     """
+    if replace and layouts:
+        raise BadParameterError("capture(replace=True) replaces raw outputs: give no layouts")
     wanted: dict[nn.Module, dict[int, str]] = {}
     for layer in dict.fromkeys(layers):
         module, call = resolve_layer(model, layer, known)
@@ -407,7 +371,9 @@ def capture(model: nn.Module, layers: Sequence[str],
             calls[0] = k + 1
             layer = calls_wanted.get(k)
             if layer is not None:
-                value = on_output(layer, args[0] if inputs else output)
+                value = args[0] if inputs else output
+                layout = layouts.get(layer) if layouts else None
+                value = on_output(layer, value if layout is None else as_maps(value, layout))
                 remaining[0] -= 1
                 if stop and remaining[0] == 0:
                     raise StopForward
@@ -433,18 +399,20 @@ class StopForward(Exception):
 
 def run_captured(model: nn.Module, x, layers: Sequence[str],
                  on_output: Callable[[str, object], None], *,
-                 known: Sequence[str] | None = None, stop: bool = True, inputs: bool = False):
+                 known: Sequence[str] | None = None, stop: bool = True, inputs: bool = False,
+                 layouts: Mapping[str, Layout | None] | None = None):
     """``model(x)`` under :func:`capture`; returns the model's output, or ``None`` when the pass
     was stopped after the last requested layer (``stop=True``)."""
-    with capture(model, layers, on_output, known=known, stop=stop, inputs=inputs):
+    with capture(model, layers, on_output, known=known, stop=stop, inputs=inputs,
+                 layouts=layouts):
         try:
             return model(x)
         except StopForward:
             return None
 
 
-def forward_to(model: nn.Module, x: torch.Tensor, layer: str, known: list[str] | None = None
-               ) -> torch.Tensor:
+def forward_to(model: nn.Module, x: torch.Tensor, layer: str, known: list[str] | None = None,
+               layout: Layout | None = None) -> torch.Tensor:
     """Run ``model(x)`` (eval mode, autograd on) only until ``layer`` has been computed.
 
     Parameters
@@ -456,20 +424,23 @@ def forward_to(model: nn.Module, x: torch.Tensor, layer: str, known: list[str] |
         Layer id (``name`` or ``name@k``).
     known : list of str, optional
         The valid layer ids, used for the error message if ``layer`` never appears.
+    layout : Layout, optional
+        The layer's layout (:attr:`LayerInfo.layout`); ``None``: a ``[N, C, H, W]`` output.
 
     Returns
     -------
     torch.Tensor
-        The layer's live output ``[N, C, H, W]`` (attached to the autograd graph).
+        The layer's live maps ``[N, C, H, W]`` (:func:`as_maps` of its output, attached to the
+        autograd graph).
     """
     _check_scriptable(model)
     found: dict[str, object] = {}
     with scoped_eval(model):
         run_captured(model, x, [layer], found.__setitem__, known=known)
     out = found.get(layer)
-    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+    if not isinstance(out, torch.Tensor) or (layout is None and out.dim() != 4):
         raise UnknownLayerError(layer, known or [])
-    return out
+    return as_maps(out, layout)
 
 
 def first_rgb_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:

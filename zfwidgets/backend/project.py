@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data.datasets import ImageSource
 from ..errors import BadImageError, BadParameterError, DataError
-from .layers import Geometry, forward_to, receptive_field_box
+from .layers import Geometry, Layout, forward_to, model_dtype, receptive_field_box
 from .mining.results import LayerTopK, MiningResult
 from .rfcrop import CropAudit, CropPlan, crop_plan, cut_crops, paste_crops
 from .rules import RuleMode, check_rule
@@ -56,7 +56,7 @@ def _signal(acts: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
 def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequence[Target],
             rule: str = "deconvnet", *, batch_size: int = 16, known: list[str] | None = None,
             geometry: Geometry | None = None, crop: bool | None = None,
-            reference: torch.Tensor | None = None) -> torch.Tensor:
+            reference: torch.Tensor | None = None, layout: Layout | None = None) -> torch.Tensor:
     """Project activations of ``layer`` to input space, batched.
 
     With the layer's receptive-field ``geometry``, single units are projected on crops of the
@@ -93,25 +93,29 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
         The layer's activations ``[B, C, h, w]`` for ``inputs`` when already known: each crop's
         forward is checked against them at its unit (all channels) and a unit that differs is
         projected on the whole image instead.
+    layout : Layout, optional
+        The layer's :attr:`~zfwidgets.backend.layers.LayerInfo.layout` (a token or
+        channels-last layer); the signal is built in map space (:func:`~.layers.as_maps`).
 
     Returns
     -------
     torch.Tensor
-        ``[N, 3, H, W]`` projections, in input (normalized) space, one per target (zero
-        outside the unit's receptive field).
+        ``[N, C, H, W]`` projections, in input (normalized) space, one per target (zero
+        outside the unit's receptive field when it was computed on a crop).
     """
     check_rule(rule)
     targets = [Target(*t) for t in targets]
     out = []
     for start in range(0, len(targets), batch_size):
         out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size], rule,
-                                  known, geometry, crop, reference))
+                                  known, geometry, crop, reference, layout))
     if not out:
         return inputs.new_zeros((0,) + tuple(inputs.shape[1:]))
     return torch.cat(out)
 
 
-def _project_chunk(model, inputs, layer, targets, rule, known, geometry, crop, reference):
+def _project_chunk(model, inputs, layer, targets, rule, known, geometry, crop, reference,
+                   layout):
     """One batch of targets: units on crops where that is exact and pays, the rest whole."""
     units = [n for n, t in enumerate(targets) if t.y is not None]
     done: dict[int, torch.Tensor] = {}
@@ -120,14 +124,14 @@ def _project_chunk(model, inputs, layer, targets, rule, known, geometry, crop, r
     if groups and (crop or _crop_pays(groups, [targets[n] for n in units])):
         for members, plan in groups:
             got = _project_crops(model, inputs, layer, [targets[n] for n in members], rule,
-                                 known, plan, reference)
+                                 known, plan, reference, layout)
             if got is not None:
                 grads, ok = got
                 done.update((n, g) for n, g, good in zip(members, grads, ok) if good)
     rest = [n for n in range(len(targets)) if n not in done]
     if rest:
         done.update(zip(rest, _project_whole(model, inputs, layer, [targets[n] for n in rest],
-                                             rule, known)))
+                                             rule, known, layout)))
     return torch.stack([done[n] for n in range(len(targets))])
 
 
@@ -159,15 +163,17 @@ def _crop_pays(groups, targets: Sequence[Target]) -> bool:
     return 2 * crops <= 0.9 * (images + len(targets))
 
 
-def _project_crops(model, inputs, layer, targets, rule, known, plan: CropPlan, reference):
+def _project_crops(model, inputs, layer, targets, rule, known, plan: CropPlan, reference,
+                   layout):
     """Projections of single units on their crops, ``([N, 3, H, W], ok)``; ``None`` when the
     network does something on the way that a crop would not reproduce."""
-    x = cut_crops(inputs.detach(), [t.index for t in targets], plan).requires_grad_(True)
+    x = cut_crops(inputs.detach(), [t.index for t in targets], plan).to(
+        dtype=model_dtype(model)).requires_grad_(True)
     audit = CropAudit(x)
     with torch.enable_grad():
         try:
             with RuleMode(rule), audit:
-                acts = forward_to(model, x, layer, known)
+                acts = forward_to(model, x, layer, known, layout)
         except (RuntimeError, ValueError):  # the model needs its full input size
             return None
         h, w = acts.shape[-2:]
@@ -192,7 +198,7 @@ def _matches(got: torch.Tensor, want: torch.Tensor) -> bool:
     return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
 
 
-def _project_whole(model, inputs, layer, targets, rule, known):
+def _project_whole(model, inputs, layer, targets, rule, known, layout):
     """Projections on whole images: one forward per image, one backward per round."""
     images = sorted({t.index for t in targets})
     slot = {b: i for i, b in enumerate(images)}
@@ -202,10 +208,10 @@ def _project_whole(model, inputs, layer, targets, rule, known):
         rounds.append(seen.get(t.index, 0))
         seen[t.index] = rounds[-1] + 1
     n_rounds = max(rounds) + 1
-    x = inputs[images].detach().clone().requires_grad_(True)
+    x = inputs[images].detach().to(dtype=model_dtype(model)).requires_grad_(True)
     with torch.enable_grad():
         with RuleMode(rule):
-            acts = forward_to(model, x, layer, known)
+            acts = forward_to(model, x, layer, known, layout)
         a = acts.detach()
         sig = torch.zeros((n_rounds,) + tuple(a.shape), dtype=a.dtype, device=a.device)
         for t, r in zip(targets, rounds):
@@ -243,6 +249,8 @@ def projection_to_rgb(projection: torch.Tensor | np.ndarray, scale=None) -> np.n
     single = p.dim() == 3
     if single:
         p = p[None]
+    if p.shape[1] == 1:  # a gray model's projection, shown gray
+        p = p.expand(-1, 3, -1, -1)
     if scale is None:
         s = p.abs().flatten(1).amax(1)
     else:
@@ -566,5 +574,6 @@ def _project_hits(session, source: ImageSource, layer: str, channel: int, hits, 
     inputs = torch.stack(tensors).to(getattr(session, "device", torch.device("cpu")))
     targets = [Target(uniq.index(img), channel, y, x) for _, img, y, x in hits]
     proj = project(session.model, inputs, layer, targets, rule, known=session.layers,
-                   geometry=session.layer_info(layer).geometry)
-    return pre.denormalize(inputs).permute(0, 2, 3, 1).cpu().numpy(), proj
+                   geometry=session.layer_info(layer).geometry,
+                   layout=session.layer_info(layer).layout)
+    return pre.to_rgb(inputs).permute(0, 2, 3, 1).cpu().numpy(), proj

@@ -19,19 +19,30 @@ The rules are applied by :class:`RuleMode`, a :class:`torch.overrides.TorchFunct
 only for the duration of one forward pass. It intercepts every rectifier *call* (module or
 functional, in place or not, a module reused in many places) and replaces it by an out-of-place
 :class:`torch.autograd.Function` with the rule's backward. Nothing is registered on the user's
-module, so nothing can be left behind. Non-rectifying nonlinearities (SiLU, GELU, sigmoid ...)
-have no deconvnet or guided counterpart: they raise :class:`~zfwidgets.errors.UnsupportedModelError`
-rather than silently falling back to the gradient.
+module, so nothing can be left behind.
+
+The deconvnet and guided rules are defined only through the ops of an allow-list
+(:func:`~zfwidgets.backend.ops.refusal`: filters, batch norm in eval, pooling, padding, sums,
+joins, reshapes ...). Every other op on the path from the input to the layer (SiLU, GELU,
+softmax, sigmoid, layer norm, ``x * (x > 0)``, a product of two input-derived tensors ...)
+raises :class:`~zfwidgets.errors.UnsupportedModelError` naming the op and the module it ran in,
+rather than silently falling back to the gradient. The gradient rule goes through anything.
 """
 
 from __future__ import annotations
 
+import threading
+
 import torch
-import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedModelError, check_choice
-from .ops import rectifier_call
+from .ops import FACTORIES, WRITES, TensorTable, op_name, rectifier_call, refusal, tensors_in
 
 __all__ = ["RULES", "RuleMode", "check_rule"]
 
@@ -80,27 +91,10 @@ class _Rectifier(torch.autograd.Function):
         return out, None, None, None, None
 
 
-_T = torch.Tensor
-# Nonlinearities that are not rectifiers: deconvnet / guided backprop are undefined through them.
-_NON_RECTIFIERS = {
-    F.silu: "SiLU/swish",
-    F.gelu: "GELU",
-    F.elu: "ELU",
-    F.selu: "SELU",
-    F.celu: "CELU",
-    F.mish: "Mish",
-    F.hardswish: "Hardswish",
-    F.hardsigmoid: "Hardsigmoid",
-    F.softplus: "Softplus",
-    F.prelu: "PReLU",
-    F.rrelu: "RReLU",
-    torch.sigmoid: "sigmoid",
-    _T.sigmoid: "sigmoid",
-    torch.tanh: "tanh",
-    _T.tanh: "tanh",
-    F.tanh: "tanh",
-    F.sigmoid: "sigmoid",
-}
+class _Refused(RuntimeError):
+    """A refused op, raised inside the mode; :meth:`RuleMode.__exit__` turns it into an
+    :class:`UnsupportedModelError`. (That one is a ``TypeError``, which torch's binary
+    operators would swallow and turn into ``NotImplemented``.)"""
 
 
 class RuleMode(TorchFunctionMode):
@@ -111,6 +105,8 @@ class RuleMode(TorchFunctionMode):
     rule : {"deconvnet", "guided", "gradient"}
         The backward rule. With ``"gradient"`` rectifiers are still replaced (by a function with
         the ordinary derivative), which makes in-place rectifiers safe to differentiate through.
+    inputs : torch.Tensor or sequence of torch.Tensor, optional
+        The model's input. By default it is what the outermost module call receives.
 
     Attributes
     ----------
@@ -118,20 +114,90 @@ class RuleMode(TorchFunctionMode):
         How many rectifier calls were intercepted (a model whose rectifiers could not be seen at
         all would give 0 here for a deep layer).
 
+    Raises
+    ------
+    UnsupportedModelError
+        Under ``"deconvnet"`` and ``"guided"``, at the first call on the path from the input
+        (a call with an input-derived tensor argument) that is not on the allow-list
+        (:func:`~zfwidgets.backend.ops.refusal`); the message names the op and the module it
+        ran in. Calls on weights alone (weight standardization ...) do not count.
+
     Notes
     -----
     Use as a context manager around one forward pass; the backward may happen after the mode
-    exits. The mode is reentrant-safe in the sense that torch disables it inside its own
-    ``__torch_function__``, so the replacement computations are not intercepted again.
+    exits. While active, the mode keeps a stack of the module calls under way with global
+    forward pre/post hooks (the outermost call gives the model's input, the innermost names
+    the module in an error message); they are removed when the mode exits, even
+    after an error. Torch disables the mode inside its own ``__torch_function__``, so the
+    replacement computations are not intercepted again.
     """
 
-    def __init__(self, rule: str):
+    def __init__(self, rule: str, inputs=None):
         super().__init__()
         self.rule = check_rule(rule)
         self.rectifiers = 0
+        self._derived = TensorTable()
+        self._seeded = inputs is not None
+        for t in tensors_in(inputs):
+            self._derived.put(t, True)
+        self._stack: list[nn.Module] = []
+        self._handles: list = []
+        self._thread = threading.get_ident()
 
+    # -- the module stack ---------------------------------------------------------------------
+    def __enter__(self):
+        if self.rule == "gradient":  # defined through anything: nothing to follow
+            return super().__enter__()
+        self._handles = [register_module_forward_pre_hook(self._push),
+                         register_module_forward_hook(self._pop, always_call=True)]
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._remove_hooks()
+            raise
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            self._remove_hooks()
+        if isinstance(exc, _Refused):
+            raise UnsupportedModelError(str(exc)) from None
+        return False
+
+    def _remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _push(self, module, args):
+        if threading.get_ident() != self._thread:
+            return
+        if not self._stack and not self._seeded:  # the outermost call: the model's input
+            for t in tensors_in(args):
+                self._derived.put(t, True)
+        self._stack.append(module)
+
+    def _pop(self, module, args, output):
+        if threading.get_ident() != self._thread:
+            return
+        while self._stack:
+            if self._stack.pop() is module:
+                break
+
+    def _where(self) -> str:
+        if not self._stack:
+            return ""
+        inner = self._stack[-1]
+        names = {id(m): n for n, m in self._stack[0].named_modules()}
+        name = names.get(id(inner), "")
+        return f" in module {name!r} ({type(inner).__name__})" if name else \
+            f" in the forward of {type(inner).__name__} itself"
+
+    # -- the calls ----------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        derived = self._derived.__contains__
         rect = rectifier_call(func, args, kwargs)
         if rect is not None:
             self.rectifiers += 1
@@ -140,12 +206,25 @@ class RuleMode(TorchFunctionMode):
                 # keep in-place semantics for callers that ignore the return value
                 rect.x.copy_(y)
                 return rect.x
+            if derived(rect.x):
+                self._derived.put(y, True)
             return y
-        if self.rule != "gradient" and func in _NON_RECTIFIERS:
-            raise UnsupportedModelError(
-                f"the model applies {_NON_RECTIFIERS[func]}, which is not a rectifier: the "
-                f"{self.rule!r} rule is defined only for ReLU-family networks (ReLU, ReLU6, "
-                "LeakyReLU). Use rule='gradient' for this model."
-            )
-        return func(*args, **kwargs)
-
+        if self.rule == "gradient":
+            return func(*args, **kwargs)
+        why = refusal(func, args, kwargs, derived)
+        out = func(*args, **kwargs)
+        outputs = list(tensors_in(out))
+        if why is not None and outputs:
+            raise _Refused(
+                f"the model applies {op_name(func)}{self._where()}: {why}. The {self.rule!r} "
+                "rule is defined only through convolutions, linear layers, batch norm (eval), "
+                "pooling, padding, sums, concatenations, reshapes, dropout (eval) and the "
+                "rectifiers (ReLU, ReLU6, LeakyReLU ...). Use rule='gradient' for this model "
+                "or layer.")
+        if outputs and func not in FACTORIES and any(
+                derived(t) for t in tensors_in(list(args) + list(kwargs.values()))):
+            for t in outputs:
+                self._derived.put(t, True)
+        if func in WRITES and args and any(derived(t) for t in tensors_in(args[1:])):
+            self._derived.put(args[0], True)  # x[i] = v with v derived: x now is
+        return out

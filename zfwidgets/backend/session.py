@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -12,10 +13,18 @@ from PIL import Image
 from torch import nn
 
 from ..data import DEFAULT_SAMPLE, load_image, load_sample
-from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError
+from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError, UnsupportedModelError
 from ..fingerprint import tensor_digest
 from ..models import LoadedModel, Preprocessing, class_name, default_model, get_model, wrap_model
-from .layers import LayerInfo, Record, receptive_field_box, record_forward, split_layer_id
+from ..models.registry import check_output, input_channels
+from .layers import (
+    LayerInfo,
+    Record,
+    model_dtype,
+    receptive_field_box,
+    record_forward,
+    split_layer_id,
+)
 from .project import Target, project
 from .rules import check_rule
 
@@ -25,17 +34,27 @@ Listener = Callable[[str], None]
 
 
 def resolve_model(model: str | nn.Module | LoadedModel, *, weights="default",
-                  preprocessing: Preprocessing | None = None, labels=None) -> LoadedModel:
+                  preprocessing: Preprocessing | None = None, labels=None,
+                  output=None) -> LoadedModel:
     """Turn a registry name, a user ``nn.Module`` or a :class:`LoadedModel` into a LoadedModel.
 
     ``preprocessing`` and ``labels`` apply to a user module only; registry models own theirs.
+    ``output`` (which part of the output is the logits, see
+    :func:`~zfwidgets.models.registry.pick_logits`) applies to any model.
     """
+    entry = _resolve(model, weights, preprocessing, labels, output)
+    if output is not None and entry.output is not output:
+        entry = dataclasses.replace(entry, output=check_output(output))
+    return entry
+
+
+def _resolve(model, weights, preprocessing, labels, output) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, str):
         return get_model(model, weights=weights)
     if isinstance(model, nn.Module):
-        return wrap_model(model, preprocessing=preprocessing, labels=labels)
+        return wrap_model(model, preprocessing=preprocessing, labels=labels, output=output)
     raise BadParameterError(
         f"model must be a registry name, an nn.Module or a LoadedModel, not {type(model).__name__}")
 
@@ -110,6 +129,10 @@ class Session:
     device : str or torch.device, optional
         Where to run a registry model. A user module is never moved: it runs where its
         parameters are.
+    output : str, int or callable, optional
+        Which part of the model's output holds the class scores, for a model returning a dict
+        or a tuple (see :func:`zfwidgets.models.registry.pick_logits`: by default a tensor, the
+        first tensor of a tuple, a dict's ``"logits"``).
 
     Attributes
     ----------
@@ -121,12 +144,13 @@ class Session:
     -----
     The session never changes the model: forward passes run in eval mode with every module's
     ``training`` flag restored afterwards, hooks live only inside a call, and backward rules are
-    applied without touching the modules (see :mod:`zfwidgets.backend.rules`).
+    applied without touching the modules (see :mod:`zfwidgets.backend.rules`). The input is
+    fed in the model's own dtype (float64, bfloat16 ...).
     """
 
     def __init__(self, model: str | nn.Module | LoadedModel | None = None, image=None, *,
                  weights="default", preprocessing: Preprocessing | None = None, labels=None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, output=None):
         self._listeners: list[Listener] = []
         self._device_request = device
         self.version = 0
@@ -134,7 +158,7 @@ class Session:
         self.image_name = ""
         model, self.model_reason = _chosen(model)
         self._set_model(resolve_model(model, weights=weights, preprocessing=preprocessing,
-                                      labels=labels))
+                                      labels=labels, output=output))
         self._set_image(image)
 
     # ------------------------------------------------------------------ state changes
@@ -179,11 +203,11 @@ class Session:
         self._reset()
 
     def set_model(self, model: str | nn.Module | LoadedModel | None, *, weights="default",
-                  preprocessing: Preprocessing | None = None, labels=None) -> None:
+                  preprocessing: Preprocessing | None = None, labels=None, output=None) -> None:
         """Switch to another model (same arguments as the constructor); keeps the image."""
         model, reason = _chosen(model)
         self._set_model(resolve_model(model, weights=weights, preprocessing=preprocessing,
-                                      labels=labels))
+                                      labels=labels, output=output))
         self.model_reason = reason
         self._notify("model")
 
@@ -227,15 +251,17 @@ class Session:
 
     @property
     def input_tensor(self) -> torch.Tensor:
-        """The preprocessed ``[1, 3, H, W]`` tensor fed to the model."""
+        """The preprocessed ``[1, C, H, W]`` tensor fed to the model, in the model's dtype."""
         if self._input is None:
-            self._input = self.preprocessing(self._image).to(self.device)
+            self._input = self.preprocessing(self._image).to(self.device,
+                                                             model_dtype(self.model))
         return self._input
 
     @property
     def display_image(self) -> np.ndarray:
-        """The model's view of the image: ``[H, W, 3]`` float32 in [0, 1] (resized, cropped)."""
-        return self.preprocessing.denormalize(self.input_tensor)[0].permute(1, 2, 0).cpu().numpy()
+        """The model's view of the image: ``[H, W, 3]`` float32 in [0, 1] (resized, cropped;
+        RGB whatever the model reads)."""
+        return self.preprocessing.to_rgb(self.input_tensor)[0].permute(1, 2, 0).cpu().numpy()
 
     @property
     def image_key(self) -> str:
@@ -244,7 +270,22 @@ class Session:
 
     def _rec(self) -> Record:
         if self._record is None:
-            self._record = record_forward(self.model, self.input_tensor)
+            x = self.input_tensor
+            try:
+                self._record = record_forward(self.model, x, self.entry.output)
+            except RuntimeError as exc:
+                channels = input_channels(self.model)
+                if channels is not None and channels != x.shape[1]:
+                    raise BadParameterError(
+                        f"the model's first convolution reads {channels} channel(s) but the "
+                        f"preprocessing makes {x.shape[1]}: pass Preprocessing(..., "
+                        f"channels={channels})") from exc
+                if "not implemented for" not in str(exc) or x.dtype == torch.float32:
+                    raise
+                raise UnsupportedModelError(
+                    f"the model is {x.dtype} and {x.device.type} cannot run one of its ops in "
+                    f"that dtype ({exc}); convert it, e.g. model.float(), or put it on a device "
+                    "that runs it (Session(..., device='cuda'))") from exc
         return self._record
 
     # ------------------------------------------------------------------ layers
@@ -267,14 +308,16 @@ class Session:
             raise UnknownLayerError(layer, self.layers) from None
 
     def activation(self, layer: str) -> torch.Tensor:
-        """``[C, H, W]`` output of ``layer`` for the current image (cached forward pass)."""
+        """``[C, H, W]`` maps of ``layer`` for the current image (cached forward pass); a
+        token layer gives its ``D`` maps of the patch grid, class tokens left out."""
         self.layer_info(layer)
         return self._rec().activations[layer][0]
 
     # ------------------------------------------------------------------ predictions
     @property
     def logits(self) -> torch.Tensor:
-        """The model's output for the current image, ``[num_classes]``."""
+        """The model's class scores for the current image, ``[num_classes]`` (picked from a
+        dict or tuple output by the model's ``output`` rule)."""
         return self._rec().output[0]
 
     def probabilities(self) -> torch.Tensor:
@@ -407,7 +450,8 @@ class Session:
             result = project(self.model, self.input_tensor, layer,
                              [Target(0, k[1], *(k[2] or (None, None))) for k in todo], rule,
                              known=self.layers, geometry=self.layer_info(layer).geometry,
-                             reference=self._rec().activations[layer])
+                             reference=self._rec().activations[layer],
+                             layout=self.layer_info(layer).layout)
             for key, p in zip(todo, result):
                 self._projections[key] = p
                 while len(self._projections) > 256:

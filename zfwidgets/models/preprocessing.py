@@ -2,7 +2,8 @@
 
 :class:`Preprocessing` is the one pipeline every registry entry carries (as torchvision's weights
 carry their ``transforms``). The ImageNet normalization constants live here and nowhere else in
-the project.
+the project. A model may read 1 (grayscale), 3 (RGB) or 4 (RGBA) channels; what a learner sees
+(:meth:`Preprocessing.to_rgb`) is always RGB.
 """
 
 from __future__ import annotations
@@ -30,16 +31,29 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: over about 6:1 for 256 -> 224: a panorama, a 4000 x 1 strip) only the crop's part of the
 #: image is resized, so the work stays proportional to the output whatever the aspect ratio.
 RESIZE_AREA_LIMIT = 8
+# PIL mode an image is converted to for a model reading this many channels
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_NAMES = {1: "gray", 3: "R, G, B", 4: "R, G, B, A"}
 
 
-def _triple(value: Any, what: str) -> tuple[float, float, float]:
+def _default_stats(channels: int, rgb: tuple[float, float, float]) -> tuple[float, ...]:
+    """ImageNet's statistics for ``channels``: RGB as is, their mean for gray, alpha 0.5."""
+    if channels == 1:
+        return (round(sum(rgb) / 3, 4),)
+    return rgb if channels == 3 else rgb + (0.5,)
+
+
+def _per_channel(value: Any, what: str, channels: int) -> tuple[float, ...]:
+    names = _NAMES[channels]
     try:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
-        raise BadParameterError(f"{what} must be three numbers (R, G, B), got {value!r}") from None
-    if len(out) != 3 or not all(math.isfinite(v) for v in out):
-        raise BadParameterError(f"{what} must be three finite numbers (R, G, B), got {value!r}")
-    return out  # type: ignore[return-value]
+        raise BadParameterError(f"{what} must be {channels} number(s) ({names}), got "
+                                f"{value!r}") from None
+    if len(out) != channels or not all(math.isfinite(v) for v in out):
+        raise BadParameterError(f"{what} must be {channels} finite number(s) ({names}), got "
+                                f"{value!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -47,22 +61,29 @@ class Preprocessing:
     """How a PIL image becomes the model's input tensor.
 
     The pipeline is the usual ImageNet evaluation one (as in torchvision's weight transforms):
-    convert to RGB, resize the shorter side to ``resize`` (bilinear, antialiased), center-crop to
-    ``size``, scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel. For an image
-    so elongated that the resized image would exceed :data:`RESIZE_AREA_LIMIT` times the output
-    area, only the part inside the crop is resized (within one level of 255 of resize-then-crop
-    per pixel), so that no aspect ratio costs more than a normal photo.
+    convert to RGB (or gray, or RGBA: ``channels``), resize the shorter side to ``resize``
+    (bilinear, antialiased), center-crop to ``size``, scale to [0, 1], subtract ``mean`` and
+    divide by ``std`` per channel. For an image so elongated that the resized image would exceed
+    :data:`RESIZE_AREA_LIMIT` times the output area, only the part inside the crop is resized
+    (within one level of 255 of resize-then-crop per pixel), so that no aspect ratio costs more
+    than a normal photo.
 
     Parameters
     ----------
     size : tuple of int or int
-        Model input ``(H, W)``; an int means a square input.
-    resize : int or None
-        Length the shorter image side is resized to before the center crop. ``None`` resizes the
-        image straight to ``size`` (aspect ratio not kept). Should the resized image not cover
-        ``size`` (``resize`` smaller than the crop), it is enlarged just enough to cover it.
-    mean, std : tuple of float
-        Per-channel RGB normalization in [0, 1] pixel units.
+        Model input ``(H, W)``; an int means a square input (28 for MNIST-style models, 32 for
+        CIFAR's ...).
+    resize : int, None or "auto"
+        Length the shorter image side is resized to before the center crop. ``"auto"`` (the
+        default) keeps ImageNet's ratio, ``round(min(size) * 8 / 7)``: 256 for 224, 32 for 28.
+        ``None`` resizes the image straight to ``size`` (aspect ratio not kept). Should the
+        resized image not cover ``size`` (``resize`` smaller than the crop), it is enlarged
+        just enough to cover it.
+    mean, std : tuple of float, optional
+        Per-channel normalization in [0, 1] pixel units, one number per channel; default
+        ImageNet's (for a gray model the mean of its three values, for alpha 0.5).
+    channels : {1, 3, 4}
+        How many channels the model reads: 1 converts images to grayscale, 3 to RGB, 4 to RGBA.
 
     Examples
     --------
@@ -73,9 +94,10 @@ class Preprocessing:
     """
 
     size: tuple[int, int] = (224, 224)
-    resize: int | None = 256
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    resize: int | None | str = "auto"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int = 3
 
     def __post_init__(self) -> None:
         size = self.size
@@ -88,18 +110,30 @@ class Preprocessing:
         if len(size) != 2 or min(size) < 1:
             raise BadParameterError(f"size must be two positive ints (H, W), got {self.size!r}")
         resize = self.resize
-        if resize is not None:
+        if isinstance(resize, str) and resize == "auto":
+            resize = round(min(size) * 8 / 7)
+        elif resize is not None:
             if isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 1:
-                raise BadParameterError(f"resize must be a positive int or None, got {resize!r}")
+                raise BadParameterError(f"resize must be a positive int, None or 'auto', got "
+                                        f"{resize!r}")
             resize = int(resize)
-        mean = _triple(self.mean, "mean")
-        std = _triple(self.std, "std")
+        channels = self.channels
+        if isinstance(channels, bool) or channels not in _MODES:
+            raise BadParameterError(f"channels must be 1 (gray), 3 (RGB) or 4 (RGBA), got "
+                                    f"{channels!r}; for another input, preprocess the images "
+                                    "yourself and pass tensors")
+        channels = int(channels)
+        mean = _per_channel(_default_stats(channels, IMAGENET_MEAN) if self.mean is None
+                            else self.mean, "mean", channels)
+        std = _per_channel(_default_stats(channels, IMAGENET_STD) if self.std is None
+                           else self.std, "std", channels)
         if min(std) <= 0:
             raise BadParameterError(f"std must be positive, got {self.std!r}")
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "resize", resize)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
+        object.__setattr__(self, "channels", channels)
 
     # -- pixels -----------------------------------------------------------------------------
 
@@ -130,18 +164,19 @@ class Preprocessing:
         Returns
         -------
         PIL.Image.Image
-            RGB image of size ``size`` (PIL reports it as ``(W, H)``).
+            RGB (gray, RGBA: ``channels``) image of size ``size`` (PIL reports it as ``(W, H)``).
 
         Raises
         ------
         BadImageError
-            If ``image`` is not an image or cannot be converted to RGB.
+            If ``image`` is not an image or cannot be converted.
         """
         image = _as_pil(image)
+        mode = _MODES[self.channels]
         try:
-            rgb = image.convert("RGB") if image.mode != "RGB" else image
+            rgb = image.convert(mode) if image.mode != mode else image
         except (OSError, ValueError) as exc:
-            raise BadImageError(f"cannot convert a {image.mode} image to RGB: {exc}") from exc
+            raise BadImageError(f"cannot convert a {image.mode} image to {mode}: {exc}") from exc
         width, height = rgb.size
         if width < 1 or height < 1:
             raise BadImageError(f"image is empty ({width}x{height})")
@@ -191,29 +226,33 @@ class Preprocessing:
         Returns
         -------
         torch.Tensor
-            ``[1, 3, H, W]`` float32 tensor on the CPU.
+            ``[1, channels, H, W]`` float32 tensor on the CPU.
         """
         pixels = np.asarray(self.to_pixels(image), dtype=np.float32) / 255.0
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
         x01 = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
         return self.normalize(x01)
 
     # -- normalization ----------------------------------------------------------------------
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.dim() < 3 or x.shape[-3] != 3:
-            raise BadParameterError(f"expected a [..., 3, H, W] tensor, got shape {tuple(x.shape)}")
+        c = self.channels
+        if x.dim() < 3 or x.shape[-3] != c:
+            raise BadParameterError(f"expected a [..., {c}, H, W] tensor, got shape "
+                                    f"{tuple(x.shape)}")
         dtype = x.dtype if x.is_floating_point() else torch.float32
-        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(c, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(c, 1, 1)
         return mean, std
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
-        """Normalize ``[..., 3, H, W]`` pixels in [0, 1] to model input.
+        """Normalize ``[..., C, H, W]`` pixels in [0, 1] to model input.
 
         Parameters
         ----------
         x01 : torch.Tensor
-            Pixels in [0, 1], channels RGB in dimension ``-3``.
+            Pixels in [0, 1], the model's ``channels`` in dimension ``-3``.
 
         Returns
         -------
@@ -229,7 +268,7 @@ class Preprocessing:
         Parameters
         ----------
         x : torch.Tensor
-            Normalized ``[..., 3, H, W]`` tensor.
+            Normalized ``[..., C, H, W]`` tensor.
 
         Returns
         -------
@@ -239,6 +278,25 @@ class Preprocessing:
         mean, std = self._stats(x)
         return (x * std + mean).clamp(0.0, 1.0)
 
+    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """What a learner sees of a model input: :meth:`denormalize` as RGB.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            A model input (any batch shape, the model's channels in dimension ``-3``).
+
+        Returns
+        -------
+        torch.Tensor
+            RGB float32 in [0, 1] (3 channels in dimension ``-3``): a gray channel repeated
+            three times, an alpha channel dropped.
+        """
+        x01 = self.denormalize(x).float()
+        if self.channels == 1:
+            return x01.expand(*x01.shape[:-3], 3, *x01.shape[-2:])
+        return x01[..., :3, :, :]
+
     def fingerprint(self) -> str:
         """Short string that changes whenever the preprocessing does, for cache keys.
 
@@ -247,7 +305,10 @@ class Preprocessing:
         str
             e.g. ``"224x224r256-1a2b3c4d"``; stable across processes and platforms.
         """
-        d = digest(repr((self.size, self.resize, self.mean, self.std)), length=8)
+        key = (self.size, self.resize, self.mean, self.std)
+        if self.channels != 3:
+            key += (self.channels,)
+        d = digest(repr(key), length=8)
         h, w = self.size
         return f"{h}x{w}r{self.resize if self.resize is not None else 'none'}-{d}"
 

@@ -16,11 +16,12 @@ are not downloaded), for a model dropdown; each model module registers its own a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from zfwidgets.errors import (
@@ -49,6 +50,9 @@ __all__ = [
     "NOT_DOWNLOADED",
     "NOT_INSTALLED",
     "UNKNOWN_WEIGHTS",
+    "check_output",
+    "input_channels",
+    "pick_logits",
 ]
 
 
@@ -77,6 +81,9 @@ class LoadedModel:
         ``"torchvision:AlexNet_Weights.IMAGENET1K_V1"``, ``"file:<sha256[:16]>"``,
         ``"user:<sha256[:16]>"``. ``"random"`` means a fresh random init: two ``"random"``
         models generally differ, so results must not be cached by it.
+    output : str, int, callable or None
+        Which part of the module's output holds the class scores (see :func:`pick_logits`);
+        ``None``: the documented default rule.
     """
 
     name: str
@@ -86,11 +93,113 @@ class LoadedModel:
     default_layer: str | None
     middle_layer: str | None
     weights_id: str
+    output: Any = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int | None:
         """Number of class names, or ``None`` without labels."""
         return None if self.labels is None else len(self.labels)
+
+
+# --------------------------------------------------------------------------------------------
+# Which output is the logits
+# --------------------------------------------------------------------------------------------
+
+def check_output(output):
+    """Return ``output`` if it can say where a model's logits are, else raise.
+
+    Parameters
+    ----------
+    output : None, str, int or callable
+        See :func:`pick_logits`.
+
+    Returns
+    -------
+    None, str, int or callable
+        ``output`` unchanged.
+
+    Raises
+    ------
+    BadParameterError
+        For any other type.
+    """
+    if output is None or callable(output) or isinstance(output, str) or (
+            isinstance(output, int) and not isinstance(output, bool)):
+        return output
+    raise BadParameterError(f"output must be None, a key, an index or a callable that picks the "
+                            f"logits from the model's output, got {type(output).__name__}")
+
+
+def pick_logits(out, output=None) -> torch.Tensor:
+    """The class scores in a model's output: the one rule every part of zfwidgets reads.
+
+    With ``output=None``: a tensor is the logits; of a tuple or list (a named tuple such as
+    ``InceptionOutputs`` too), the first tensor; of a dict (a Hugging Face ``ModelOutput``
+    too), the value under ``"logits"``, else its only 2-d tensor value.
+
+    Parameters
+    ----------
+    out : object
+        What ``model(x)`` returned.
+    output : None, str, int or callable
+        ``None``: the rule above. A key or an index: ``out[output]``. A callable:
+        ``output(out)``.
+
+    Returns
+    -------
+    torch.Tensor
+        The logits ``[N, classes]`` (or whatever tensor the rule picks).
+
+    Raises
+    ------
+    UnsupportedModelError
+        When the rule finds no tensor (the message lists what the output holds and says how to
+        choose with ``output=``).
+    """
+    check_output(output)
+    if output is not None:
+        try:
+            picked = output(out) if callable(output) else out[output]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise UnsupportedModelError(
+                f"output={output!r} does not pick anything from the model's output "
+                f"({_describe(out)}): {exc}") from None
+    elif isinstance(out, torch.Tensor):
+        picked = out
+    elif isinstance(out, (tuple, list)):
+        picked = next((t for t in out if isinstance(t, torch.Tensor)), None)
+    elif isinstance(out, Mapping):
+        picked = out.get("logits")
+        if not isinstance(picked, torch.Tensor):
+            flat = [v for v in out.values() if isinstance(v, torch.Tensor) and v.dim() == 2]
+            picked = flat[0] if len(flat) == 1 else None
+    else:
+        picked = None
+    if not isinstance(picked, torch.Tensor):
+        raise UnsupportedModelError(
+            f"cannot tell which part of the model's output is the logits ({_describe(out)}); "
+            "choose it with output=: a key, an index, or a function of the output "
+            "(wrap_model(model, output='logits'), Session(model, output=0) ...)")
+    return picked
+
+
+def _describe(out) -> str:
+    if isinstance(out, Mapping):
+        return f"a dict with keys {list(out)}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {[type(v).__name__ for v in out]}"
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {list(out.shape)}"
+    return f"a {type(out).__name__}"
+
+
+def input_channels(module: nn.Module) -> int | None:
+    """``in_channels`` of the first ``nn.Conv2d`` of ``module`` (``named_modules()`` order):
+    the number of channels its input images need; ``None`` without a 2-d convolution."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +337,14 @@ def conv_layer_names(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if n and isinstance(m, nn.Conv2d)]
 
 
+def _check_labels(labels) -> list[str] | None:
+    if labels is not None:
+        if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
+            raise BadParameterError("labels must be a sequence of class-name strings")
+        labels = list(labels)
+    return labels
+
+
 def wrap_model(
     module: nn.Module,
     preprocessing: Preprocessing | None = None,
@@ -235,6 +352,7 @@ def wrap_model(
     name: str | None = None,
     default_layer: str | None = None,
     middle_layer: str | None = None,
+    output=None,
 ) -> LoadedModel:
     """Describe any user ``nn.Module`` as a :class:`LoadedModel`, without changing it.
 
@@ -244,9 +362,10 @@ def wrap_model(
     Parameters
     ----------
     module : torch.nn.Module
-        The user's network, taking ``[N, 3, H, W]`` normalized images.
+        The user's network, taking ``[N, C, H, W]`` normalized images.
     preprocessing : Preprocessing, optional
-        Defaults to ImageNet mean/std at 224x224 after resizing to 256.
+        Defaults to ImageNet mean/std at 224x224 after resizing to 256, with as many channels
+        as the first ``nn.Conv2d`` reads (1: grayscale, with the mean of ImageNet's statistics).
     labels : list of str, optional
         Class names, index = class id.
     name : str, optional
@@ -254,6 +373,9 @@ def wrap_model(
     default_layer, middle_layer : str, optional
         ``named_modules()`` names. When not given they are picked from the ``nn.Conv2d`` layers in
         ``named_modules()`` order: the last one, and the one at about half depth.
+    output : None, str, int or callable
+        Which part of the module's output holds the class scores, for a module returning a
+        dict or a tuple; see :func:`pick_logits` for the default rule.
 
     Returns
     -------
@@ -274,16 +396,14 @@ def wrap_model(
         raise UnsupportedModelError(
             f"wrap_model needs a torch.nn.Module, got {type(module).__name__}"
         )
+    check_output(output)
     if preprocessing is None:
-        preprocessing = Preprocessing()
+        preprocessing = Preprocessing(channels=input_channels(module) or 3)
     elif not isinstance(preprocessing, Preprocessing):
         raise BadParameterError(
             f"preprocessing must be a Preprocessing, got {type(preprocessing).__name__}"
         )
-    if labels is not None:
-        if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
-            raise BadParameterError("labels must be a sequence of class-name strings")
-        labels = list(labels)
+    labels = _check_labels(labels)
     names = [n for n, _ in module.named_modules() if n]
     for given in (default_layer, middle_layer):
         if given is not None and given not in names:
@@ -301,6 +421,7 @@ def wrap_model(
         default_layer=default_layer,
         middle_layer=middle_layer,
         weights_id=f"user:{weights_digest(module)}",
+        output=output,
     )
 
 

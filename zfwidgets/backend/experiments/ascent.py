@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from ...errors import BadParameterError, OutOfRangeError
 from ...models import class_name
 from ..jobs import Job, Step
-from ..layers import resolve_layer, run_captured, scoped_eval
+from ...models.registry import pick_logits
+from ..layers import layouts_of, resolve_layer, run_captured, scoped_eval
 from ..ops import RECTIFIER_MODULES
 from ..targets import resolve_classes
 
@@ -294,18 +295,17 @@ def _start(session, start, gen: torch.Generator) -> torch.Tensor:
     raise BadParameterError(f"start must be 'gray', 'noise', 'image' or a tensor, got {start!r}")
 
 
-def _logits(model, inp: torch.Tensor) -> torch.Tensor:
-    out = model(inp)
-    return out[0] if isinstance(out, (tuple, list)) else out
+def _logits(session, inp: torch.Tensor) -> torch.Tensor:
+    return pick_logits(session.model(inp), session.entry.output)
 
 
 def _value(session, goal: _Goal, inp: torch.Tensor) -> torch.Tensor:
     """The objective at ``inp`` (a scalar tensor, differentiable)."""
     if goal.layer is None:
-        return _logits(session.model, inp)[0, goal.target]
+        return _logits(session, inp)[0, goal.target]
     found: dict[str, torch.Tensor] = {}
     run_captured(session.model, inp, [goal.layer], found.__setitem__, known=session.layers,
-                 inputs=goal.pre)
+                 inputs=goal.pre, layouts=layouts_of(session, [goal.layer]))
     return found[goal.layer][:, goal.channel].mean()
 
 
@@ -341,10 +341,10 @@ def _ascent_steps(session, goal: _Goal, x: torch.Tensor, gen: torch.Generator,
         if goal.target is None:
             history.append(float(_value(session, goal, x)))
         else:  # one forward pass for the last score and the probability
-            out = _logits(model, x)
+            out = _logits(session, x)
             history.append(float(out[0, goal.target]))
             prob = float(torch.softmax(out.float(), 1)[0, goal.target])
-    image = (x * std + mean).clamp(0, 1)[0].permute(1, 2, 0)
+    image = prep.to_rgb(x)[0].permute(1, 2, 0)
     return AscentResult(image=image.cpu().numpy(), input=x.detach(), objective=goal.text,
                         history=np.asarray(history), prob=prob, target=goal.target,
                         layer=goal.layer, channel=goal.channel, settings=settings)

@@ -26,7 +26,7 @@ import torch
 
 from ...errors import BadParameterError
 from ..defaults import correspondence_layers
-from ..layers import run_captured, scoped_eval
+from ..layers import layouts_of, run_captured, scoped_eval
 
 __all__ = ["CorrespondenceResult", "correspondence", "sign_consistency"]
 
@@ -213,7 +213,8 @@ def _features(session, batch: torch.Tensor, layers: Sequence[str]) -> dict[str, 
         found[layer] = out.detach().flatten(1).double()
 
     with torch.inference_mode(), scoped_eval(session.model):
-        run_captured(session.model, batch, layers, keep, known=session.layers)
+        run_captured(session.model, batch, layers, keep, known=session.layers,
+                     layouts=layouts_of(session, layers))
     return found
 
 

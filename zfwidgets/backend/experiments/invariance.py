@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ...errors import BadParameterError, OutOfRangeError, check_choice
 from ...models import class_name
 from ..defaults import invariance_layers
-from ..layers import run_captured, scoped_eval
+from ...models.registry import pick_logits
+from ..layers import layouts_of, run_captured, scoped_eval
 
 __all__ = ["KINDS", "InvarianceResult", "default_amounts", "invariance", "transform"]
 
@@ -216,8 +217,9 @@ def invariance(session, kind: str = "translation", amounts: Sequence[float] | No
             feats[layer] = out.detach().flatten(1).double()
 
         with torch.inference_mode(), scoped_eval(model):
-            out = run_captured(model, batch, layers, on_output, known=session.layers, stop=False)
-        logits = out[0] if isinstance(out, (tuple, list)) else out
+            out = run_captured(model, batch, layers, on_output, known=session.layers, stop=False,
+                               layouts=layouts_of(session, layers))
+        logits = pick_logits(out, session.entry.output)
         p = torch.softmax(logits.float(), 1)
         probs.append(p[:, target].cpu())
         tops.append(p.argmax(1).cpu())
@@ -237,5 +239,5 @@ def invariance(session, kind: str = "translation", amounts: Sequence[float] | No
 
 def _to_rgb(session, batch: torch.Tensor) -> np.ndarray:
     """Normalized inputs back to displayable RGB ``[N, H, W, 3]`` in ``[0, 1]``."""
-    rgb = session.preprocessing.denormalize(batch).clamp(0, 1)
+    rgb = session.preprocessing.to_rgb(batch)
     return rgb.permute(0, 2, 3, 1).cpu().numpy()

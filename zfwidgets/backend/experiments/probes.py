@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import BadParameterError, DataError
-from ..layers import run_captured, scoped_eval
+from ..layers import layouts_of, run_captured, scoped_eval
 
 __all__ = ["ProbeResult", "fit_linear", "layer_features", "probe", "stratified_split"]
 
@@ -114,7 +114,8 @@ def layer_features(session, images: Any, layers: Sequence[str], *, pool: str = "
             batch.append(session.preprocessing(image))
         x = torch.cat(batch).to(session.input_tensor)
         with torch.inference_mode(), scoped_eval(model):
-            run_captured(model, x, list(layers), keep, known=session.layers)
+            run_captured(model, x, list(layers), keep, known=session.layers,
+                         layouts=layouts_of(session, layers))
     return {layer: torch.cat(v) for layer, v in out.items()}
 
 

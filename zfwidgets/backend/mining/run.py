@@ -43,6 +43,7 @@ from ...data.datasets import ImageSource, as_source
 from ...errors import BadImageError, BadParameterError, DataError, StorageError, UnknownLayerError
 from ..defaults import mining_layers
 from ..jobs import Job, Step
+from ..layers import layouts_of
 from .results import LayerTopK, MiningResult, Tally, session_model_id
 from .store import MiningStore
 from .topk import Miner, check_k, check_per_image
@@ -336,7 +337,8 @@ class MiningRun:
 
     def _stream(self, layers: list[str]) -> Generator[Step, None, dict[str, LayerTopK]]:
         """One pass over the data for ``layers``, with checkpoints and, at the end, files."""
-        miner = Miner(self.session.model, layers, self.k, self.per_image, self.session.layers)
+        miner = Miner(self.session.model, layers, self.k, self.per_image, self.session.layers,
+                      layouts_of(self.session, layers))
         position = self._resume(miner, layers)
         saved_at, last_save, total = position, time.monotonic(), len(self.ids)
 

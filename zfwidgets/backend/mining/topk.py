@@ -26,14 +26,14 @@ running state into a :class:`~zfwidgets.backend.mining.LayerTopK`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ...errors import BadParameterError, UnknownLayerError
-from ..layers import capture, resolve_layer, run_captured, scoped_eval
+from ..layers import Layout, capture, model_dtype, resolve_layer, run_captured, scoped_eval
 from ..ops import RECTIFIER_MODULES
 from .results import MAX_SKIPPED_KEPT, LayerTopK, MiningResult
 
@@ -234,6 +234,9 @@ class Miner:
         At most this many hits per image and channel (``None``: no limit).
     known : sequence of str, optional
         Valid layer ids, for error messages.
+    layouts : mapping of str to Layout, optional
+        The layers' :attr:`~zfwidgets.backend.layers.LayerInfo.layout` (token and
+        channels-last layers are mined as maps, :func:`~zfwidgets.backend.layers.as_maps`).
 
     Examples
     --------
@@ -244,8 +247,10 @@ class Miner:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], k: int = 9,
-                 per_image: int | None = 1, known: Sequence[str] | None = None):
+                 per_image: int | None = 1, known: Sequence[str] | None = None,
+                 layouts: Mapping[str, Layout | None] | None = None):
         self.model = model
+        self.layouts = dict(layouts or {})
         self.layers = list(dict.fromkeys(layers))
         if not self.layers:
             raise BadParameterError("no layers to mine")
@@ -283,8 +288,13 @@ class Miner:
             each(layer, out, chosen if chosen is not None and
                  tuple(chosen[0].shape[:2]) == tuple(out.shape[:2]) else None)
 
-        with capture(self.model, self.pre_layers, on_input, known=self.known, inputs=True):
-            run_captured(self.model, x, self.layers, on_output, known=self.known)
+        x = x.to(model_dtype(self.model))
+        pre_layouts = {layer: self.layouts[layer] for layer in self.pre_layers
+                       if self.layouts.get(layer) is not None}
+        with capture(self.model, self.pre_layers, on_input, known=self.known, inputs=True,
+                     layouts=pre_layouts):
+            run_captured(self.model, x, self.layers, on_output, known=self.known,
+                         layouts=self.layouts)
         self.forward_passes += 1
         missing = [layer for layer in self.layers if layer not in seen]
         if missing:

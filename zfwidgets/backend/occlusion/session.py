@@ -65,7 +65,9 @@ def occlusion_job(session, size: int = 32, stride: int = 8, target: int | str | 
     return occlusion_maps_job(session.model, x, size, stride, target=target, layer=layer,
                               channel=channel, fill=fill_t, batch_size=batch_size,
                               method=method, labels=session.labels,
-                              known_layers=session.layers, fill_label=fill)
+                              known_layers=session.layers, fill_label=fill,
+                              output=session.entry.output,
+                              layout=session.layer_info(layer).layout)
 
 
 def occlusion(session, size: int = 32, stride: int = 8, target: int | str | None = None,
@@ -181,7 +183,7 @@ def occluded_prediction(session, top: int, left: int, size: int, fill: str | flo
     fill_t = fill_tensor(fill, x, pre.mean, pre.std)
     model = session.model
     with torch.inference_mode(), scoped_eval(model):
-        logits = class_logits(model(occlude(x, [(top, left)], size, fill_t)))
+        logits = class_logits(model(occlude(x, [(top, left)], size, fill_t)), session.entry.output)
     probs = torch.softmax(logits.float(), 1)[0]
     k = max(1, min(int(k), probs.numel()))
     values, ids = probs.topk(k)

@@ -28,7 +28,8 @@ from torch import nn
 from ...errors import BadParameterError, OutOfRangeError, UnknownLayerError, ZFError, check_choice
 from ...models import class_name
 from ..jobs import Job, Step
-from ..layers import capture, resolve_layer, scoped_eval
+from ...models.registry import pick_logits
+from ..layers import Layout, as_maps, capture, resolve_layer, scoped_eval
 from .engine import IncrementalMode
 from .grid import check_int, fill_tensor, occlude, occlusion_grid
 from .result import OcclusionResult
@@ -58,6 +59,8 @@ class _Plan:
     auto: bool
     labels: Sequence[str] | None
     fill_label: str | float
+    output: object = None
+    layout: Layout | None = None
 
 
 @dataclass
@@ -78,7 +81,8 @@ def occlusion_maps_job(model: nn.Module, x: torch.Tensor, size: int = 32, stride
                        batch_size: int | None = None, method: str = "auto",
                        labels: Sequence[str] | None = None,
                        known_layers: Sequence[str] | None = None,
-                       fill_label: str | float = "gray") -> Job[OcclusionResult]:
+                       fill_label: str | float = "gray", output=None,
+                       layout: Layout | None = None) -> Job[OcclusionResult]:
     """The occlusion sweep of :func:`occlusion_maps` as a job, one step per batch.
 
     Everything is validated and the unoccluded pass runs before this returns (so a bad
@@ -92,6 +96,12 @@ def occlusion_maps_job(model: nn.Module, x: torch.Tensor, size: int = 32, stride
         See :func:`occlusion_maps`.
     fill_label : str or float
         How the fill was asked for (``"gray"``, ``"mean"`` ...), recorded in the result.
+    output : str, int or callable, optional
+        Which part of the model's output is the logits
+        (:func:`~zfwidgets.models.registry.pick_logits`).
+    layout : Layout, optional
+        The layer's :attr:`~zfwidgets.backend.layers.LayerInfo.layout` (a token or
+        channels-last layer); ``None``: ``[N, C, H, W]`` maps.
 
     Returns
     -------
@@ -113,7 +123,7 @@ def occlusion_maps_job(model: nn.Module, x: torch.Tensor, size: int = 32, stride
     if layer is not None:
         resolve_layer(model, layer, known_layers)  # UnknownLayerError before any work
     plan = _Plan(model, x, int(size), int(stride), rows, cols, fill, layer, batch_size, method,
-                 auto, labels, fill_label)
+                 auto, labels, fill_label, output, layout)
     start = time.perf_counter()
     base = _unoccluded(plan, target, channel, known_layers)
     return Job(_steps(plan, base, time.perf_counter() - start),
@@ -192,8 +202,8 @@ def run_sweep(job: Job[OcclusionResult], *, progress: bool,
 def _unoccluded(plan: _Plan, target, channel, known_layers) -> _Base:
     """The unoccluded pass: base prediction and feature totals; checks target and channel."""
     with torch.inference_mode(), scoped_eval(plan.model), \
-            _layer_totals(plan.model, plan.layer, _plain_total) as hook:
-        base_logits = class_logits(plan.model(plan.x))
+            _layer_totals(plan.model, plan.layer, _totals(plan.layout)) as hook:
+        base_logits = class_logits(plan.model(plan.x), plan.output)
     base_probs = torch.softmax(base_logits.float(), 1)[0]
     num_classes = base_probs.numel()
     base_class = int(base_probs.argmax())
@@ -266,14 +276,14 @@ def _run_batch(plan: _Plan, chunk, engine):
     with torch.inference_mode(), _eval_scope(model):
         if engine is None:
             batch = occlude(x, chunk, plan.size, plan.fill)
-            with _layer_totals(model, layer, _plain_total) as hook:
-                logits = class_logits(model(batch))
+            with _layer_totals(model, layer, _totals(plan.layout)) as hook:
+                logits = class_logits(model(batch), plan.output)
             return logits, hook["value"]
         tops = np.array([c[0] for c in chunk], np.int64)
         lefts = np.array([c[1] for c in chunk], np.int64)
-        with engine, _layer_totals(model, layer, engine.channel_totals) as hook:
+        with engine, _layer_totals(model, layer, _totals(plan.layout, engine)) as hook:
             inp = engine.inputs(x, tops, lefts, plan.size, plan.fill)
-            logits = class_logits(engine.resolve(model(inp)))
+            logits = class_logits(engine.resolve(model(inp)), plan.output)
         return logits, hook["value"]
 
 
@@ -294,16 +304,17 @@ def _result(plan: _Plan, base: _Base, probs, top, top_p, feats, method: str,
         labels=names, fill=plan.fill_label, method=method, seconds=seconds)
 
 
-def class_logits(out) -> torch.Tensor:
-    """A classifier's logits ``[N, classes]`` from its output (the first of a tuple / list).
+def class_logits(out, output=None) -> torch.Tensor:
+    """A classifier's logits ``[N, classes]`` from its output, picked by ``output``
+    (:func:`~zfwidgets.models.registry.pick_logits`: a tuple's first tensor, a dict's
+    ``"logits"`` ...).
 
     Raises
     ------
     BadParameterError
-        When the model returns anything else.
+        When that is not a ``[N, classes]`` tensor.
     """
-    if isinstance(out, (tuple, list)):
-        out = out[0]
+    out = pick_logits(out, output)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise BadParameterError(
             "occlusion needs a classifier returning logits [N, classes], got "
@@ -338,7 +349,7 @@ def _layer_totals(model: nn.Module, layer: str | None, reduce):
         return
 
     def on_output(_, output):
-        if isinstance(output, torch.Tensor) and output.dim() == 4:
+        if isinstance(output, torch.Tensor):
             box["value"] = reduce(output)
 
     with capture(model, [layer], on_output):
@@ -348,3 +359,13 @@ def _layer_totals(model: nn.Module, layer: str | None, reduce):
 def _plain_total(t: torch.Tensor) -> torch.Tensor:
     """Per-image total of every channel, ``[N, C]``."""
     return t.detach().flatten(2).sum(2)
+
+
+def _totals(layout: Layout | None, engine: IncrementalMode | None = None):
+    """``[N, C]`` channel totals of a layer's output read as maps (:func:`as_maps`): through
+    the engine's patches for ``[N, C, H, W]`` maps, of the dense value for other layouts."""
+    if layout is None or layout.kind == "nchw":
+        plain = engine.channel_totals if engine is not None else _plain_total
+        return lambda t: plain(t) if t.dim() == 4 else None
+    dense = engine.resolve if engine is not None else (lambda t: t)
+    return lambda t: _plain_total(as_maps(dense(t), layout))
