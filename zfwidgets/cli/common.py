@@ -6,12 +6,14 @@ Also the pieces the test suite reuses to serve notebooks: :func:`one_cell_notebo
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from pathlib import Path
 
-__all__ = ["ALLOCATOR_ENV", "DEFAULT_MODEL", "ENV_IMAGE", "ENV_MODEL", "check_inputs", "fail",
-           "is_sample", "kernel_env", "model_names", "one_cell_notebook", "open_session"]
+__all__ = ["ALLOCATOR_ENV", "DEFAULT_MODEL", "ENV_IMAGE", "ENV_MODEL", "LazyText",
+           "check_inputs", "fail", "is_sample", "kernel_env", "model_names", "one_cell_notebook",
+           "open_session"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 ENV_MODEL = "ZFWIDGETS_MODEL"
@@ -37,10 +39,30 @@ def fail(message: str, prog: str = "zfwidgets") -> int:
 
 
 def model_names() -> str:
-    """The registry's model names, for help texts."""
+    """The registry's model names, for help texts (imports the models, hence torch: use it
+    inside a :class:`LazyText`)."""
     from ..models import list_models
 
     return ", ".join(list_models())
+
+
+class LazyText(collections.UserString):
+    """A string made by ``make()`` when it is first read: a help text that names the models
+    without importing torch each time the command line is parsed (only ``--help`` reads it)."""
+
+    def __init__(self, make):
+        # UserString's methods build their results as ``type(self)(a_string)``
+        self._make = make
+        self._text = make if isinstance(make, str) else None
+
+    @property
+    def data(self) -> str:
+        if self._text is None:
+            self._text = str(self._make())
+        return self._text
+
+    def __mod__(self, args) -> str:    # argparse formats help as ``help % params``: a str
+        return self.data % args
 
 
 def is_sample(image: str | None) -> bool:
@@ -96,11 +118,16 @@ def one_cell_notebook(path: str | os.PathLike, source: str) -> Path:
 
 def kernel_env(model: str, image: str | None, environ) -> dict[str, str]:
     """The environment of the explorer's server and kernel: ``environ`` plus the model and image
-    to open (a file path made absolute, a sample name kept) and :data:`ALLOCATOR_ENV` where
-    ``environ`` does not set those variables itself."""
+    to open (a file path made absolute, a sample name kept), and :data:`ALLOCATOR_ENV` and the
+    thread settings of :func:`zfwidgets.threads.thread_env` (``OMP_NUM_THREADS`` from the CPUs
+    this process may use, ``OMP_WAIT_POLICY=PASSIVE``) where ``environ`` does not set those
+    variables itself."""
+    from ..threads import thread_env
+
     env = dict(environ)
     for key, value in ALLOCATOR_ENV.items():  # the kernel's glibc reads them at start
         env.setdefault(key, value)
+    env.update(thread_env(env))               # torch / OpenMP read them when torch is imported
     env[ENV_MODEL] = model
     image = image or ""
     env[ENV_IMAGE] = str(Path(image).resolve()) if image and not is_sample(image) else image

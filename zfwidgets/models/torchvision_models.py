@@ -4,20 +4,24 @@
 once into the torch hub cache; offline, that fails and :class:`WeightsUnavailableError` says to
 pass ``weights=None``. Preprocessing is read from the weights' own ``transforms()`` (resize 256,
 crop 224, ImageNet mean/std) and labels from their ``meta["categories"]``; neither downloads.
+
+torchvision is imported when one of these models is built, not when this module registers them:
+its import costs a second or more (it pulls in ``torch._dynamo``), which a session on another
+model, or the ``zfwidgets`` command, need not pay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
-from torch import nn
-from torchvision.models import AlexNet_Weights, VGG16_Weights, WeightsEnum
 
 from zfwidgets.errors import WeightsUnavailableError
 from zfwidgets.models.preprocessing import Preprocessing
 from zfwidgets.models.registry import LoadedModel, register_model
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 __all__ = ["preprocessing_from_weights", "TORCHVISION_LAYERS"]
 
@@ -54,13 +58,15 @@ def preprocessing_from_weights(weights: WeightsEnum) -> Preprocessing:
     )
 
 
-def _register_torchvision(
-    name: str, factory: Callable[..., nn.Module], weights_enum: type[WeightsEnum]
-) -> None:
+def _register_torchvision(name: str, weights_name: str) -> None:
+    """Register torchvision's ``models.<name>`` with its ``models.<weights_name>`` entry."""
     default_layer, middle_layer = TORCHVISION_LAYERS[name]
 
     def build(weights) -> LoadedModel:
-        entry = weights_enum.DEFAULT
+        import torchvision.models
+
+        factory = getattr(torchvision.models, name)
+        entry = getattr(torchvision.models, weights_name).DEFAULT
         if weights == "default":
             try:
                 module = factory(weights=entry)
@@ -88,10 +94,10 @@ def _register_torchvision(
 
     build.__name__ = f"_build_{name}"
     build.__doc__ = (
-        f"torchvision {name}; ``'default'`` = {weights_enum.__name__}.DEFAULT (downloads once)."
+        f"torchvision {name}; ``'default'`` = {weights_name}.DEFAULT (downloads once)."
     )
     register_model(name)(build)
 
 
-_register_torchvision("alexnet", torchvision.models.alexnet, AlexNet_Weights)
-_register_torchvision("vgg16", torchvision.models.vgg16, VGG16_Weights)
+_register_torchvision("alexnet", "AlexNet_Weights")
+_register_torchvision("vgg16", "VGG16_Weights")
