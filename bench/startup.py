@@ -48,19 +48,11 @@ from _common import load_note, load_text, machine_info, machine_table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import (CANVAS, chromium, free_port, has_content,  # noqa: E402
-                     screenshot_changed, serve_command, wait_until)
+from browser import (CANVAS, chromium, explore_command, free_port, has_content,  # noqa: E402
+                     screenshot_changed, serve_command, wait_canvas_settled, wait_until)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "startup.md"
 GOAL_FIRST_PAINT = 10.0   # issue 14: `make explore` to first paint, quiet machine
-
-
-def explore_command(port: int, model: str | None) -> list[str]:
-    """``zfwidgets explore --no-browser --port P`` from this interpreter's environment."""
-    script = Path(sys.executable).with_name("zfwidgets")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "zfwidgets.cli"]
-    cmd = base + ["explore", "--no-browser", "--port", str(port)]
-    return cmd + (["--model", model] if model else [])
 
 
 def server_env(tmp: Path) -> dict:
@@ -106,27 +98,15 @@ def changed(page, locator, before: bytes, timeout: float) -> bytes:
 
 
 def settled(page, locator, quiet: float, timeout: float, busy=None) -> float:
-    """Wait until the canvas has not changed for ``quiet`` s and ``busy`` (a locator: a
-    progress bar) is not shown; the monotonic time of the canvas's last change (or of the
-    first look when it never changed)."""
-    last_png, last_change = locator.screenshot(), time.monotonic()
-    deadline = last_change + timeout
-    while (time.monotonic() - last_change < quiet
-           or (busy is not None and busy.count() and busy.first.is_visible())):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"canvas still changing after {timeout} s")
-        page.wait_for_timeout(100)
-        png = locator.screenshot()
-        if screenshot_changed(last_png, png):
-            last_png, last_change = png, time.monotonic()
-    return last_change
+    return wait_canvas_settled(page, locator, quiet, timeout, busy)
 
 
 def first_paint(browser, model: str | None, tmp: Path, timeout: float):
     """One fresh ``zfwidgets explore``: its first-paint marks; yields the page for more."""
     port = free_port()
     clock = Clock()
-    with serve_command(explore_command(port, model), port, tmp, env=server_env(tmp),
+    options = ["--model", model] if model else []
+    with serve_command(explore_command(port, *options), port, tmp, env=server_env(tmp),
                        timeout=timeout) as url:
         clock.mark("port listens (Voila up)")
         context = browser.new_context(viewport={"width": 1300, "height": 1000})
@@ -164,7 +144,7 @@ def interactions(page, quiet: float, timeout: float) -> dict[str, float]:
     """Tab switch, image changes, upload; seconds each."""
     out: dict[str, float] = {}
     occ = page.locator(f".zf-occlusion {CANVAS}")
-    sweeping = page.locator(".zf-occlusion .widget-progress")   # shown while a sweep runs
+    sweeping = page.locator(".zf-occlusion .widget-hprogress:visible")   # while a sweep runs
     grid = page.locator(f".zf-grid {CANVAS}")
 
     t = time.monotonic()
