@@ -134,10 +134,14 @@ def choose_sample(page, name: str) -> None:
     page.locator(".zf-images select").first.select_option(label=name)
 
 
-def timed(fn) -> float:
+def after(page, action, canvas, quiet: float, timeout: float, busy=None) -> tuple[float, float]:
+    """Seconds from ``action()`` to the canvas's first repaint, and to it settled."""
+    before = canvas.screenshot()
     t = time.monotonic()
-    fn()
-    return time.monotonic() - t
+    action()
+    changed(page, canvas, before, timeout)
+    first = time.monotonic() - t
+    return first, settled(page, canvas, quiet, timeout, busy) - t
 
 
 def interactions(page, quiet: float, timeout: float) -> dict[str, float]:
@@ -154,31 +158,21 @@ def interactions(page, quiet: float, timeout: float) -> dict[str, float]:
     out["tab switch: ... -> Occlusion settled"] = \
         settled(page, occ, quiet, timeout, sweeping) - t
 
-    before = occ.screenshot()
-    t = time.monotonic()
-    choose_sample(page, "coffee")
-    changed(page, occ, before, timeout)
-    out["image change, Occlusion shown: first repaint"] = time.monotonic() - t
-    out["image change, Occlusion shown: settled"] = \
-        settled(page, occ, quiet, timeout, sweeping) - t
+    first, last = after(page, lambda: choose_sample(page, "coffee"), occ, quiet, timeout,
+                        sweeping)
+    out["image change, Occlusion shown: first repaint"] = first
+    out["image change, Occlusion shown: settled"] = last
 
     tab(page, "Feature maps").click()
-    before = painted(page, grid, timeout)
+    painted(page, grid, timeout)
     settled(page, grid, quiet, timeout)
-    before = grid.screenshot()
-    t = time.monotonic()
-    choose_sample(page, "astronaut")
-    changed(page, grid, before, timeout)
-    out["image change, Occlusion opened and hidden: grid repainted"] = time.monotonic() - t
-    out["image change, Occlusion opened and hidden: grid settled"] = \
-        settled(page, grid, quiet, timeout) - t
+    first, last = after(page, lambda: choose_sample(page, "astronaut"), grid, quiet, timeout)
+    out["image change, Occlusion opened and hidden: grid repainted"] = first
+    out["image change, Occlusion opened and hidden: grid settled"] = last
 
-    before = occ.screenshot() if occ.is_visible() else None
     t = time.monotonic()
     tab(page, "Occlusion").click()
-    occ.wait_for(state="visible", timeout=timeout * 1000)
-    if before is None:
-        painted(page, occ, timeout)
+    painted(page, occ, timeout)
     out["Occlusion shown again after that change: settled"] = \
         settled(page, occ, quiet, timeout, sweeping) - t
     tab(page, "Feature maps").click()
@@ -186,16 +180,17 @@ def interactions(page, quiet: float, timeout: float) -> dict[str, float]:
     settled(page, grid, quiet, timeout)
 
     jpeg = photo_12mp()
-    before = grid.screenshot()
-    t = time.monotonic()
-    with page.expect_file_chooser(timeout=timeout * 1000) as chooser:
-        page.locator(".zf-images .widget-upload").first.click()
-    chooser.value.set_files({"name": "photo-12mp.jpg", "mimeType": "image/jpeg",
-                             "buffer": jpeg})
+
+    def upload():
+        with page.expect_file_chooser(timeout=timeout * 1000) as chooser:
+            page.locator(".zf-images .widget-upload").first.click()
+        chooser.value.set_files({"name": "photo-12mp.jpg", "mimeType": "image/jpeg",
+                                 "buffer": jpeg})
+
+    first, last = after(page, upload, grid, quiet, timeout)
+    out["upload 12 MP JPEG: grid repainted"] = first
+    out["upload 12 MP JPEG: grid settled"] = last
     page.locator(".zf-images", has_text="photo-12mp.jpg").wait_for(timeout=timeout * 1000)
-    out["upload 12 MP JPEG: image analysed (its name shown)"] = time.monotonic() - t
-    changed(page, grid, before, timeout)
-    out["upload 12 MP JPEG: grid repainted"] = time.monotonic() - t
     out[f"(the JPEG: {len(jpeg) / 1e6:.1f} MB)"] = float("nan")
     return out
 
