@@ -50,8 +50,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 CANVAS = ".jupyter-matplotlib-canvas-div"   # one per ipympl figure
 
 __all__ = ["CHROMIUM", "CANVAS", "needs_chromium", "free_port", "jupyter_env", "wait_for_port",
-           "serve_voila", "serve_command", "explore_command", "launch_chromium", "chromium", "open_page",
-           "wait_until", "pixels", "has_content", "wait_canvas_painted", "wait_canvas_changed",
+           "serve_voila", "serve_command", "explore_command", "launch_chromium", "chromium",
+           "open_page", "wait_until", "pixels", "has_content", "wait_canvas_painted", "wait_canvas_changed",
            "wait_canvas_settled", "screenshot_changed"]
 
 
