@@ -50,9 +50,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 CANVAS = ".jupyter-matplotlib-canvas-div"   # one per ipympl figure
 
 __all__ = ["CHROMIUM", "CANVAS", "needs_chromium", "free_port", "jupyter_env", "wait_for_port",
-           "serve_voila", "serve_lab", "lab_run_all", "serve_command", "launch_chromium",
-           "chromium", "open_page",
-           "wait_until", "pixels", "has_content", "wait_canvas_painted", "wait_canvas_changed",
+           "serve_voila", "serve_lab", "lab_run_all", "serve_command", "explore_command",
+           "launch_chromium", "chromium", "open_page", "wait_until", "pixels", "has_content",
+           "wait_canvas_painted", "wait_canvas_changed", "wait_canvas_settled",
            "screenshot_changed"]
 
 
@@ -192,6 +192,17 @@ def lab_run_all(page, timeout: float = 180) -> None:
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
+def explore_command(port: int, *options: str) -> list[str]:
+    """``zfwidgets explore --no-browser --port P [options]`` from this interpreter's
+    environment (its ``zfwidgets`` script, else ``python -m zfwidgets.cli``)."""
+    script = Path(sys.executable).with_name("zfwidgets")
+    if not script.exists():
+        found = shutil.which("zfwidgets")
+        script = Path(found) if found else None
+    base = [str(script)] if script else [sys.executable, "-m", "zfwidgets.cli"]
+    return base + ["explore", "--no-browser", "--port", str(port), *options]
+
+
 def launch_chromium(playwright, **kwargs):
     """Debian's chromium, headless, with the flags that work offline in a container."""
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -299,3 +310,21 @@ def wait_canvas_changed(page, locator, before_png: bytes, timeout: float = 30,
 
     where = "the canvas" if box is None else f"the canvas within {box}"
     return wait_until(page, changed, f"{where} to change", timeout, poll=0.15)
+
+
+def wait_canvas_settled(page, locator, quiet: float = 1.5, timeout: float = 120,
+                        busy=None) -> float:
+    """Wait until the canvas at ``locator`` has not changed for ``quiet`` seconds and ``busy``
+    (a locator, e.g. a progress bar; optional) is not shown; the ``time.monotonic()`` of the
+    canvas's last change (of the first look when it never changed)."""
+    last_png, last_change = locator.screenshot(), time.monotonic()
+    deadline = last_change + timeout
+    while (time.monotonic() - last_change < quiet
+           or (busy is not None and busy.count() and busy.first.is_visible())):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the canvas to settle: still changing after {timeout} s")
+        page.wait_for_timeout(100)
+        png = locator.screenshot()
+        if screenshot_changed(last_png, png):
+            last_png, last_change = png, time.monotonic()
+    return last_change

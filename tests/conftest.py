@@ -7,15 +7,18 @@ sys.path.insert(0, os.path.dirname(__file__))  # test helpers (rf_probe, ...) im
 os.environ.setdefault("MPLBACKEND", "Agg")
 # OpenMP threads that sleep at barriers instead of spinning: on a small shared CI machine a
 # spinning thread waits for a descheduled one in every one of the many small kernels (measured:
-# up to 10x slower occlusion sweeps under load). Set before torch is imported; inherited by the
-# notebook kernels nbval starts. Results do not depend on it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# up to 10x slower occlusion sweeps under load); and as many threads as the CPUs this process
+# may use (affinity, cgroup quota), not as the host has. Set before torch is imported (this
+# import does not import torch); inherited by the notebook kernels nbval starts and the servers
+# the browser tests start. A variable already set is left alone. Results do not depend on it.
+from zfwidgets.threads import thread_env  # noqa: E402
+
+os.environ.update(thread_env())
 # The suite's numbers are EfficientNet-Lite0's. zf.Session() / explore() / the CLI open alexnet
 # when its ImageNet weights are in torch's hub cache (zfwidgets.default_model), so pin the
 # default here: a machine with AlexNet cached runs the same tests as an offline CI runner (and
-# a ZFWIDGETS_MODEL left in a developer's shell changes nothing). Set before zfwidgets is
-# imported (the CLI reads it at import) and inherited by notebook kernels (nbval) and the Voila
-# kernels of the browser tests. TORCH_HOME is left alone: tests of the policy itself point it
+# a ZFWIDGETS_MODEL left in a developer's shell changes nothing). Inherited by notebook kernels
+# (nbval) and the Voila kernels of the browser tests. TORCH_HOME is left alone: tests of the policy itself point it
 # at a temporary folder and delete this variable with monkeypatch.
 os.environ["ZFWIDGETS_MODEL"] = "efficientnet_lite0"
 
@@ -25,9 +28,7 @@ def one_torch_thread():
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): the
     occlusion engine runs thousands of small kernels, which on a small shared CI machine wait
     for each other across OpenMP threads; results do not depend on it."""
-    import torch
+    from zfwidgets.threads import using_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with using_threads(1):
+        yield

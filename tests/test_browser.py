@@ -6,30 +6,17 @@ own page (its own kernel), so it starts from the explorer as it opens and runs a
 """
 
 import re
-import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from browser import (CANVAS, chromium, free_port, jupyter_env, needs_chromium, open_page, pixels,
-                     serve_command, wait_canvas_changed, wait_canvas_painted)
+from browser import (CANVAS, chromium, explore_command, free_port, jupyter_env, needs_chromium,
+                     open_page, pixels, serve_command, wait_canvas_changed, wait_canvas_painted)
 
 pytestmark = [pytest.mark.browser, needs_chromium(),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 TOP = "head.act"
-
-
-def explore_command(port: int) -> list[str]:
-    """`zfwidgets explore --no-browser --port P`, from this interpreter's environment."""
-    script = Path(sys.executable).with_name("zfwidgets")
-    if not script.exists():
-        found = shutil.which("zfwidgets")
-        script = Path(found) if found else None
-    base = [str(script)] if script else [sys.executable, "-m", "zfwidgets.cli"]
-    return base + ["explore", "--no-browser", "--port", str(port)]
 
 
 @pytest.fixture(scope="module")

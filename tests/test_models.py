@@ -388,12 +388,15 @@ def test_cli_default_model_follows_the_cache_file(hub):
     env["OMP_NUM_THREADS"] = "1"
 
     def defaults() -> tuple[str, str]:
-        code = ("from zfwidgets.cli import build_parser\n"
-                "from zfwidgets.cli.common import DEFAULT_MODEL_REASON\n"
+        # --model is left None by the parser (parsing imports no torch); each command takes
+        # default_model_choice() when it runs, and the help says which and why
+        code = ("from zfwidgets.cli import build_parser, default_model_choice\n"
                 "p = build_parser()\n"
-                "print(p.parse_args(['render']).model, p.parse_args(['mine', 'x']).model,\n"
-                "      p.parse_args(['explore']).model)\n"
-                "print(DEFAULT_MODEL_REASON)\n")
+                "assert {p.parse_args(['render']).model, p.parse_args(['mine', 'x']).model,\n"
+                "        p.parse_args(['explore']).model} == {None}\n"
+                "name, reason = default_model_choice()\n"
+                "print(name, name, name)\n"
+                "print(reason)\n")
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, timeout=120, check=True).stdout.splitlines()
         return out[0], out[1]
@@ -404,10 +407,33 @@ def test_cli_default_model_follows_the_cache_file(hub):
     _cache_random_alexnet(hub)
     models, reason = defaults()
     assert models == "alexnet alexnet alexnet" and str(hub / ALEXNET_FILE) in reason
+    help_text = subprocess.run([sys.executable, "-m", "zfwidgets.cli", "explore", "--help"],
+                               env=env, capture_output=True, text=True, timeout=120,
+                               check=True).stdout
+    assert "alexnet: ImageNet weights found" in " ".join(help_text.split())
     env["ZFWIDGETS_MODEL"] = "zfnet"
     assert defaults()[0] == "zfnet zfnet zfnet"
     env["ZFWIDGETS_MODEL"] = "nope"           # kept as given, for check_inputs to refuse
     assert defaults()[0] == "nope nope nope"
+
+
+def test_weights_cache_names_match_torchvision_without_importing_it(monkeypatch, tmp_path):
+    """The hub-cache file names kept beside the registry (so the default-model check needs no
+    torchvision) are torchvision's own; the hub folder is found as torch finds it."""
+    import os
+    import urllib.parse
+
+    import torch
+    import torchvision.models as tvm
+
+    from zfwidgets.models import torchvision_models as tv
+
+    for name, (enum, filename) in tv.TORCHVISION_WEIGHTS.items():
+        url = getattr(tvm, enum).DEFAULT.url
+        assert os.path.basename(urllib.parse.urlparse(url).path) == filename
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert tv.weights_cache_path("alexnet").parent.parent == __import__("pathlib").Path(
+        torch.hub.get_dir())
 
 
 def test_session_and_explore_default_to_the_policy():

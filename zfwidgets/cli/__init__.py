@@ -20,11 +20,12 @@ import contextlib
 import sys
 
 from . import explore, mine, render
-from .common import (ALLOCATOR_ENV, DEFAULT_MODEL, ENV_IMAGE, ENV_MODEL, kernel_env,
+from .common import (ALLOCATOR_ENV, ENV_IMAGE, ENV_MODEL, default_model_choice, kernel_env,
                      one_cell_notebook, open_session)
 from .explore import explorer_notebook
 
-__all__ = ["ALLOCATOR_ENV", "COMMANDS", "DEFAULT_MODEL", "ENV_IMAGE", "ENV_MODEL", "build_parser",
+__all__ = ["ALLOCATOR_ENV", "COMMANDS", "ENV_IMAGE", "ENV_MODEL", "build_parser",
+           "default_model_choice",
            "explorer_notebook", "kernel_env", "main", "one_cell_notebook", "open_session"]
 
 #: The command modules, in the order ``--help`` lists them.

@@ -6,21 +6,30 @@ Also the pieces the test suite reuses to serve notebooks: :func:`one_cell_notebo
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from pathlib import Path
 
-from ..errors import ZFError
-from ..models.choice import ENV_MODEL, default_model
 
-__all__ = ["ALLOCATOR_ENV", "DEFAULT_MODEL", "DEFAULT_MODEL_REASON", "ENV_IMAGE", "ENV_MODEL",
-           "check_inputs", "fail", "is_sample", "kernel_env", "model_names", "one_cell_notebook",
-           "open_session"]
+__all__ = ["ALLOCATOR_ENV", "ENV_IMAGE", "ENV_MODEL", "LazyText", "check_inputs",
+           "default_model_choice", "fail", "is_sample", "kernel_env", "model_names",
+           "one_cell_notebook", "open_session"]
+
+#: Names the model to open when ``--model`` is not given (see :func:`zfwidgets.default_model`).
+ENV_MODEL = "ZFWIDGETS_MODEL"
+ENV_IMAGE = "ZFWIDGETS_IMAGE"
 
 
-def _default_model() -> tuple[str, str]:
-    """The default ``--model`` and why (:func:`zfwidgets.default_model`); a bad
-    ``ZFWIDGETS_MODEL`` is kept as given, for :func:`check_inputs` to report."""
+def default_model_choice() -> tuple[str, str]:
+    """The model a command opens when ``--model`` is not given, and why
+    (:func:`zfwidgets.default_model`: alexnet when its ImageNet weights are in torch's hub cache,
+    else efficientnet_lite0; ``ZFWIDGETS_MODEL`` overrides). A bad ``ZFWIDGETS_MODEL`` is kept
+    as given, for :func:`check_inputs` to report. Imports the models (hence torch): call it when
+    a command runs or its help is read, never when the command line is parsed."""
+    from ..errors import ZFError
+    from ..models.choice import default_model
+
     try:
         choice = default_model()
     except ZFError as exc:
@@ -28,10 +37,11 @@ def _default_model() -> tuple[str, str]:
     return choice.name, choice.reason
 
 
-#: The default ``--model``: alexnet when its ImageNet weights are in torch's hub cache, else
-#: efficientnet_lite0; ``ZFWIDGETS_MODEL`` overrides. Decided once, when the command starts.
-DEFAULT_MODEL, DEFAULT_MODEL_REASON = _default_model()
-ENV_IMAGE = "ZFWIDGETS_IMAGE"
+def model_help(what: str = "model name") -> LazyText:
+    """The ``--model`` help: the registry's names and the default with its reason, made only
+    when the help is read."""
+    return LazyText(lambda: f"{what} ({model_names()}); default: "
+                            f"{default_model_choice()[1]}".replace("%", "%%"))
 
 #: glibc malloc settings for the explorer's kernel (a variable already set is left alone): keep
 #: freed memory for reuse instead of returning every large tensor to the system and
@@ -53,10 +63,30 @@ def fail(message: str, prog: str = "zfwidgets") -> int:
 
 
 def model_names() -> str:
-    """The registry's model names, for help texts."""
+    """The registry's model names, for help texts (imports the models, hence torch: use it
+    inside a :class:`LazyText`)."""
     from ..models import list_models
 
     return ", ".join(list_models())
+
+
+class LazyText(collections.UserString):
+    """A string made by ``make()`` when it is first read: a help text that names the models
+    without importing torch each time the command line is parsed (only ``--help`` reads it)."""
+
+    def __init__(self, make):
+        # UserString's methods build their results as ``type(self)(a_string)``
+        self._make = make
+        self._text = make if isinstance(make, str) else None
+
+    @property
+    def data(self) -> str:
+        if self._text is None:
+            self._text = str(self._make())
+        return self._text
+
+    def __mod__(self, args) -> str:    # argparse formats help as ``help % params``: a str
+        return self.data % args
 
 
 def is_sample(image: str | None) -> bool:
@@ -85,8 +115,9 @@ def check_inputs(args) -> int | None:
     from ..errors import ZFError
     from ..models import list_models
 
-    if args.model not in list_models():
-        return fail(f"unknown model {args.model!r}; models are {', '.join(list_models())}")
+    model = args.model or default_model_choice()[0]
+    if model not in list_models():
+        return fail(f"unknown model {model!r}; models are {', '.join(list_models())}")
     if args.image and not is_sample(args.image):
         from ..data import load_image
 
@@ -111,14 +142,20 @@ def one_cell_notebook(path: str | os.PathLike, source: str) -> Path:
     return path
 
 
-def kernel_env(model: str, image: str | None, environ) -> dict[str, str]:
+def kernel_env(model: str | None, image: str | None, environ) -> dict[str, str]:
     """The environment of the explorer's server and kernel: ``environ`` plus the model and image
-    to open (a file path made absolute, a sample name kept) and :data:`ALLOCATOR_ENV` where
-    ``environ`` does not set those variables itself."""
+    to open (a file path made absolute, a sample name kept), and :data:`ALLOCATOR_ENV` and the
+    thread settings of :func:`zfwidgets.threads.thread_env` (``OMP_NUM_THREADS`` from the CPUs
+    this process may use, ``OMP_WAIT_POLICY=PASSIVE``) where ``environ`` does not set those
+    variables itself."""
+    from ..threads import thread_env
+
     env = dict(environ)
     for key, value in ALLOCATOR_ENV.items():  # the kernel's glibc reads them at start
         env.setdefault(key, value)
-    env[ENV_MODEL] = model
+    env.update(thread_env(env))               # torch / OpenMP read them when torch is imported
+    if model:                                 # else the kernel takes the default model
+        env[ENV_MODEL] = model
     image = image or ""
     env[ENV_IMAGE] = str(Path(image).resolve()) if image and not is_sample(image) else image
     return env

@@ -13,8 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import (DEFAULT_MODEL, DEFAULT_MODEL_REASON, check_inputs, fail, kernel_env,
-                     model_names, one_cell_notebook)
+from .common import fail, kernel_env, model_help, one_cell_notebook
 
 __all__ = ["DEFAULT_PORT", "add_parser", "explorer_notebook", "run"]
 
@@ -46,8 +45,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("explore", help="serve the interactive explorer (Voila) on 127.0.0.1",
                        description="Serve the explorer as a web app with Voila on 127.0.0.1 and "
                                    "print its URL. Ctrl-C stops it.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name ({model_names()}); "
-                   "default " + DEFAULT_MODEL_REASON.replace("%", "%%"))
+    p.add_argument("--model", default=None, help=model_help())
     p.add_argument("--image", help="image file, or a sample photo's name (chelsea, coffee, "
                    "astronaut ...), to start with; default chelsea")
     p.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}, or a free one)")
@@ -95,11 +93,58 @@ def _pick_port(asked: int | None) -> int | str:
     return asked
 
 
+_CHECK = """\
+import sys, types
+from zfwidgets.cli.common import check_inputs, default_model_choice
+model = sys.argv[1] or default_model_choice()[0]
+sys.exit(check_inputs(types.SimpleNamespace(model=model, image=sys.argv[2] or None)) or 0)
+"""
+
+
+def _start_check(args) -> subprocess.Popen:
+    """:func:`~zfwidgets.cli.common.check_inputs` in a child process, started at once.
+
+    It imports the models (torch: a few seconds and several hundred MB) while Voila starts:
+    running it first would delay the page by that much, and running it here would keep that
+    memory in this process for as long as the explorer is served. It runs at a lower priority
+    than the kernel, which prepares the page meanwhile.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    nice = getattr(os, "nice", None)
+    return subprocess.Popen([sys.executable, "-c", _CHECK, args.model or "", args.image or ""],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=(lambda: nice(5)) if nice else None)
+
+
+def _check_result(check: subprocess.Popen) -> int:
+    """The check's exit status; its messages (the library's own) go to this stderr."""
+    _, err = check.communicate()
+    if err:
+        sys.stderr.write(err)
+    return check.returncode
+
+
+def voila_command(notebook: Path, folder: Path, port: int) -> list[str]:
+    """The Voila command serving the explorer notebook on 127.0.0.1:``port``.
+
+    Not pre-heated (``preheat_kernel``): measured, a kernel started with Voila (rather than
+    when the page asks for it) brought the first paint forward by at most the browser's own
+    start, about a second, since it competes with Voila's start for the CPU; and Voila then
+    keeps a second kernel with its own model warm for the next page, which doubles the memory
+    and takes a core while the user's first clicks are computed.
+    """
+    return [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
+            "--Voila.ip=127.0.0.1", "--Voila.root_dir=" + str(folder),
+            "--VoilaConfiguration.show_tracebacks=True"]
+
+
 def run(args) -> int:
-    """Run ``zfwidgets explore``; returns the exit status."""
-    bad = check_inputs(args)
-    if bad is not None:
-        return bad
+    """Run ``zfwidgets explore``; returns the exit status.
+
+    Start-up is ordered for the first paint: the inputs are checked in a child process while
+    Voila starts (a bad ``--model`` or ``--image`` stops it before the URL is printed).
+    """
     if importlib.util.find_spec("voila") is None:
         return fail("the explorer app needs Voila: pip install voila")
     port = _pick_port(args.port)
@@ -109,22 +154,25 @@ def run(args) -> int:
     folder = Path(tempfile.mkdtemp(prefix="zfwidgets-explore-"))
     notebook = explorer_notebook(folder / "zfwidgets explorer.ipynb")
     env = kernel_env(args.model, args.image, os.environ)
-    cmd = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
-           "--Voila.ip=127.0.0.1", "--Voila.root_dir=" + str(folder),
-           "--VoilaConfiguration.show_tracebacks=True"]
+    check = _start_check(args)
     # Same process group as this command: Ctrl-C in a terminal, or killing the group, stops both.
-    proc = subprocess.Popen(cmd, env=env, cwd=folder, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(voila_command(notebook, folder, port), env=env, cwd=folder,
+                            stdin=subprocess.DEVNULL)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
+        bad = _check_result(check)
+        if bad:
+            return bad
         if not _wait_for_port(port, proc, timeout=120):
             code = proc.poll()
             return fail(f"Voila did not start (exit code {code}); see its messages above")
         url = f"http://127.0.0.1:{port}/"
-        print(f"zfwidgets explorer ({args.model}) at {url}", flush=True)
+        model = args.model or "the default model: see the page"
+        print(f"zfwidgets explorer ({model}) at {url}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         if not args.no_browser:
             import webbrowser
@@ -136,11 +184,16 @@ def run(args) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for child in (check, proc):
+            _stop(child)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

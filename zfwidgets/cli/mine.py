@@ -29,7 +29,7 @@ import argparse
 import os
 import sys
 
-from .common import DEFAULT_MODEL, fail
+from .common import fail, model_help
 
 __all__ = ["add_parser", "run"]
 
@@ -45,8 +45,7 @@ def add_parser(sub) -> None:
                     "`torchrun --nproc_per_node N -m zfwidgets.cli mine FOLDER ...`.")
     p.add_argument("folder", help="folder of images (searched recursively; unreadable files are "
                                   "skipped and counted)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"registry name (see zfwidgets.list_models()); default {DEFAULT_MODEL}")
+    p.add_argument("--model", default=None, help=model_help("registry name"))
     p.add_argument("--weights", default="default",
                    help="'default', 'none' (random init) or a checkpoint path")
     p.add_argument("--layers", nargs="+", default=None,

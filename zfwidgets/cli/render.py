@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .common import DEFAULT_MODEL, check_inputs, fail, model_names, open_session
+from .common import check_inputs, fail, model_help, open_session
 
 __all__ = ["add_parser", "run"]
 
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                        description="Write predictions, layer-1 filters, the feature maps of a "
                                    "layer and a deconvnet projection as PNG files, and print "
                                    "the folder they are in.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name ({model_names()})")
+    p.add_argument("--model", default=None, help=model_help())
     p.add_argument("--image", help="image file, or a sample photo's name; default chelsea")
     p.add_argument("--out", help="output folder (default: a new temporary folder, printed)")
     p.add_argument("--layer", help="layer id for the feature maps and the projection "

@@ -1,8 +1,8 @@
 """torchvision's AlexNet and VGG16, with weights through torchvision's own weights API.
 
 ``weights="default"`` means ``<Arch>_Weights.DEFAULT``. When its file is already in torch's hub
-cache (:func:`weights_cache_path`: ``torch.hub.get_dir()/checkpoints/<file name of the URL>``,
-where torchvision itself keeps it) it is read from there with ``weights_only=True`` and nothing
+cache (:func:`weights_cache_path`: ``<torch hub dir>/checkpoints/<file name of the URL>``, where
+torchvision itself keeps it) it is read from there with ``weights_only=True`` and nothing
 touches the network; otherwise torchvision downloads it once into that cache (checking the hash
 in its name). Offline, the download fails and :class:`WeightsUnavailableError` says to pass
 ``weights=None``. :func:`weights_cached` is the cheap check the default-model policy and
@@ -10,27 +10,32 @@ in its name). Offline, the download fails and :class:`WeightsUnavailableError` s
 time (``binder/postBuild`` calls it). Preprocessing is read from the weights' own
 ``transforms()`` (resize 256, crop 224, ImageNet mean/std) and labels from their
 ``meta["categories"]``; neither downloads.
+
+torchvision (and torch) are imported when one of these models is built, not when this module
+registers them or checks the cache: torchvision's import costs a second or more (it pulls in
+``torch._dynamo``), which a session on another model, or the ``zfwidgets`` command, need not pay.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import urllib.parse
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-import torchvision
-from torch import nn
-from torchvision.models import AlexNet_Weights, VGG16_Weights, WeightsEnum
+from typing import TYPE_CHECKING
 
 from zfwidgets.errors import BadParameterError, WeightsUnavailableError
 from zfwidgets.models.preprocessing import Preprocessing
 from zfwidgets.models.registry import (IMAGENET_WEIGHTS, NOT_DOWNLOADED, LoadedModel,
                                        canonical_model_name, register_model,
                                        register_weights_status)
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torchvision.models import WeightsEnum
 
 __all__ = ["preprocessing_from_weights", "TORCHVISION_LAYERS", "TORCHVISION_WEIGHTS",
            "fetch_weights", "weights_cache_path", "weights_cached"]
@@ -43,19 +48,37 @@ TORCHVISION_LAYERS: dict[str, tuple[str, str]] = {
     "vgg16": ("features.29", "features.15"),
 }
 
-#: The weights entry ``weights="default"`` means, per registry name.
-TORCHVISION_WEIGHTS: dict[str, WeightsEnum] = {
-    "alexnet": AlexNet_Weights.DEFAULT,
-    "vgg16": VGG16_Weights.DEFAULT,
+#: The weights entry ``weights="default"`` means, per registry name: the name of its
+#: ``torchvision.models`` enum and the file name of its ``DEFAULT`` entry's URL (the name the
+#: hub cache keeps it under; tests/test_models.py checks it against torchvision's own URL).
+TORCHVISION_WEIGHTS: dict[str, tuple[str, str]] = {
+    "alexnet": ("AlexNet_Weights", "alexnet-owt-7be5be79.pth"),
+    "vgg16": ("VGG16_Weights", "vgg16-397923af.pth"),
 }
 
 
-def _entry(name: str) -> WeightsEnum:
+def _key(name: str) -> str:
     key = canonical_model_name(name)
     if key not in TORCHVISION_WEIGHTS:
         raise BadParameterError(f"{name!r} is not a torchvision model; those are "
                                 f"{', '.join(TORCHVISION_WEIGHTS)}")
-    return TORCHVISION_WEIGHTS[key]
+    return key
+
+
+def _entry(name: str) -> WeightsEnum:
+    import torchvision.models
+
+    return getattr(torchvision.models, TORCHVISION_WEIGHTS[_key(name)][0]).DEFAULT
+
+
+def _hub_dir() -> Path:
+    """torch's hub folder, found as ``torch.hub.get_dir()`` finds it, without importing torch
+    (when torch is imported already, its answer, which ``torch.hub.set_dir`` may have moved)."""
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir())
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub"
 
 
 def weights_cache_path(name: str) -> Path:
@@ -77,8 +100,7 @@ def weights_cache_path(name: str) -> Path:
     BadParameterError
         ``name`` is not one of the torchvision entries.
     """
-    filename = os.path.basename(urllib.parse.urlparse(_entry(name).url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return _hub_dir() / "checkpoints" / TORCHVISION_WEIGHTS[_key(name)][1]
 
 
 def weights_cached(name: str) -> bool:
@@ -136,6 +158,8 @@ def _download(name: str, entry: WeightsEnum) -> dict:
 
 def _read_cached(name: str, path: Path) -> dict:
     """The state dict in the hub cache, read with ``weights_only=True``."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
@@ -187,14 +211,15 @@ def preprocessing_from_weights(weights: WeightsEnum) -> Preprocessing:
     )
 
 
-def _register_torchvision(
-    name: str, factory: Callable[..., nn.Module], weights_enum: type[WeightsEnum]
-) -> None:
+def _register_torchvision(name: str) -> None:
+    """Register torchvision's ``models.<name>`` with its ``DEFAULT`` ImageNet weights entry."""
     default_layer, middle_layer = TORCHVISION_LAYERS[name]
 
     def build(weights) -> LoadedModel:
-        entry = weights_enum.DEFAULT
-        module = factory(weights=None)
+        import torchvision.models
+
+        entry = _entry(name)
+        module = getattr(torchvision.models, name)(weights=None)
         weights_id = "random"
         if weights == "default":
             _pretrained(name, module, entry)
@@ -212,12 +237,12 @@ def _register_torchvision(
 
     build.__name__ = f"_build_{name}"
     build.__doc__ = (
-        f"torchvision {name}; ``'default'`` = {weights_enum.__name__}.DEFAULT (from the hub "
-        "cache, else downloaded once)."
+        f"torchvision {name}; ``'default'`` = {TORCHVISION_WEIGHTS[name][0]}.DEFAULT (from the "
+        "hub cache, else downloaded once)."
     )
     register_model(name)(build)
     register_weights_status(name, _status(name))
 
 
-_register_torchvision("alexnet", torchvision.models.alexnet, AlexNet_Weights)
-_register_torchvision("vgg16", torchvision.models.vgg16, VGG16_Weights)
+_register_torchvision("alexnet")
+_register_torchvision("vgg16")

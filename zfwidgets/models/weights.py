@@ -3,11 +3,15 @@
 :func:`load_checkpoint` reads a ``torch.save`` file with ``weights_only=True`` (tensors and plain
 containers only), finds the state dict inside it and loads it strictly, naming the first
 offending keys when it does not fit. :func:`imagenet_labels` gives the ImageNet class names
-(torchvision's weights ``meta``, no download); :func:`class_name` reads a name from any labels.
+(torchvision's weights ``meta``, no download, read without importing torchvision);
+:func:`class_name` reads a name from any labels.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import os
 import pickle
 import zipfile
@@ -32,9 +36,32 @@ def imagenet_labels() -> list[str]:
     list of str
         A fresh list, safe to modify.
     """
+    return list(_imagenet_categories())
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_categories() -> tuple[str, ...]:
+    """torchvision's list (the ``meta["categories"]`` of its ImageNet weights), read from its
+    data module ``torchvision/models/_meta.py`` as a literal: importing torchvision costs a
+    second or more at every start. The import is the fallback when that file changes shape."""
+    spec = importlib.util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            tree = ast.parse(Path(folder, "models", "_meta.py").read_text())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and getattr(node.targets[0], "id", None) == "_IMAGENET_CATEGORIES"):
+                try:
+                    names = ast.literal_eval(node.value)
+                except ValueError:
+                    break
+                if len(names) == 1000 and all(isinstance(n, str) for n in names):
+                    return tuple(names)
     from torchvision.models import AlexNet_Weights
 
-    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    return tuple(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def class_name(labels, class_id: int) -> str:

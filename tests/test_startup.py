@@ -1,0 +1,83 @@
+"""Start-up stays light: what ``import zfwidgets``, the ``zfwidgets`` command line and the
+explorer's first view import (each checked in a fresh interpreter), and the pieces that keep
+them light give what the heavy path gives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def fresh(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (this environment); its stdout."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_import_zfwidgets_imports_no_torch_and_names_resolve_on_use():
+    out = fresh("import sys, zfwidgets as zf\n"
+                "print('torch' in sys.modules, 'matplotlib' in sys.modules)\n"
+                "from zfwidgets import Session, ZFError\n"
+                "print('torch' in sys.modules, Session.__module__, ZFError.__module__)\n"
+                "print(set(zf.__all__) <= set(dir(zf)), zf.backend.__name__)\n")
+    assert out.split() == ["False", "False", "True", "zfwidgets.backend.session",
+                           "zfwidgets.errors", "True", "zfwidgets.backend"]
+    import zfwidgets
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        zfwidgets.nope
+
+
+def test_the_command_line_parses_without_torch_and_its_help_names_the_models():
+    out = fresh("import sys\nfrom zfwidgets.cli import build_parser\n"
+                "args = build_parser().parse_args(['explore', '--no-browser', '--port', '1'])\n"
+                "print(args.command, args.model, 'torch' in sys.modules)\n")
+    assert out.split() == ["explore", "efficientnet_lite0", "False"]
+    from zfwidgets.models import list_models
+
+    helps = subprocess.run([sys.executable, "-m", "zfwidgets.cli", "explore", "--help"],
+                           capture_output=True, text=True, timeout=300)
+    assert helps.returncode == 0, helps.stderr
+    text = " ".join(helps.stdout.split())
+    assert f"model name ({', '.join(list_models())}); default efficientnet_lite0" in text
+
+
+def test_the_explorer_on_lite0_never_imports_torchvision():
+    out = fresh("import sys\nfrom zfwidgets.cli import open_session\n"
+                "from zfwidgets.widgets import Explorer\n"
+                "ex = Explorer(open_session('efficientnet_lite0', None))\n"
+                "print(ex.session.predict(1)[0][0], 'torchvision' in sys.modules)\n")
+    label, imported = out.strip().rsplit(" ", 1)
+    assert "cat" in label and imported == "False"
+
+
+def test_imagenet_labels_read_without_torchvision_equal_its_own(monkeypatch):
+    import importlib.util
+
+    import torchvision
+
+    from zfwidgets.models import weights
+
+    theirs = list(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    assert weights.imagenet_labels() == theirs and len(theirs) == 1000
+    labels = weights.imagenet_labels()
+    labels[0] = "changed"
+    assert weights.imagenet_labels()[0] == theirs[0]            # a fresh list each time
+    # where the data file cannot be found, torchvision's own import gives the same names
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert list(weights._imagenet_categories.__wrapped__()) == theirs
+
+
+def test_lazy_help_text_is_made_once_when_read():
+    from zfwidgets.cli.common import LazyText
+
+    calls = []
+    text = LazyText(lambda: calls.append(1) or "model name (a, b)")
+    assert calls == []
+    assert "(a, b)" in text and text.strip() == "model name (a, b)"
+    assert text % {} == "model name (a, b)" and str(text) == "model name (a, b)"
+    assert calls == [1]
