@@ -297,10 +297,61 @@ def test_gradcam_checker_names_a_normalised_map_and_a_leftover_hook():
     assert v.passed and any("handle.remove()" in n for n in v.notes)
 
 
+# ============================================================================ top-k, distance
+
+def top_k(maps, k, *, per_image=True, descending=True, stable=True):
+    n, h, w = maps.shape
+    flat = maps.reshape(n, -1)
+    if per_image:
+        best, where = flat.max(1)
+        hits = [(float(best[i]), i, int(where[i]) // w, int(where[i]) % w) for i in range(n)]
+    else:
+        hits = [(float(v), i, p // w, p % w) for i in range(n) for p, v in
+                enumerate(flat[i].tolist())]
+    order = (lambda t: (-t[0], t[1])) if stable else (lambda t: (-t[0], -t[1]))
+    hits.sort(key=order if descending else (lambda t: t[0]))
+    return hits[:k]
+
+
+def test_top_k_checker_accepts_the_sort_and_matches_mine():
+    assert verdict(ex.check_top_k, top_k).passed
+    # the reference is zf.mine's selection: one hit per image, strongest first
+    maps = torch.randn(15, 4, 6)
+    ref = ex.topk.reference_top_k(maps, 9)
+    assert [h[1] for h in ref] == [h[1] for h in top_k(maps, 9)]
+    assert len({h[1] for h in ref}) == 9
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"per_image": False}, ["one hit per image"]),
+    ({"descending": False}, ["descending"]),
+    ({"stable": False}, ["lower image index"]),
+])
+def test_top_k_checker_rejects_the_usual_mistakes(kw, words):
+    assert_rejected(ex.check_top_k, lambda m, k: top_k(m, k, **kw), words)
+
+
+def test_top_k_checker_names_swapped_coordinates():
+    assert_rejected(ex.check_top_k, lambda m, k: [(v, i, x, y) for v, i, y, x in top_k(m, k)],
+                    ["row y before the column x"])
+
+
+def test_feature_distance_checker():
+    assert verdict(ex.check_feature_distance,
+                   lambda r, t: float((t - r).norm() / r.norm())).passed
+    for fn, words in [(lambda r, t: float((t - r).norm() / t.norm()), ["ORIGINAL"]),
+                      (lambda r, t: float((t - r).norm()), ["relative"]),
+                      (lambda r, t: float(((t - r) ** 2).sum() / r.norm()), ["square root"]),
+                      (lambda r, t: float(abs(t.norm() - r.norm()) / r.norm()),
+                       ["difference of their lengths"])]:
+        assert_rejected(ex.check_feature_distance, fn, words)
+
+
 # ============================================================================ every checker
 
 CHECKERS = [ex.check_unpooling, ex.check_guided_rule, ex.check_receptive_field,
-            ex.check_occlusion_loop, ex.check_gradcam]
+            ex.check_occlusion_loop, ex.check_gradcam, ex.check_top_k,
+            ex.check_feature_distance]
 
 
 @pytest.mark.parametrize("check", CHECKERS)
@@ -335,7 +386,10 @@ def test_cases_are_the_same_for_a_seed_and_other_seeds_pass_too():
     assert verdict(ex.check_unpooling, unpool_overwrite).detail == first.detail
     for check, right in [(ex.check_unpooling, unpool), (ex.check_receptive_field, rf),
                          (ex.check_occlusion_loop, occlusion_loop), (ex.check_gradcam, gradcam),
-                         (ex.check_guided_rule, lambda g, x: g.clamp(min=0) * (x > 0))]:
+                         (ex.check_guided_rule, lambda g, x: g.clamp(min=0) * (x > 0)),
+                         (ex.check_top_k, top_k),
+                         (ex.check_feature_distance,
+                          lambda r, t: float((t - r).norm() / r.norm()))]:
         assert verdict(check, right, seed=7).passed, check.__name__
 
 

@@ -1,7 +1,8 @@
 """Exercises: checkers that compare a student's function with zfwidgets' reference.
 
 Each tutorial has student cells ("write the unpooling with switches", "write the guided rule",
-"compute a receptive field by the recursion", "write the occlusion loop", "write Grad-CAM").
+"compute a receptive field by the recursion", "write the occlusion loop", "write Grad-CAM",
+"pick a map's top 9", "measure a feature distance").
 A checker runs the student's function on a few cases chosen to catch the usual mistakes
 (seeded random inputs, several shapes, overlapping pooling windows, border units, strides,
 dilation ...), compares each answer with the library's own computation, and prints a verdict:
@@ -25,6 +26,10 @@ checker                        the student's function                       refe
                                ``-> [R, C]``
 :func:`check_gradcam`          ``fn(model, x, layer, target)``              ``GradCAM``
                                ``-> [h, w]`` or ``[H, W]``
+:func:`check_top_k`            ``fn(maps, k) -> [(value, image, y, x),      the miner
+                               ...]`` (one hit per image)                   (``zf.mine``)
+:func:`check_feature_distance` ``fn(reference, transformed) -> float``      Fig. 5's relative
+                                                                            distance
 =============================  ===========================================  ===================
 
 Each returns a :class:`Verdict` (``.passed``, ``.status``, ``.case``, ``.detail``, ``.hint``).
@@ -44,7 +49,9 @@ from .deconvnet import check_guided_rule, check_unpooling
 from .gradcam import check_gradcam
 from .occlusion import check_occlusion_loop, small_cnn
 from .receptive_field import check_receptive_field
+from .topk import check_feature_distance, check_top_k
 from .verdict import Verdict
 
-__all__ = ["Verdict", "check_gradcam", "check_guided_rule", "check_occlusion_loop",
-           "check_receptive_field", "check_unpooling", "small_cnn"]
+__all__ = ["Verdict", "check_feature_distance", "check_gradcam", "check_guided_rule",
+           "check_occlusion_loop", "check_receptive_field", "check_top_k", "check_unpooling",
+           "small_cnn"]
