@@ -164,6 +164,20 @@ def test_receptive_field_rejects_the_usual_mistakes(fn, words):
     assert_rejected(ex.check_receptive_field, fn, words)
 
 
+def test_layer_chain_gives_the_tracked_receptive_field_of_registry_models():
+    import zfwidgets as zf
+    from zfwidgets.backend.defaults import is_rectifier_layer
+
+    for session in (zf.Session("efficientnet_lite0"), zf.Session("alexnet", weights=None)):
+        rows = [i for i in session.layer_table() if is_rectifier_layer(i) and i.geometry]
+        assert len(rows) >= 5
+        for info in rows:
+            g = info.geometry
+            assert rf(ex.layer_chain(session, info.name)) == (g.size[0], g.stride[0],
+                                                              g.start[0]), info.name
+        assert not any(m._forward_hooks for m in session.model.modules())
+
+
 def test_receptive_field_reference_matches_alexnet_and_the_gradient_support():
     # AlexNet's pool5 units: 195 px fields every 32 px (a known figure); the start by hand:
     # padding 2 at stride 1, 2 at stride 8, then 1 at stride 16 three times: -2 - 16 - 48

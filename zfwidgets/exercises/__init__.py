@@ -33,6 +33,9 @@ checker                        the student's function                       refe
 =============================  ===========================================  ===================
 
 Each returns a :class:`Verdict` (``.passed``, ``.status``, ``.case``, ``.detail``, ``.hint``).
+:func:`layer_chain` lists a session's convolutions and poolings up to a layer in the receptive-field
+exercise's format, so a student's recursion can be tried on a real model; :func:`small_cnn` is the
+small random classifier the occlusion checker uses.
 Solutions of the tutorials' cells are in ``notebooks/solutions/``.
 
 Examples
@@ -48,10 +51,10 @@ NOT YET the guided backprop rule: 0 of 6 cases agree; case 1 differs from the re
 from .deconvnet import check_guided_rule, check_unpooling
 from .gradcam import check_gradcam
 from .occlusion import check_occlusion_loop, small_cnn
-from .receptive_field import check_receptive_field
+from .receptive_field import check_receptive_field, layer_chain
 from .topk import check_feature_distance, check_top_k
 from .verdict import Verdict
 
 __all__ = ["Verdict", "check_feature_distance", "check_gradcam", "check_guided_rule",
            "check_occlusion_loop", "check_receptive_field", "check_top_k", "check_unpooling",
-           "small_cnn"]
+           "layer_chain", "small_cnn"]

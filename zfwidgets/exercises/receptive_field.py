@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backend.layers import record_forward
+from ..backend.layers import record_forward, scoped_eval
 from .verdict import Case, Verdict, run_cases
 
-__all__ = ["check_receptive_field", "reference_receptive_field"]
+__all__ = ["check_receptive_field", "layer_chain", "reference_receptive_field"]
 
 #: Chains of real networks, one axis: (kernel, stride, padding, dilation).
 ALEXNET = [(11, 4, 2, 1), (3, 2, 0, 1), (5, 1, 2, 1), (3, 2, 0, 1), (3, 1, 1, 1),
@@ -78,6 +78,70 @@ def reference_receptive_field(layers) -> tuple[int, int, int]:
     record = record_forward(model, torch.zeros(1, 1, side, side))
     g = record.layers[-1].geometry
     return int(g.size[0]), int(g.stride[0]), int(g.start[0])
+
+
+def _first(v) -> int:
+    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+
+
+def _spec(module: nn.Module) -> tuple[int, int, int, int]:
+    k = _first(module.kernel_size)
+    d = _first(getattr(module, "dilation", 1))
+    s = _first(module.stride if module.stride else k)
+    p = module.padding
+    if isinstance(p, str):
+        p = 0 if p == "valid" else d * (k - 1) // 2
+    return k, s, _first(p), d
+
+
+def layer_chain(session, layer: str) -> list[tuple[int, int, int, int]]:
+    """The windowed layers a forward pass runs up to ``layer``, as the exercise's input.
+
+    Every ``nn.Conv2d``, ``nn.MaxPool2d`` and ``nn.AvgPool2d`` whose call finishes before
+    ``layer``'s output is made, in that order, as ``(kernel, stride, padding, dilation)``
+    along the rows (the first call of a reused module only). On a chain with side branches
+    (a residual block's shortcut) this is the main path, whose receptive field contains the
+    branches' (the tracker takes the union: they agree when the shortcut adds nothing wider).
+
+    Parameters
+    ----------
+    session : Session
+    layer : str
+        One of ``session.layers``.
+
+    Returns
+    -------
+    list of (kernel, stride, padding, dilation)
+    """
+    session.layer_info(layer)                     # UnknownLayerError with suggestions
+    target = session.layer_module(layer)
+    kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+    chain: list[tuple[int, int, int, int]] = []
+    seen: set[int] = set()
+    done = []
+
+    class _Stop(Exception):
+        pass
+
+    def hook(module, inputs, output):
+        if isinstance(module, kinds) and id(module) not in seen:
+            seen.add(id(module))
+            chain.append(_spec(module))
+        if module is target:
+            done.append(True)
+            raise _Stop
+
+    handles = [m.register_forward_hook(hook) for m in session.model.modules()
+               if isinstance(m, kinds) or m is target]
+    try:
+        with torch.no_grad(), scoped_eval(session.model):
+            session.model(session.input_tensor)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return chain
 
 
 def _formula(layers, *, dilation=True, jump_after=False, pad_steps=True, pad_shift=0,
