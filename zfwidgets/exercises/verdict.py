@@ -88,6 +88,8 @@ class Verdict:
         What to look at.
     notes : list of str
         Remarks that do not fail the check (a hook left on the model ...).
+    covered : str
+        What the cases cover, in a few words (said when the function passes).
     """
 
     exercise: str
