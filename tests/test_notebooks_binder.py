@@ -3,7 +3,9 @@
 The notebooks' code cells are parsed (IPython magics turned into Python first), every absolute
 import collected, mapped from import name to distribution, and looked up in
 ``binder/requirements.txt``. ``binder/postBuild`` installs zfwidgets from the repository with
-``--no-deps``, so the requirements must also cover pyproject's dependencies.
+``--no-deps``, so the requirements must also cover pyproject's dependencies. An import guarded by
+``try: ... except ImportError:`` is optional (each notebook's first cell turns on Colab's widget
+manager that way) and is not required.
 """
 
 import ast
@@ -53,12 +55,26 @@ def notebook_imports(path: Path) -> set[str]:
             continue
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         tree = ast.parse(transform(source), filename=f"{path.name}")
+        optional = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) and _guards_import(t)
+                    for stmt in t.body for n in ast.walk(stmt)}
         for node in ast.walk(tree):
+            if id(node) in optional:
+                continue      # `try: import x / except ImportError:` (Colab's widget manager)
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
     return names
+
+
+def _guards_import(node: ast.Try) -> bool:
+    """Whether a ``try`` block has a handler for ImportError (its imports are optional)."""
+    for handler in node.handlers:
+        names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        if any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError")
+               for n in names):
+            return True
+    return False
 
 
 def requirement_names(path: Path) -> set[str]:
@@ -88,7 +104,9 @@ def test_checker_can_fail(tmp_path):
     nb = {"cells": [{"cell_type": "code", "source": ["%matplotlib widget\n",
                                                      "import sklearn.linear_model\n",
                                                      "from PIL import Image\n", "import os\n",
-                                                     "!pip list\n", "from . import x\n"]},
+                                                     "!pip list\n", "from . import x\n",
+                                                     "try:\n", "    from google.colab import o\n",
+                                                     "except ImportError:\n", "    pass\n"]},
                     {"cell_type": "markdown", "source": "import pandas"}]}
     path = tmp_path / "x.ipynb"
     path.write_text(json.dumps(nb))

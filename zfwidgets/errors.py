@@ -22,6 +22,7 @@ __all__ = [
     "DataError",
     "StorageError",
     "Cancelled",
+    "ExerciseFailed",
     "check_choice",
     "did_you_mean",
 ]
@@ -106,6 +107,12 @@ class Cancelled(ZFError):
     gradient ascent ...) was stopped by its ``should_stop`` callback, typically because a newer
     request from a widget superseded it. Nothing is left half-done: the model and the session
     are as before the call."""
+
+
+class ExerciseFailed(ZFError, AssertionError):
+    """A student's function differs from the reference in a :mod:`zfwidgets.exercises` check
+    run with ``strict=True`` (tests and solution notebooks); the message is the verdict: which
+    case, what differs, and a hint. Without ``strict`` the checkers print the verdict instead."""
 
 
 def check_choice(what: str, value, choices: Iterable):
