@@ -15,6 +15,8 @@ policy               used by
                        spread over the depth (the paper's layers 1-5)
 :func:`invariance_layers`  Fig. 5: the first rectified layer and the top feature layer
 :func:`correspondence_layers`  Fig. 8 / Table 1: the middle and top feature layers
+:func:`target_classes`  the classes an occlusion view sums: the top class and its
+                       near-synonyms among the top 5 (ImageNet's coarse groups)
 ==================== =========================================================================
 """
 
@@ -23,8 +25,8 @@ from __future__ import annotations
 from ..errors import UnknownLayerError
 from .ops import RECTIFIER_MODULES
 
-__all__ = ["correspondence_layers", "invariance_layers", "is_rectifier_layer", "mining_layers", "opening_layer",
-           "top_layer"]
+__all__ = ["IMAGENET_GROUPS", "correspondence_layers", "invariance_layers", "is_rectifier_layer",
+           "mining_layers", "opening_layer", "target_classes", "top_layer"]
 
 _RECTIFIER_KINDS = frozenset(cls.__name__ for cls in RECTIFIER_MODULES)
 
@@ -107,3 +109,56 @@ def correspondence_layers(session) -> list[str]:
     layers = [layer for layer in dict.fromkeys([entry.middle_layer, entry.default_layer])
               if layer]
     return layers or [session.layers[-1]]
+
+
+#: Coarse ImageNet groups by class-index range (inclusive), the nine super-classes of
+#: "Restricted ImageNet" (Tsipras, Santurkar, Engstrom, Turner and Madry, *Robustness May Be at
+#: Odds with Accuracy*, ICLR 2019).
+IMAGENET_GROUPS: dict[str, tuple[int, int]] = {
+    "dog": (151, 268), "cat": (281, 285), "frog": (30, 32), "turtle": (33, 37),
+    "bird": (80, 100), "primate": (365, 382), "fish": (389, 397), "crab": (118, 121),
+    "insect": (300, 319),
+}
+
+
+def _imagenet_group(session, cid: int) -> tuple[int, int] | None:
+    """The Restricted ImageNet range holding class ``cid`` when the session's model is an
+    ImageNet classifier (1000 classes, labelled as ImageNet's: class 281 is "tabby")."""
+    labels = session.labels
+    if int(session.logits.numel()) != 1000 or not labels or labels[281] != "tabby":
+        return None
+    return next((r for r in IMAGENET_GROUPS.values() if r[0] <= cid <= r[1]), None)
+
+
+def target_classes(session, k: int = 5) -> list[int]:
+    """The classes an occlusion map sums by default in the views: the clean image's top class
+    and its near-synonyms among the top ``k``.
+
+    A tight photo of a cat shares its probability among ImageNet's five cat classes (tabby,
+    tiger cat, Persian, Siamese, Egyptian cat), so the map of P(top class) alone swings with
+    the split between synonyms rather than with the cat being hidden. For an ImageNet model
+    the near-synonyms are the top-``k`` classes in the top class's coarse group, the nine
+    ranges of "Restricted ImageNet" (Tsipras et al., *Robustness May Be at Odds with
+    Accuracy*, ICLR 2019): dogs 151-268, cats 281-285, frogs 30-32, turtles 33-37, birds
+    80-100, primates 365-382, fish 389-397, crabs 118-121, insects 300-319
+    (:data:`IMAGENET_GROUPS`). For a top class outside those groups, or any other model, just
+    the top class. The occlusion result's ``target_label`` names what was picked
+    (``"Egyptian cat + tiger cat + tabby"``), most probable first.
+
+    Parameters
+    ----------
+    session : Session
+    k : int
+        How many of the most probable classes may join the top one.
+
+    Returns
+    -------
+    list of int
+        Class ids, most probable first; the first is the top class.
+    """
+    probs = session.probabilities()
+    order = [int(c) for c in probs.argsort(descending=True)[:max(1, int(k))]]
+    group = _imagenet_group(session, order[0])
+    if group is None:
+        return order[:1]
+    return [c for c in order if group[0] <= c <= group[1]]
