@@ -225,7 +225,7 @@ def test_incremental_engine_really_skips_work(lite0, oddnet, fuse):
                           32, torch.zeros(1, 3, 1, 1))
         out = mode.resolve(lite0.model(inp))
     assert mode.stats["conv2d"] == sum(isinstance(m, nn.Conv2d) for m in lite0.model.modules())
-    assert set(mode.unhandled) == {"adaptive_avg_pool2d"}
+    assert not mode.unhandled and mode.stats["adaptive_avg_pool2d"] == 1  # no op runs densely
     # fused: every batch norm was folded into its convolution (in the folding's own cache)
     bns = sum(isinstance(m, nn.BatchNorm2d) for m in lite0.model.modules())
     assert len(mode.cache("fold")) == (bns if fuse else 0)
@@ -464,7 +464,7 @@ def test_an_op_registered_in_the_handler_table_is_used():
     finally:
         del HANDLERS[torch.erf]
     assert calls and mode.stats["erf"] == 1 and mode.stats["conv2d"] == 2  # conv2 windowed too
-    assert mode.unhandled == {"TensorBase.mean": 1}  # now the global pool is the first dense op
+    assert not mode.unhandled and mode.stats["mean"] == 1  # the global pool: from the windows
     xo = occlude(x, list(zip(*corners)), 6)
     with torch.no_grad():
         ref = net(xo)

@@ -26,6 +26,7 @@ A handler ``handler(mode, func, args, kwargs)`` uses only these members of the m
 :meth:`~IncrementalMode.tracked` (whether arguments hold placeholders at all),
 :meth:`~IncrementalMode.clean` (the call on the unoccluded values, memoized),
 :meth:`~IncrementalMode.gather` (each image's window, halo included),
+:meth:`~IncrementalMode.window_totals` (each image's per-channel totals over the whole map),
 :meth:`~IncrementalMode.emit` (the new placeholder), :meth:`~IncrementalMode.window` (a
 window size that stays the same from batch to batch), :meth:`~IncrementalMode.cache` (a
 per-engine dict for its own memos), :meth:`~IncrementalMode.add_macs` (the work it did, for
@@ -223,20 +224,27 @@ class IncrementalMode(TorchFunctionMode):
         """Per-image, per-channel sums ``[N, C]`` of a ``[N, C, H, W]`` tensor made in the mode.
 
         For a patched tensor this is ``clean total - clean under the window + patch``, summed in
-        float64, at the cost of the window only.
+        float64, at the cost of the window only (:meth:`window_totals`).
         """
         state = self._entry(t)
         if isinstance(state, Patch):
-            clean = state.clean[0]
-            c, H, W = clean.shape
-            total = clean.double().sum((1, 2))
-            idx = torch.from_numpy(_positions(state.top, state.left, state.h, state.w, W))
-            under = clean.reshape(c, H * W).index_select(1, idx.to(clean.device))
-            under = under.view(c, state.n, -1).double().sum(2).t()
-            inside = state.patch.double().sum((2, 3))
-            return (total[None] - under + inside).to(clean.dtype)
+            return self.window_totals(state).to(state.clean.dtype)
         value = state.value if isinstance(state, _Dense) else t
         return value.flatten(2).sum(2)
+
+    def window_totals(self, st: Patch) -> torch.Tensor:
+        """``[N, C]`` float64 totals over the whole map of each image of patched tensor ``st``
+        (what a global pooling needs), at the cost of the windows only."""
+        inside = st.patch.sum((2, 3), dtype=torch.float64)
+        clean = st.clean[0]
+        c, H, W = clean.shape
+        if st.h == H and st.w == W:
+            return inside
+        total = clean.sum((1, 2), dtype=torch.float64)
+        idx = torch.from_numpy(_positions(st.top, st.left, st.h, st.w, W)).to(clean.device)
+        under = clean.reshape(c, H * W).index_select(1, idx)
+        under = under.view(c, st.n, -1).sum(2, dtype=torch.float64).t()
+        return total[None] - under + inside
 
     # ------------------------------------------------------------------ the handlers' side
     def state(self, t) -> Patch | None:

@@ -100,25 +100,23 @@ def _spatial(mode: IncrementalMode, func, args, kwargs, *, kernel, stride, paddi
     if _out_size(H, kh, sh, ph, dh, ceil) != Ho or _out_size(W, kw, sw, pw, dw, ceil) != Wo:
         raise Fallback
     per_image = macs * int(clean.shape[1])
-    if st.h == H and st.w == W:
-        # the whole map is dirty: run the op with its own padding, no gather
+    r0, ho, ti, hi = _window_axis(st.top, st.h, Ho, kh, sh, ph, dh, mode.tau)
+    c0, wo, li, wi = _window_axis(st.left, st.w, Wo, kw, sw, pw, dw, mode.tau)
+    if (ho == Ho and wo == Wo) or ho * wo > (1.0 - mode.min_saving) * Ho * Wo:
+        # the whole output is dirty: run the op on the whole input with its own padding
+        # (oneDNN's kernels are faster so than on a window padded by hand)
         zeros = np.zeros(st.n, np.int64)
+        whole = st.patch if (st.h == H and st.w == W) else \
+            mode.gather(st, zeros, zeros, H, W, pad_value=pad_value)
         if lazy is not None:
-            out = lazy(st.patch, (ph, pw), (st.n, clean.shape[1], Ho, Wo))
+            out = lazy(whole, (ph, pw), (st.n, clean.shape[1], Ho, Wo))
         else:
-            out = func(st.patch, *args[1:], **kwargs)
+            out = func(whole, *args[1:], **kwargs)
             if not isinstance(out, torch.Tensor) or out.shape[2:] != (Ho, Wo):
                 raise Fallback
         result = mode.emit(clean, out, top=zeros, left=zeros)
         mode.add_macs(st.n * per_image * Ho * Wo, st.n * per_image * Ho * Wo)
         return result
-    r0, ho, ti, hi = _window_axis(st.top, st.h, Ho, kh, sh, ph, dh, mode.tau)
-    c0, wo, li, wi = _window_axis(st.left, st.w, Wo, kw, sw, pw, dw, mode.tau)
-    if ho * wo > (1.0 - mode.min_saving) * Ho * Wo:
-        r0, ho, ti, hi = np.zeros_like(r0), Ho, np.full_like(r0, -ph), \
-            (Ho - 1) * sh + dh * (kh - 1) + 1
-        c0, wo, li, wi = np.zeros_like(c0), Wo, np.full_like(c0, -pw), \
-            (Wo - 1) * sw + dw * (kw - 1) + 1
     window = mode.gather(st, ti, li, hi, wi, pad_value=pad_value)
     if lazy is not None:
         out = lazy(window, (0, 0), (st.n, clean.shape[1], ho, wo))
@@ -192,6 +190,30 @@ def _avg_pool(mode, func, args, kwargs):
 
     return _spatial(mode, func, args, kwargs, kernel=kernel, stride=stride, padding=padding,
                     dilation=(1, 1), pad_value=0.0, run=run)
+
+
+@handles(F.adaptive_avg_pool2d, torch.mean, torch.Tensor.mean)
+def _global_mean(mode, func, args, kwargs):
+    """A global average pool (``adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))``): each
+    image's mean from the clean total and its window (no dense copy of the map). Its result
+    differs everywhere, so it is returned as a plain tensor."""
+    st = mode.state(args[0])
+    if st is None or st.clean.dim() != 4 or kwargs.get("out") is not None \
+            or kwargs.get("dtype") is not None:
+        raise Fallback
+    if func is F.adaptive_avg_pool2d:
+        size = call_arg(args, kwargs, 1, "output_size")
+        if (_pair(size) if size is not None else None) != (1, 1):
+            raise Fallback
+        keepdim = True
+    else:
+        dim = call_arg(args, kwargs, 1, "dim")
+        if not isinstance(dim, (list, tuple)) or sorted(int(d) % 4 for d in dim) != [2, 3]:
+            raise Fallback
+        keepdim = bool(call_arg(args, kwargs, 2, "keepdim", False))
+    H, W = st.clean.shape[2:]
+    mean = (mode.window_totals(st) / (H * W)).to(st.clean.dtype)
+    return mean.view(st.n, -1, 1, 1) if keepdim else mean
 
 
 @handles(F.pad)
