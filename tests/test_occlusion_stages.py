@@ -117,6 +117,8 @@ def test_every_stage_equals_a_one_shot_sweep_of_its_grid(lite0, monkeypatch):
     monkeypatch.setattr(batches, "run_batch", real)
     partials = [s.partial for s in steps if s.partial is not None]
     assert [p.stride for p in partials] == [96, 48] and all(p.partial for p in partials)
+    assert all(p.method == "incremental" and p.method_note == final.method_note
+               for p in partials)
     assert not final.partial and final.stride == 24 and final.shape == (9, 9)
     assert all(isinstance(s, Step) and s.total == 81 for s in steps)
     assert [s.done for s in steps] == sorted(s.done for s in steps) and steps[-1].done == 81
@@ -144,6 +146,7 @@ def test_progressive_steps_with_the_default_method(small):
         if step.partial is not None:
             partials.append(step.partial)
     assert [p.stride for p in partials] == [16, 8]
+    assert {p.method for p in partials} <= {"plain", "incremental"}
     ref = plain_reference(small, x, 8, 4)
     np.testing.assert_allclose(job.result.prob, ref[..., job.result.target], atol=1e-5)
     np.testing.assert_allclose(partials[0].prob, ref[::4, ::4, job.result.target], atol=1e-5)
@@ -232,6 +235,7 @@ def test_approximate_reports_its_measured_error(lite0):
     r = job.result
     assert r.method == "approximate" and "tau=0.5" in r.method_note
     assert coarse is not None and coarse.partial and coarse.stride == 32  # k * 16 <= 32
+    assert coarse.method == "approximate" and coarse.approx_error is None
     n = exact.prob.size
     coarse_n = coarse.prob.size
     assert r.positions == coarse_n + int(np.ceil(0.25 * (n - coarse_n))) + 12 < n

@@ -340,9 +340,15 @@ def _steps(plan: _Plan, base: _Base):
     if plan.approx is not None:
         return (yield from _approximate(plan, maps, runner))
     order, checkpoints = schedule(R, C, plan.factors)
-    yield from _run(maps, runner, order, checkpoints, 0, len(order), lambda: _note(runner))
+    yield from _run(maps, runner, order, checkpoints, 0, len(order),
+                    lambda: (_method(runner), _note(runner)))
     return maps.result(1, runner, partial=False, method=chooser.method, note=_note(runner),
                        seconds=base.seconds + runner.seconds)
+
+
+def _method(runner: BatchRunner) -> str:
+    """The method so far: the chooser's, or while it probes, the one that computed most."""
+    return runner.chooser.method or max(runner.counts, key=runner.counts.get)
 
 
 def _note(runner: BatchRunner) -> str:
@@ -355,10 +361,11 @@ def _note(runner: BatchRunner) -> str:
 
 
 def _run(maps: _Maps, runner: BatchRunner, order: np.ndarray, checkpoints, done: int,
-         total: int, note: Callable[[], str]):
+         total: int, describe: Callable[[], tuple[str, str]]):
     """Compute the positions ``order`` (flat indices) batch by batch; after each batch yield a
     step, one per coarse stage it completes (``checkpoints``: ``(count, k)``), carrying that
-    stage's map. Returns the number of positions done."""
+    stage's map (``describe()``: its ``(method, method_note)``). Returns the number of
+    positions done."""
     pos = cp = 0
     while pos < len(order):
         n = runner.next_size(len(order) - pos)
@@ -370,9 +377,9 @@ def _run(maps: _Maps, runner: BatchRunner, order: np.ndarray, checkpoints, done:
             k = checkpoints[cp][1]
             cp += 1
             if k != 1:
-                partials.append(maps.result(
-                    k, runner, partial=True, method=runner.chooser.method or "auto",
-                    note=note(), seconds=maps.base.seconds + runner.seconds))
+                method, note = describe()
+                partials.append(maps.result(k, runner, partial=True, method=method, note=note,
+                                            seconds=maps.base.seconds + runner.seconds))
         for partial in partials or [None]:
             text = "" if partial is None else f"stride {partial.stride}"
             yield Step(done + pos, total, note=text, partial=partial)
@@ -392,10 +399,11 @@ def _approximate(plan: _Plan, maps: _Maps, runner: BatchRunner):
     checks = check_positions(R * C, approx.check, approx.seed)
     total = len(first) + drill + len(checks)
     note = f"approximate: {_approx_note(approx, plan, runner, k)}"
-    done = yield from _run(maps, runner, first, [(len(first), k)], 0, total, lambda: note)
+    done = yield from _run(maps, runner, first, [(len(first), k)], 0, total,
+                           lambda: ("approximate", note))
     change = maps.base.base_prob - maps.grid("prob")
     more = drill_down(change, maps.grid("done"), k, approx.drill_down)
-    done = yield from _run(maps, runner, more, [], done, total, lambda: note)
+    done = yield from _run(maps, runner, more, [], done, total, lambda: ("approximate", note))
     fill_in({"prob": maps.grid("prob"), "top_prob": maps.grid("top_prob"),
              "top_class": maps.grid("top_class"), "feats": maps.grid("feats")},
             maps.grid("done"), k)
