@@ -192,7 +192,8 @@ def occlusion_maps(model: nn.Module, x: torch.Tensor, size: int = 32, stride: in
         Compute a coarse grid first and refine it (:func:`~.progressive.stage_factors`): the
         result is the same; the job's steps carry each coarse stage as ``Step.partial``.
     approximation : Approximation, optional
-        Settings of ``method="approximate"`` (giving them implies it).
+        Settings of ``method="approximate"`` (giving them implies it; its own coarse stage
+        then replaces ``progressive``).
 
     Returns
     -------
