@@ -178,21 +178,21 @@ def test_the_choice_follows_the_probe_times(small):
     for plain_s, inc_s, expected in [(1.6, 0.5, "incremental"), (0.4, 0.9, "plain"),
                                      (1.0, 0.97, "plain")]:  # a close call: plain
         forget_choices()
-        chooser = Chooser(small, x, 6, 2, "auto", batch, 324, None, clean_seconds=0.1,
-                          full_macs=1000)
-        assert chooser.probing and chooser.next(324) == ("plain", 16)
+        chooser = Chooser(small, x, 6, 2, "auto", batch, 324, None, full_macs=1000)
+        assert chooser.probing and chooser.next(324) == ("incremental", 16)
+        chooser.record("incremental", 16, inc_s + 0.1, macs_saved=8000,
+                       setup_seconds=0.1)  # the unoccluded values: not counted
+        assert chooser.next(308) == ("plain", 16)
         chooser.record("plain", 16, plain_s)
-        assert chooser.next(308) == ("incremental", 16)
-        chooser.record("incremental", 16, inc_s + 0.1, macs_saved=8000)  # the clean pass: off
         assert chooser.method == expected and not chooser.probing
         assert chooser.next(292) == (expected, batch[expected])
         assert f"{inc_s / 16 * 1e3:.1f} ms" in chooser.reason and "50%" in chooser.reason
-        later = Chooser(small, x, 6, 2, "auto", batch, 324, None, 0.1)
+        later = Chooser(small, x, 6, 2, "auto", batch, 324, None)
         assert later.method == expected and "remembered" in later.reason
-        assert Chooser(small, x, 6, 4, "auto", batch, 324, None, 0.1).probing  # other stride
-    fixed = Chooser(small, x, 6, 2, "plain", batch, 324, None, 0.1)
+        assert Chooser(small, x, 6, 4, "auto", batch, 324, None).probing  # other stride
+    fixed = Chooser(small, x, 6, 2, "plain", batch, 324, None)
     assert fixed.method == "plain" and fixed.reason == "plain, as asked"
-    blocked = Chooser(small, x, 6, 2, "auto", batch, 324, "the model carries hooks", 0.1)
+    blocked = Chooser(small, x, 6, 2, "auto", batch, 324, "the model carries hooks")
     assert blocked.method == "plain" and "hooks" in blocked.reason
     forget_choices()
 

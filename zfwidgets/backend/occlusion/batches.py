@@ -81,7 +81,7 @@ class BatchRunner:
                 tau = self.plan.approx.tau if self.plan.approx is not None else 1.0
                 self.engine = IncrementalMode(tau=tau)
             engine = self.engine
-        saved = engine.macs_saved if engine is not None else 0
+        saved, setup = (engine.macs_saved, engine.clean_seconds) if engine is not None else (0, 0)
         start = time.perf_counter()
         logits, feats, fell_back = self._batch(corners, engine)
         seconds = time.perf_counter() - start
@@ -89,8 +89,10 @@ class BatchRunner:
         used = "plain" if engine is None or fell_back else "incremental"
         self.counts[used] += len(corners)
         if not plain:
-            saved = engine.macs_saved - saved if engine is not None else 0
-            self.chooser.record(method, len(corners), seconds, saved, fell_back=fell_back)
+            if engine is not None:
+                saved, setup = engine.macs_saved - saved, engine.clean_seconds - setup
+            self.chooser.record(method, len(corners), seconds, saved, setup,
+                                fell_back=fell_back)
         return logits, feats
 
     def _batch(self, corners, engine):

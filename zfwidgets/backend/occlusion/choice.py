@@ -9,11 +9,13 @@ input on which the windows soon cover each map, leaves it little or nothing to s
 EfficientNet-B0 it is then slower than the plain loop.
 
 An automatic sweep therefore starts with a short timed probe on its own first positions (no
-position is computed twice): one batch of plain passes, then one batch through the engine, and
+position is computed twice): one batch through the engine, then one batch of plain passes, and
 goes on with whichever was faster per position (the engine by at least 5 %: a close call goes
 to plain passes). The engine's time is counted without its one-time pass over the unoccluded
-image (about one plain forward of one image, measured by the sweep's unoccluded pass). A sweep
-shorter than four probe batches runs plain passes. The choice is remembered per model, input
+image (which it times itself). The engine goes first because the first batch also pays for
+oneDNN's set-up of every new shape; plain passes then find the shapes the engine ran densely
+already set up, so what bias is left favours plain passes. A sweep shorter than four probe
+batches runs plain passes. The choice is remembered per model, input
 shape, occluder size and stride, so the next sweep (another image, another occluder colour)
 starts with it and probes nothing; :class:`MacCounter` and the engine count the multiply-adds
 it needed, which the reason states.
@@ -97,9 +99,6 @@ class Chooser:
         Positions the sweep computes.
     engine_ok : str or None
         ``None`` when the engine may run, else why it may not (the reason for plain passes).
-    clean_seconds : float
-        Wall time of the unoccluded pass (what the engine's first batch spends on the
-        unoccluded image, taken off its probe time).
     full_macs : int
         Multiply-adds of one plain forward pass (for the reason's saving figure).
 
@@ -113,9 +112,8 @@ class Chooser:
 
     def __init__(self, model, x: torch.Tensor, size: int, stride: int, method: str,
                  batch: dict[str, int], total: int, engine_ok: str | None,
-                 clean_seconds: float, full_macs: int = 0):
+                 full_macs: int = 0):
         self.batch = dict(batch)
-        self.clean_seconds = float(clean_seconds)
         self.full_macs = int(full_macs)
         self._model = model
         self._key = (tuple(x.shape), x.dtype, str(x.device), int(size), int(stride))
@@ -142,7 +140,7 @@ class Chooser:
                     self.reason = (f"auto: plain, {total} positions are too few to time both "
                                    f"methods on batches of {n} (no earlier sweep to go by)")
                 else:
-                    self._probe = [("plain", n), ("incremental", n)]
+                    self._probe = [("incremental", n), ("plain", n)]
 
     @property
     def probing(self) -> bool:
@@ -157,9 +155,10 @@ class Chooser:
         return self.method, max(1, min(self.batch[self.method], remaining))
 
     def record(self, method: str, positions: int, seconds: float, macs_saved: int = 0,
-               fell_back: bool = False) -> None:
+               setup_seconds: float = 0.0, fell_back: bool = False) -> None:
         """The batch just run: ``positions`` by ``method`` in ``seconds`` of wall time
-        (``macs_saved``: the engine's count); decides once both probe batches are in.
+        (``macs_saved``: the engine's count; ``setup_seconds``: what it spent on unoccluded
+        values, not counted); decides once both probe batches are in.
 
         ``fell_back``: the engine failed on this model and the batch ran plainly; the sweep
         goes on with plain passes.
@@ -172,9 +171,7 @@ class Chooser:
         if self.method is not None or not self._probe:
             return
         self._probe.pop(0)
-        if method == "incremental":
-            seconds = max(seconds - self.clean_seconds, 0.0)
-        self._timings[method] = (positions, seconds, macs_saved)
+        self._timings[method] = (positions, max(seconds - setup_seconds, 0.0), macs_saved)
         if not self._probe:
             self._decide()
 

@@ -35,6 +35,7 @@ per-engine dict for its own memos), :meth:`~IncrementalMode.add_macs` (the work 
 
 from __future__ import annotations
 
+import time
 import weakref
 
 import numpy as np
@@ -172,6 +173,8 @@ class IncrementalMode(TorchFunctionMode):
         Multiply-adds the windowed convolutions computed, and those they skipped (what the
         dense calls would have cost more); convolutions run densely are not counted
         (:mod:`.choice` compares these with a plain forward's count).
+    clean_seconds : float
+        Wall time spent computing unoccluded values (once per sweep: they are memoized).
 
     Notes
     -----
@@ -193,6 +196,7 @@ class IncrementalMode(TorchFunctionMode):
         self.unhandled: dict[str, int] = {}
         self.macs_computed = 0
         self.macs_saved = 0
+        self.clean_seconds = 0.0
 
     # ------------------------------------------------------------------ the sweep's side
     def inputs(self, x: torch.Tensor, tops: np.ndarray, lefts: np.ndarray, size: int,
@@ -323,7 +327,9 @@ class IncrementalMode(TorchFunctionMode):
                 return state.clean.clone()
             return state.clean
 
+        start = time.perf_counter()
         out = func(*self._map(args, clean), **self._map(kwargs, clean))
+        self.clean_seconds += time.perf_counter() - start
         if key is not None:
             # keep every keyed tensor alive so that its id cannot be reused
             self._memo[key] = (out, keep)

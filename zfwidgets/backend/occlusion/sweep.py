@@ -336,9 +336,11 @@ def _steps(plan: _Plan, base: _Base):
     if plan.approx is not None:
         method = "plain" if blocker is not None else "incremental"
     chooser = Chooser(plan.model, plan.x, plan.size, plan.stride, method, plan.batch, R * C,
-                      blocker, base.seconds, base.macs)
+                      blocker, base.macs)
     runner = BatchRunner(plan, chooser)
     if plan.approx is not None:
+        if blocker is not None:
+            chooser.reason = f"plain passes, since {blocker}"
         return (yield from _approximate(plan, maps, runner))
     order, checkpoints = schedule(R, C, plan.factors)
     yield from _run(maps, runner, order, checkpoints, 0, len(order),
