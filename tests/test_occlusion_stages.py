@@ -290,3 +290,43 @@ def test_ceil_mode_max_pool_runs_windowed(small):
         with torch.no_grad():
             ref = small(occlude(x, list(zip(tops, lefts)), 5))
         assert torch.allclose(out, ref, atol=1e-5)
+
+
+class SENet(nn.Module):
+    """A squeeze-and-excitation block: every map scaled by factors from the whole image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 8)
+        self.convs = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in range(6))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = x * torch.sigmoid(self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1)))[:, :, None, None]
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_batches_of_one_image_stay_exact_and_the_memos_bounded():
+    """In a batch of one image the excitation scale looks like a broadcast constant: values
+    computed with it are exact but new every batch; the engine must not keep them all."""
+    torch.manual_seed(6)
+    net, x = SENet().eval(), torch.randn(1, 3, 24, 24)
+    r = occlusion_maps(net, x, 6, 3, method="incremental", batch_size=1)
+    ref = plain_reference(net, x, 6, 3)
+    np.testing.assert_allclose(r.prob, ref[..., r.target], atol=1e-6)
+    mode, sizes = IncrementalMode(), []
+    for i in range(30):
+        corner = (i % 18, (5 * i) % 18)
+        with torch.inference_mode(), mode:
+            out = mode.resolve(net(mode.inputs(x, np.array([corner[0]]), np.array([corner[1]]),
+                                               6, torch.zeros(1, 3, 1, 1))))
+        with torch.no_grad():
+            assert torch.allclose(out, net(occlude(x, [corner], 6)), atol=1e-6)
+        sizes.append(len(mode._memo))
+    growth = sizes[1] - sizes[0]
+    assert growth >= 10  # every batch memoizes its own values after the scale...
+    assert max(sizes) <= 2 * sizes[0] + 64 + growth  # ...and the engine forgets them

@@ -191,6 +191,7 @@ class IncrementalMode(TorchFunctionMode):
         self._table: dict[int, tuple[weakref.ref, object]] = {}
         self._memo: dict = {}
         self._padded: dict = {}
+        self._settled: int | None = None
         self._caches: dict[str, dict] = {}
         self.stats: dict[str, int] = {}
         self.unhandled: dict[str, int] = {}
@@ -214,11 +215,30 @@ class IncrementalMode(TorchFunctionMode):
         fill : torch.Tensor
             ``[1, C, 1, 1]`` fill value.
         """
+        self._bound_memos()
         n = len(tops)
         patch = fill.to(x.dtype).expand(n, x.shape[1], size, size).contiguous(
             memory_format=torch.channels_last)
         return self._track(Patch(x, patch, np.asarray(tops, np.int64),
                                  np.asarray(lefts, np.int64)))
+
+    def _bound_memos(self) -> None:
+        """Forget the memos when they keep growing from batch to batch.
+
+        They settle after the first batch, unless a "constant" operand is new every batch: in a
+        batch of one image, a per-image tensor (a squeeze-and-excitation scale) cannot be told
+        from a broadcast constant, and the values computed with it, exact for that image, are
+        memoized anew every batch. Memos are only caches, so forgetting them costs time only.
+        """
+        size = len(self._memo)
+        if self._settled is None:
+            self._settled = -1 if size == 0 else size
+        elif self._settled < 0:
+            self._settled = size
+        elif size > 2 * self._settled + 64:
+            self._memo.clear()
+            self._padded.clear()
+            self._caches.pop("window", None)
 
     def resolve(self, t):
         """The real value of a tensor (or nested list/tuple of tensors) made inside the mode."""
