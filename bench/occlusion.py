@@ -31,7 +31,7 @@ equals ours turned into the same per-pixel average (``OcclusionResult.heatmap("d
 Goals (issue 14): the default <= 0.12 x Captum's best and <= 0.30 x the best plain loop; the
 first progressive picture <= 1 s.
 
-**Zoo section** (issue 10). About ten torchvision classifiers with random weights at 128 and 224
+**Zoo section** (issue 10, run before the allocator is tuned). About ten torchvision classifiers with random weights at 128 and 224
 px, a 32 px occluder at stride 8 (128 px) or 16 (224 px): 169 positions each. Per model and
 size: ours with the default ``method="auto"`` (its first sweep, which probes, and then the
 remembered choice) against the best plain loop (batch 16: NCHW, a channels-last input, and a
@@ -405,11 +405,21 @@ def run(args) -> str:
     header_at = len(say.lines)  # the load note goes here once the run is over
     say()
     summary = []
+    session = None
     if not args.no_main:
-        run_main(say, args, summary)
-    if not args.no_zoo:
+        session = run_main(say, args, summary)
+    if not args.no_zoo:  # before the allocator is tuned: what a user gets
         zoo_section(say, args.zoo.split(","), [int(s) for s in args.zoo_sizes.split(",")],
                     args.zoo_repeats)
+    if session is not None and not args.no_allocator_section:
+        tuned = tune_allocator()
+        say(f"mallopt (keep freed memory, no mmap/trim churn) applied: {tuned}. From here on "
+            "every method runs with the tuned allocator.")
+        say()
+        size, stride = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")][0]
+        model_cl = copy.deepcopy(session.model).to(memory_format=torch.channels_last)
+        main_section(say, Timer(args.repeats), "tuned allocator", session, model_cl, size,
+                     stride, False, summary)
     if summary:
         say("## Summary (EfficientNet-Lite0)")
         say()
@@ -440,14 +450,7 @@ def run_main(say, args, summary):
             seconds = summary[-1][6]
             progressive_section(say, session, size, stride, exact)
             approximate_section(say, session, size, stride, exact, seconds)
-    if not args.no_allocator_section:
-        tuned = tune_allocator()
-        say(f"mallopt (keep freed memory, no mmap/trim churn) applied: {tuned}. From here on "
-            "every method runs with the tuned allocator.")
-        say()
-        size, stride = configs[0]
-        main_section(say, timer, "tuned allocator", session, model_cl, size, stride, False,
-                     summary)
+    return session
 
 
 def main(argv=None) -> int:

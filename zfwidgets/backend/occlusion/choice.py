@@ -9,19 +9,18 @@ input on which the windows soon cover each map, leaves it little or nothing to s
 EfficientNet-B0 it is then slower than the plain loop.
 
 An automatic sweep therefore starts with a short timed probe on its own first positions (no
-position is computed twice): one batch through the engine, then one batch of plain passes, and
-goes on with whichever was faster per position (the engine by at least 5 %: a close call goes
-to plain passes). The engine's time is counted without its one-time pass over the unoccluded
-image (which it times itself). The engine goes first because the first batch also pays for
-oneDNN's set-up of every new shape; plain passes then find the shapes the engine ran densely
-already set up, so what bias is left favours plain passes. A sweep shorter than four probe
-batches runs plain passes. The choice is remembered per model, input
+position is computed twice): a batch through the engine, a batch of plain passes, and again one
+of each, and goes on with whichever was faster per position in its second batch (the engine by
+at least 5 %: a close call goes to plain passes). Only the second batches are timed: a first
+batch of each pays one-time costs, oneDNN's set-up of every new shape (about as much as a small
+model's whole batch) and the engine's pass over the unoccluded image. A sweep shorter than six
+probe batches runs plain passes. The choice is remembered per model, input
 shape, occluder size and stride, so the next sweep (another image, another occluder colour)
 starts with it and probes nothing; :class:`MacCounter` and the engine count the multiply-adds
 it needed, which the reason states.
 
 The reason ends up on the result (``OcclusionResult.method_note``), e.g. ``"auto: incremental,
-incremental 6.8 ms per position vs plain 20.8 ms in a timed probe on 32 of the sweep's
+incremental 6.8 ms per position vs plain 20.8 ms in a timed probe on 64 of the sweep's
 positions; the windows needed 66% of a full forward's multiply-adds"``.
 """
 
@@ -118,7 +117,7 @@ class Chooser:
         self._model = model
         self._key = (tuple(x.shape), x.dtype, str(x.device), int(size), int(stride))
         self._timings: dict[str, tuple[int, float, int]] = {}
-        self._probe: list[tuple[str, int]] = []
+        self._probe: list[tuple[str, int, bool]] = []
         self.method: str | None = None
         self.reason = ""
         if method != "auto":
@@ -135,12 +134,13 @@ class Chooser:
                                f"model at this input size ({memo.reason})")
             else:
                 n = min(batch["plain"], batch["incremental"])
-                if total < 4 * n:
+                if total < 6 * n:
                     self.method = "plain"
                     self.reason = (f"auto: plain, {total} positions are too few to time both "
                                    f"methods on batches of {n} (no earlier sweep to go by)")
-                else:
-                    self._probe = [("incremental", n), ("plain", n)]
+                else:  # each method twice; the second batches are timed
+                    self._probe = [("incremental", n, False), ("plain", n, False),
+                                   ("incremental", n, True), ("plain", n, True)]
 
     @property
     def probing(self) -> bool:
@@ -150,7 +150,7 @@ class Chooser:
     def next(self, remaining: int) -> tuple[str, int]:
         """``(method, positions)`` of the next batch, ``remaining`` positions being left."""
         if self.method is None:
-            method, n = self._probe[0]
+            method, n, _ = self._probe[0]
             return method, max(1, min(n, remaining))
         return self.method, max(1, min(self.batch[self.method], remaining))
 
@@ -170,8 +170,9 @@ class Chooser:
             return
         if self.method is not None or not self._probe:
             return
-        self._probe.pop(0)
-        self._timings[method] = (positions, max(seconds - setup_seconds, 0.0), macs_saved)
+        _, _, timed = self._probe.pop(0)
+        if timed:
+            self._timings[method] = (positions, max(seconds - setup_seconds, 0.0), macs_saved)
         if not self._probe:
             self._decide()
 
@@ -187,6 +188,6 @@ class Chooser:
             need = max(0.0, 1.0 - saved / (n_i * self.full_macs))
             share = f"; the windows needed {need:.0%} of a full forward's multiply-adds"
         detail = (f"incremental {per_i * 1e3:.1f} ms per position vs plain {per_p * 1e3:.1f} ms "
-                  f"in a timed probe on {n_p + n_i} of the sweep's positions{share}")
+                  f"in a timed probe on {2 * (n_p + n_i)} of the sweep's positions{share}")
         self.reason = f"auto: {self.method}, {detail}"
         _CHOSEN.setdefault(self._model, {})[self._key] = _Memo(self.method, detail)

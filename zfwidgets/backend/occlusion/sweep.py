@@ -43,7 +43,7 @@ __all__ = ["METHODS", "class_logits", "occlusion_maps", "occlusion_maps_job", "r
 #: How a sweep computes its batches (see :func:`occlusion_maps`).
 METHODS = ("auto", "incremental", "plain", "approximate")
 # positions per forward pass
-_BATCH = {"incremental": 32, "plain": 16}
+_BATCH = {"incremental": 16, "plain": 16}
 
 
 @dataclass
@@ -169,7 +169,7 @@ def occlusion_maps(model: nn.Module, x: torch.Tensor, size: int = 32, stride: in
     fill : tensor ``[1, C, 1, 1]`` or float
         Occluder value in normalized space.
     batch_size : int, optional
-        Occluded images per forward pass (default 32 incremental, 16 plain).
+        Occluded images per forward pass (default 16).
     method : {"auto", "incremental", "plain", "approximate"}
         ``"incremental"`` recomputes only what each occluder changes (:class:`IncrementalMode`);
         ``"plain"`` runs every occluded copy through the model; ``"auto"`` times both on the
