@@ -14,8 +14,9 @@ times, in this one process:
 
 * Captum's ``Occlusion.attribute`` with ``perturbations_per_eval`` 1, 16 and 64 (forward
   function = softmax of the model, so that its map is the drop of P(target));
-* a plain batched loop: occluded copies, ``model(batch)`` under ``torch.inference_mode``, batch
-  16 and 64, in NCHW and in channels-last (a channels-last copy of the model);
+* a plain batched loop: the unoccluded image, then occluded copies, ``model(batch)`` under
+  ``torch.inference_mode``, batch 16 and 64, in NCHW and in channels-last (a channels-last copy
+  of the model);
 * ours, the default (``method="auto"``): its first sweep of this model and input (the timed
   probe of both methods runs on its first positions) and the next one (the choice remembered);
 * ours with ``method="incremental"`` at batch 32 and 64 (every "ours" also computes the most
@@ -139,13 +140,17 @@ def captum_map(model, x, size, stride, target, ppe):
 
 
 def plain_loop(model, x, size, stride, target, batch, channels_last=False):
-    """P(target) and the top class of every occluded copy: ``(prob [R, C], top [R, C])``."""
+    """P(target) and the top class of every occluded copy: ``(prob [R, C], top [R, C])``.
+
+    Like every occlusion method it first runs the unoccluded image (the reference the map is
+    read against: Captum's ``Occlusion`` does, ours does), then the occluded copies."""
     rows, cols = occlusion_grid(x.shape[2], x.shape[3], size, stride)
     corners = [(int(r), int(c)) for r in rows for c in cols]
     out = np.empty(len(corners), np.float32)
     top = np.empty(len(corners), np.int64)
     fill = torch.zeros(1, 3, 1, 1)
     with torch.inference_mode():
+        torch.softmax(model(x), 1)[0, target]  # the unoccluded reference
         for b in range(0, len(corners), batch):
             chunk = corners[b:b + batch]
             xb = occlude(x, chunk, size, fill)

@@ -118,9 +118,8 @@ def run_batch(plan, corners, engine: IncrementalMode | None):
     model, x, layer = plan.model, plan.x, plan.layer
     with torch.inference_mode(), eval_scope(model):
         if engine is None:
-            batch = occlude(x, corners, plan.size, plan.fill)
-            if x.device.type == "cpu":  # oneDNN convolves channels-last batches fastest
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            fmt = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
+            batch = occlude(x, corners, plan.size, plan.fill, memory_format=fmt)
             with layer_totals(model, layer, plain_total) as hook:
                 logits = class_logits(model(batch))
             return logits, hook["value"]

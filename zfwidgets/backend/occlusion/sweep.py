@@ -19,6 +19,7 @@ Krypton's approximate mode (:mod:`.approx`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,9 +136,24 @@ def occlusion_maps_job(model: nn.Module, x: torch.Tensor, size: int = 32, stride
         resolve_layer(model, layer, known_layers)  # UnknownLayerError before any work
     plan = _Plan(model, x, int(size), int(stride), rows, cols, fill, layer, batch, method,
                  labels, fill_label, factors, approx)
-    base = _unoccluded(plan, target, channel, known_layers)
+    chooser = _chooser(plan)
+    base = _unoccluded(plan, target, channel, known_layers, count=chooser.probing)
+    chooser.full_macs = base.macs
     what = f"occlusion {plan.size}px/{plan.stride}" + (" (approximate)" if approx else "")
-    return Job(_steps(plan, base), what=what, unit="pos")
+    return Job(_steps(plan, base, chooser), what=what, unit="pos")
+
+
+def _chooser(plan: _Plan) -> Chooser:
+    """Who picks each batch's method (:mod:`.choice`), and why."""
+    blocker = engine_blocker(plan.model, plan.x)
+    method = plan.method
+    if plan.approx is not None:
+        method = "plain" if blocker is not None else "incremental"
+    chooser = Chooser(plan.model, plan.x, plan.size, plan.stride, method, plan.batch,
+                      len(plan.rows) * len(plan.cols), blocker)
+    if plan.approx is not None and blocker is not None:
+        chooser.reason = f"plain passes, since {blocker}"
+    return chooser
 
 
 def occlusion_maps(model: nn.Module, x: torch.Tensor, size: int = 32, stride: int = 8, *,
@@ -239,10 +255,10 @@ def _targets(target, num_classes: int, default: int) -> tuple:
     return tuple(out)
 
 
-def _unoccluded(plan: _Plan, target, channel, known_layers) -> _Base:
-    """The unoccluded pass: base prediction, feature totals and multiply-adds; checks target
-    and channel."""
-    counter = MacCounter()
+def _unoccluded(plan: _Plan, target, channel, known_layers, count: bool) -> _Base:
+    """The unoccluded pass: base prediction, feature totals and (``count``: for a probe's
+    reason) multiply-adds; checks target and channel."""
+    counter = MacCounter() if count else contextlib.nullcontext()
     start = time.perf_counter()
     with torch.inference_mode(), scoped_eval(plan.model), \
             layer_totals(plan.model, plan.layer, plain_total) as hook, counter:
@@ -252,7 +268,7 @@ def _unoccluded(plan: _Plan, target, channel, known_layers) -> _Base:
     base_class = int(base_probs.argmax())
     targets = _targets(target, base_probs.numel(), base_class)
     base = _Base(targets, base_class, float(base_probs[list(targets)].sum()), channel, None, None,
-                 seconds, counter.macs)
+                 seconds, counter.macs if count else 0)
     if plan.layer is not None:
         if hook["value"] is None:
             raise UnknownLayerError(plan.layer, known_layers or [])
@@ -326,21 +342,13 @@ class _Maps:
             approx_mean_error=mean_error, approx_checked=checked)
 
 
-def _steps(plan: _Plan, base: _Base):
+def _steps(plan: _Plan, base: _Base, chooser: Chooser):
     """The sweep: one batch of positions per step (and one step per finished coarse stage);
     returns the result."""
     R, C = len(plan.rows), len(plan.cols)
     maps = _Maps(plan, base)
-    blocker = engine_blocker(plan.model, plan.x)
-    method = plan.method
-    if plan.approx is not None:
-        method = "plain" if blocker is not None else "incremental"
-    chooser = Chooser(plan.model, plan.x, plan.size, plan.stride, method, plan.batch, R * C,
-                      blocker, base.macs)
     runner = BatchRunner(plan, chooser)
     if plan.approx is not None:
-        if blocker is not None:
-            chooser.reason = f"plain passes, since {blocker}"
         return (yield from _approximate(plan, maps, runner))
     order, checkpoints = schedule(R, C, plan.factors)
     yield from _run(maps, runner, order, checkpoints, 0, len(order),
