@@ -334,3 +334,15 @@ def test_batches_of_one_image_stay_exact_and_the_memos_bounded():
     growth = sizes[1] - sizes[0]
     assert growth >= 10  # every batch memoizes its own values after the scale...
     assert max(sizes) <= 2 * sizes[0] + 64 + growth  # ...and the engine forgets them
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_occluded_copies_never_write_into_the_input(small, fmt):
+    x = torch.randn(1, 3, 20, 20)
+    before = x.clone()
+    for corners in ([(0, 0)], [(0, 0), (5, 7)]):
+        out = occlude(x, corners, 6, 0.5, memory_format=fmt)
+        assert torch.equal(x, before) and out.is_contiguous(memory_format=fmt)
+        assert (out[:, :, :6, :6] == 0.5).all() and out.data_ptr() != x.data_ptr()
+    occlusion_maps(small, x, 20, 20, method="plain")  # one position: a batch of one copy
+    assert torch.equal(x, before)

@@ -138,7 +138,7 @@ def occlude(x: torch.Tensor, positions: Sequence[tuple[int, int]], size: int,
     torch.Tensor
         ``[len(positions), C, H, W]``.
     """
-    out = x.expand(len(positions), *x.shape[1:]).contiguous(memory_format=memory_format)
+    out = x.expand(len(positions), *x.shape[1:]).clone(memory_format=memory_format)  # a copy
     if not isinstance(fill, torch.Tensor):
         fill = torch.full((1, x.shape[1], 1, 1), float(fill), dtype=x.dtype, device=x.device)
     value = fill.reshape(x.shape[1], 1, 1).to(x.dtype)
