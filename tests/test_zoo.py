@@ -25,6 +25,7 @@ from torch import nn
 
 import zfwidgets as zf
 from zfwidgets.backend.layers import as_maps, forward_to, split_layer_id
+from zfwidgets.backend.mining.topk import rectifier_layers
 from zfwidgets.backend.rules import RuleMode
 from zfwidgets.errors import UnsupportedModelError
 
@@ -80,16 +81,21 @@ def _forward(model, x):
         return zf.models.registry.pick_logits(model(x))
 
 
-def _logits_and_maps(model, layer, x, layout):
-    """The logits for ``x`` and ``layer``'s maps, read with a plain forward hook."""
+def _logits_and_maps(model, layer, x, layout, inputs=False):
+    """The logits for ``x`` and ``layer``'s maps, read with a plain forward hook
+    (``inputs``: and the maps of the module's input, cloned before an in-place module runs)."""
     name, call = split_layer_id(layer)
     module = model.get_submodule(name)
-    seen = []
-    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+    seen, fed = [], []
+    handles = [module.register_forward_hook(lambda m, i, o: seen.append(o.clone())),
+               module.register_forward_pre_hook(lambda m, i: fed.append(i[0].clone()))]
     try:
         logits = _forward(model, x)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    if inputs:
+        return logits, as_maps(seen[call], layout), as_maps(fed[call], layout)
     return logits, as_maps(seen[call], layout)
 
 
@@ -241,17 +247,22 @@ def _check_mining(s, model, info):
     images = [zf.load_sample(n) for n in ("chelsea", "coffee", "astronaut")]
     result = zf.mine(s, images, [info.name], k=2, progress=False, workers=0)
     top = result[info.name]
-    maps = [_logits_and_maps(model, info.name, s.preprocessing(im).to(s.input_tensor),
-                             info.layout)[1][0].float() for im in images]
+    runs = [_logits_and_maps(model, info.name, s.preprocessing(im).to(s.input_tensor),
+                             info.layout, inputs=True)[1:] for im in images]
+    maps = [out[0].float() for out, _ in runs]
+    # a rectifier's output ties (ReLU6 at its cap, dead units at 0) are ranked by its input
+    pres = [inp[0].float() if rectifier_layers(model, [info.name]) else out[0].float()
+            for out, inp in runs]
     c = maps[0].shape[0]
     for ch in range(0, c, max(1, c // 8)):
         best = []
-        for img, m in enumerate(maps):
-            flat = m[ch].flatten()
-            pos = int(torch.nonzero(flat == flat.max())[0])  # ties: the first position
-            best.append((-float(flat.max()), img, pos))
+        for img, (m, pre) in enumerate(zip(maps, pres)):
+            keys = sorted((-float(v), -float(p), pos) for pos, (v, p) in
+                          enumerate(zip(m[ch].flatten(), pre[ch].flatten())))
+            v, p, pos = keys[0]  # exact ties of both: the first position
+            best.append((v, p, img, pos))
         best.sort()
-        for slot, (v, img, pos) in enumerate(best[:2]):
+        for slot, (v, _, img, pos) in enumerate(best[:2]):
             assert int(top.image[ch, slot]) == img
             assert divmod(pos, m.shape[2]) == (int(top.y[ch, slot]), int(top.x[ch, slot]))
             assert abs(float(top.values[ch, slot]) + v) <= 1e-5 * (1 + abs(v))
