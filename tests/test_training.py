@@ -109,6 +109,12 @@ def test_photo_task_on_a_few_images():
     torch.testing.assert_close(task.x[2:3], SMALL_PREPROCESSING(src.load(2)))
     assert len(task.test) == 2 and sorted(task.y[task.test].tolist()) == [0, 1]
     assert task.chance == 0.5
+    held = task.images("test")
+    assert len(held) == 2 and held.name(0) == names[int(task.test[0])]
+    torch.testing.assert_close(SMALL_PREPROCESSING(held.load(1)), task.x[task.test[1]][None])
+    assert len(task.images("train")) == 4
+    with pytest.raises(BadParameterError):
+        task.images("all")
     with pytest.raises(DataError):
         photo_task(src, label=lambda name: "same")
 

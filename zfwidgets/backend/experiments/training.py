@@ -57,6 +57,8 @@ class PhotoTask:
         Each image's name in its source.
     train, test : torch.Tensor
         Indices (int64) of the training and the held-out images.
+    source : ImageSource
+        Where the images come from (index ``i`` is ``x[i]``).
     """
 
     x: torch.Tensor = field(repr=False)
@@ -65,6 +67,17 @@ class PhotoTask:
     names: list[str] = field(repr=False)
     train: torch.Tensor = field(repr=False)
     test: torch.Tensor = field(repr=False)
+    source: object = field(default=None, repr=False)
+
+    def images(self, which: str = "test"):
+        """The training (``"train"``) or held-out (``"test"``) images as an
+        :class:`~zfwidgets.ImageList` with their names, e.g. to mine or probe them."""
+        from ...data.datasets import ImageList
+
+        if which not in ("train", "test"):
+            raise BadParameterError(f"which must be 'train' or 'test', got {which!r}")
+        idx = (self.train if which == "train" else self.test).tolist()
+        return ImageList([self.source.load(i) for i in idx], names=[self.names[i] for i in idx])
 
     @property
     def held_out(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +184,7 @@ def photo_task(source=None, preprocessing=None, *, held_out: float = 1 / 3, seed
     y = torch.tensor([classes.index(p) for p in photos], dtype=torch.int64)
     x = torch.cat([prep(src.load(i)) for i in range(len(src))])
     train_idx, test_idx = stratified_split(y.tolist(), held_out, seed)
-    return PhotoTask(x, y, classes, names, train_idx, test_idx)
+    return PhotoTask(x, y, classes, names, train_idx, test_idx, src)
 
 
 @dataclass(frozen=True)
