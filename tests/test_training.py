@@ -6,6 +6,8 @@ same loss; the split is checked class by class; clipping against the filters' RM
 
 from __future__ import annotations
 
+import matplotlib
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -235,3 +237,44 @@ def test_bad_data_raise():
         train(net, x, y + 5, epochs=1, progress=False)
     with pytest.raises(BadParameterError):
         train_job("not a model", x, y)
+
+
+# ------------------------------------------------------------------------------ the figures
+
+
+def test_first_layer_figure_columns_and_aliased_bands():
+    from zfwidgets import diagnose_filters
+    from zfwidgets.plots.training import ALIASED_COLOR, first_layer_figure
+
+    variants = []
+    for stride in (2, 4):
+        torch.manual_seed(stride)
+        net = ZFNetSmall(5, stride=stride)
+        variants.append((f"stride {stride}", diagnose_filters(net), net.features.conv1.weight))
+    fig, axes = first_layer_figure(variants)
+    assert len(axes) == 2 and len(axes[0]) == 2
+    for (title, diag, _), top, bottom in zip(variants, axes[0], axes[1]):
+        assert top.get_title() == title
+        assert f"{diag.summary()['aliased energy']:.0%} aliased" in bottom.get_title()
+        red = [p for p in bottom.patches
+               if np.allclose(p.get_facecolor()[:3], matplotlib.colors.to_rgb(ALIASED_COLOR))]
+        assert len(red) == int((diag.frequencies > min(diag.nyquist)).sum())
+        np.testing.assert_allclose([p.get_height() for p in bottom.patches],
+                                   diag.band_coverage())
+    fig.canvas.draw()
+    with pytest.raises(ValueError):
+        first_layer_figure([])
+
+
+def test_training_figure_draws_each_run():
+    from zfwidgets.plots.training import training_figure
+
+    x, y = _toy()
+    runs = {"a": train(_net(), x, y, held_out=(x, y), epochs=3, progress=False),
+            "b": train(_net(seed=1), x, y, held_out=(x, y), epochs=2, progress=False)}
+    fig, (acc, loss) = training_figure(runs, chance=0.25)
+    for line, run in zip(acc.lines, runs.values()):
+        np.testing.assert_allclose(line.get_ydata(), run.curve())
+    np.testing.assert_allclose(loss.lines[1].get_ydata(), [e.loss for e in runs["b"].epochs])
+    assert acc.lines[-1].get_ydata()[0] == 0.25                     # the chance line
+    fig.canvas.draw()
