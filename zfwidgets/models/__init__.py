@@ -19,7 +19,8 @@ from zfwidgets.models.registry import (LoadedModel, get_model, list_models, mode
 from zfwidgets.models.weights import class_name, imagenet_labels, load_checkpoint
 from zfwidgets.models.efficientnet_lite0 import EfficientNetLite0  # noqa: E402 (registers)
 from zfwidgets.models.torchvision_models import preprocessing_from_weights  # noqa: E402
-from zfwidgets.models.zfnet import ZFNet, ZFNetSmall, feature_scale_clipping  # noqa: E402
+from zfwidgets.models.zfnet import (ZFNet, ZFNetSmall, feature_scale_clipping,  # noqa: E402
+                                    paper_initialization)
 from zfwidgets.models.choice import ModelChoice, default_model  # noqa: E402
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "ZFNet",
     "ZFNetSmall",
     "feature_scale_clipping",
+    "paper_initialization",
     "preprocessing_from_weights",
 ]

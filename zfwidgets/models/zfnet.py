@@ -20,7 +20,8 @@ from zfwidgets.models.registry import (RANDOM_WEIGHTS, LoadedModel, register_mod
                                        register_weights_status)
 from zfwidgets.models.weights import imagenet_labels
 
-__all__ = ["ZFNet", "ZFNetSmall", "feature_scale_clipping", "SMALL_PREPROCESSING"]
+__all__ = ["ZFNet", "ZFNetSmall", "feature_scale_clipping", "paper_initialization",
+           "SMALL_PREPROCESSING"]
 
 #: Preprocessing of :class:`ZFNetSmall`: 64x64 crops after resizing the short side to 72,
 #: ImageNet mean/std.
@@ -106,9 +107,9 @@ class ZFNet(nn.Module):
 
 
 class ZFNetSmall(nn.Module):
-    """A small ZF-style network that trains on a CPU in minutes (64x64 inputs).
+    """A small ZF-style network that trains on a CPU in seconds (64x64 inputs).
 
-    Spatial sizes for a 64x64 input::
+    Spatial sizes for a 64x64 input with the default first layer::
 
         conv1 32 x 32 x 32   7x7 stride 2 pad 3, ReLU
         pool1 32 x 16 x 16   3x3 stride 2 pad 1
@@ -119,20 +120,36 @@ class ZFNetSmall(nn.Module):
         pool4 64 x  2 x  2   3x3 stride 2 pad 1
         fc    num_classes    (dropout before it)
 
+    ``kernel`` and ``stride`` change the first layer only (padding ``kernel // 2``), for the
+    paper's comparison of AlexNet's coarse first layer with ZF-Net's finer one (Fig. 6): with
+    stride 4 every later map is half as wide (pool4 gives 1 x 1) and the classifier reads
+    ``64 x 1 x 1`` features.
+
     Parameters
     ----------
     num_classes : int
         Size of the last layer.
     dropout : float
         Dropout probability before the classifier.
+    kernel : int
+        Side of the first layer's filters (odd).
+    stride : int
+        Stride of the first layer.
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.3):
+    def __init__(self, num_classes: int = 10, dropout: float = 0.3, *, kernel: int = 7,
+                 stride: int = 2):
+        for name, value in (("kernel", kernel), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BadParameterError(f"{name} must be a positive integer, got {value!r}")
+        if kernel % 2 == 0:
+            raise BadParameterError(f"kernel must be odd (padding kernel // 2 keeps it "
+                                    f"centred), got {kernel}")
         super().__init__()
         self.features = nn.Sequential(
             OrderedDict(
                 [
-                    ("conv1", nn.Conv2d(3, 32, 7, stride=2, padding=3)),
+                    ("conv1", nn.Conv2d(3, 32, kernel, stride=stride, padding=kernel // 2)),
                     ("relu1", nn.ReLU(inplace=True)),
                     ("pool1", nn.MaxPool2d(3, stride=2, padding=1)),
                     ("conv2", nn.Conv2d(32, 64, 5, stride=2, padding=2)),
@@ -147,14 +164,55 @@ class ZFNetSmall(nn.Module):
             )
         )
         self.flatten = nn.Flatten(1)
+        side = _small_side(64, kernel, stride)
         self.classifier = nn.Sequential(
-            OrderedDict([("drop", nn.Dropout(dropout)), ("fc", nn.Linear(64 * 2 * 2, num_classes))])
+            OrderedDict([("drop", nn.Dropout(dropout)),
+                         ("fc", nn.Linear(64 * side * side, num_classes))])
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         x = self.flatten(x)
         return self.classifier(x)
+
+
+def _small_side(size: int, kernel: int, stride: int) -> int:
+    """Side of :class:`ZFNetSmall`'s last feature map for a ``size`` x ``size`` input."""
+    side = (size + 2 * (kernel // 2) - kernel) // stride + 1      # conv1
+    for _ in range(4):                    # pool1, conv2, pool2, pool4: each (n - 1) // 2 + 1
+        side = (side - 1) // 2 + 1
+    return side
+
+
+@torch.no_grad()
+def paper_initialization(model: nn.Module, std: float = 0.01) -> nn.Module:
+    """The paper's initialization (Sec. 3): every weight of every convolution and linear layer
+    drawn from ``N(0, std^2)`` (std ``10^-2``), every bias set to 0.
+
+    Small random weights make a first layer's trained filters show what training put there
+    (from PyTorch's default initialization, a few epochs on a small data set leave them close
+    to their random start). Draws from torch's global random generator: seed it first.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Modified in place.
+    std : float
+        Standard deviation of the weights.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``.
+    """
+    if not isinstance(std, (int, float)) or isinstance(std, bool) or not std > 0:
+        raise BadParameterError(f"std must be a positive number, got {std!r}")
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+    return model
 
 
 @torch.no_grad()

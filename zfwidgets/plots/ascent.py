@@ -54,7 +54,8 @@ def ascent_figure(results: Sequence, *, titles: Sequence[str] | None = None,
         Default :func:`ascent_title`.
     history : bool
         Add a panel with each run's objective against the step (each divided by its final
-        value, so runs of different scales share the axes).
+        value, so runs of different scales share the axes), with a legend naming each line by
+        its title's first line when there are several.
     fig : Figure, optional
         Drawn into (cleared first); a new ``Figure`` otherwise.
     size : float
@@ -81,7 +82,10 @@ def ascent_figure(results: Sequence, *, titles: Sequence[str] | None = None,
         for k, res in enumerate(results):
             h = res.history
             scale = abs(h[-1]) if abs(h[-1]) > 1e-12 else 1.0
-            ax.plot(h / scale, lw=1.2, color=f"C{k}")
+            name = (titles[k] if titles is not None else ascent_title(res)).split("\n")[0]
+            ax.plot(h / scale, lw=1.2, color=f"C{k}", label=name)
+        if len(results) > 1:
+            ax.legend(fontsize=6, frameon=False, loc="lower right")
         ax.set_xlabel("step", fontsize=8)
         ax.set_title("objective / final value", fontsize=8)
         ax.tick_params(labelsize=7)

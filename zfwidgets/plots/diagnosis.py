@@ -62,17 +62,17 @@ def diagnosis_figure(diag, weight=None, *, fig: Figure | None = None, title: str
               len(order) - 0.5, -0.5)
     b.imshow(diag.spectrum[order], aspect="auto", cmap="magma", extent=extent,
              interpolation="nearest")
-    b.set_title("(b) energy per band, filters by dominant frequency", fontsize=9)
+    b.set_title("(b) energy per band", fontsize=9)
     b.set_xlabel("cycles / pixel", fontsize=8)
-    b.set_ylabel("filter", fontsize=8)
+    b.set_ylabel("filter (by dominant frequency)", fontsize=8)
     nyq = min(diag.nyquist)
     cover = diag.band_coverage()
     c.bar(diag.frequencies, cover, width=step * 0.9, color=LIVE_COLOR)
     for ax in (b, c):
-        ax.axvline(nyq, color="#2ca02c", lw=1.2, ls="--")
-    c.text(nyq, cover.max() * 0.95 if cover.size else 0, f" Nyquist of stride {diag.stride[0]}",
-           fontsize=7, color="#2ca02c", va="top")
-    c.set_title("(c) where the layer's energy lies", fontsize=9)
+        ax.axvline(nyq, color="#2ca02c", lw=1.2, ls="--",
+                   label=f"Nyquist of stride {diag.stride[0]}")
+    c.legend(fontsize=7, loc="upper right", frameon=False)
+    c.set_title("(c) the layer's energy per band", fontsize=9)
     c.set_xlabel("cycles / pixel", fontsize=8)
     live = (~diag.dead).sum()
     d_order = np.argsort(diag.aliased)
@@ -80,7 +80,7 @@ def diagnosis_figure(diag, weight=None, *, fig: Figure | None = None, title: str
           color=[DEAD_COLOR if diag.dead[i] else LIVE_COLOR for i in d_order])
     d.set_ylim(0, 1)
     mean = float(diag.aliased[~diag.dead].mean()) if live else 0.0
-    d.set_title(f"(d) aliased energy (mean {mean:.0%}); {int(diag.dead.sum())} dead", fontsize=9)
+    d.set_title(f"(d) aliased: mean {mean:.0%}, {int(diag.dead.sum())} dead", fontsize=9)
     d.set_xlabel("filter (sorted)", fontsize=8)
     for ax in (b, c, d):
         ax.tick_params(labelsize=7)
