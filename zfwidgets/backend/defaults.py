@@ -21,6 +21,8 @@ policy               used by
                        else ``"guided"``; :func:`rule_reason` says why in one line
 :func:`informative_channel`  the map views and notebooks open on: alive and not flat;
                        :func:`flat_map_note` warns when a colour scale stretches a flat map
+:func:`target_classes`  the classes an occlusion view sums: the top class and its
+                       near-synonyms among the top 5 (ImageNet's coarse groups)
 ==================== =========================================================================
 """
 
@@ -37,10 +39,11 @@ from ..errors import UnknownLayerError
 from .layers import capture, require_maps, run_captured, scoped_eval
 from .ops import RECTIFIER_MODULES
 
-__all__ = ["NEGLIGIBLE_VARIATION", "correspondence_layers", "default_rule", "flat_map_note",
-           "gradcam_layer", "informative_channel", "informative_channel_choice",
+__all__ = ["IMAGENET_GROUPS", "NEGLIGIBLE_VARIATION", "correspondence_layers", "default_rule",
+           "flat_map_note", "gradcam_layer", "informative_channel", "informative_channel_choice",
            "invariance_layers", "is_rectifier_layer", "max_pools_before", "mining_layers",
-           "model_title", "opening_layer", "rule_reason", "sanity_layers", "top_layer"]
+           "model_title", "opening_layer", "rule_reason", "sanity_layers", "target_classes",
+           "top_layer"]
 
 _RECTIFIER_KINDS = frozenset(cls.__name__ for cls in RECTIFIER_MODULES)
 
@@ -304,3 +307,56 @@ def flat_map_note(values, threshold: float = NEGLIGIBLE_VARIATION) -> str | None
         return None
     return (f"the map varies by only {rel:.2%} ({lo:.4g} to {hi:.4g}): the colour scale "
             "stretches that to its full range")
+
+
+#: Coarse ImageNet groups by class-index range (inclusive), the nine super-classes of
+#: "Restricted ImageNet" (Tsipras, Santurkar, Engstrom, Turner and Madry, *Robustness May Be at
+#: Odds with Accuracy*, ICLR 2019).
+IMAGENET_GROUPS: dict[str, tuple[int, int]] = {
+    "dog": (151, 268), "cat": (281, 285), "frog": (30, 32), "turtle": (33, 37),
+    "bird": (80, 100), "primate": (365, 382), "fish": (389, 397), "crab": (118, 121),
+    "insect": (300, 319),
+}
+
+
+def _imagenet_group(session, cid: int) -> tuple[int, int] | None:
+    """The Restricted ImageNet range holding class ``cid`` when the session's model is an
+    ImageNet classifier (1000 classes, labelled as ImageNet's: class 281 is "tabby")."""
+    labels = session.labels
+    if int(session.logits.numel()) != 1000 or not labels or labels[281] != "tabby":
+        return None
+    return next((r for r in IMAGENET_GROUPS.values() if r[0] <= cid <= r[1]), None)
+
+
+def target_classes(session, k: int = 5) -> list[int]:
+    """The classes an occlusion map sums by default in the views: the clean image's top class
+    and its near-synonyms among the top ``k``.
+
+    A tight photo of a cat shares its probability among ImageNet's five cat classes (tabby,
+    tiger cat, Persian, Siamese, Egyptian cat), so the map of P(top class) alone swings with
+    the split between synonyms rather than with the cat being hidden. For an ImageNet model
+    the near-synonyms are the top-``k`` classes in the top class's coarse group, the nine
+    ranges of "Restricted ImageNet" (Tsipras et al., *Robustness May Be at Odds with
+    Accuracy*, ICLR 2019): dogs 151-268, cats 281-285, frogs 30-32, turtles 33-37, birds
+    80-100, primates 365-382, fish 389-397, crabs 118-121, insects 300-319
+    (:data:`IMAGENET_GROUPS`). For a top class outside those groups, or any other model, just
+    the top class. The occlusion result's ``target_label`` names what was picked
+    (``"Egyptian cat + tiger cat + tabby"``), most probable first.
+
+    Parameters
+    ----------
+    session : Session
+    k : int
+        How many of the most probable classes may join the top one.
+
+    Returns
+    -------
+    list of int
+        Class ids, most probable first; the first is the top class.
+    """
+    probs = session.probabilities()
+    order = [int(c) for c in probs.argsort(descending=True)[:max(1, int(k))]]
+    group = _imagenet_group(session, order[0])
+    if group is None:
+        return order[:1]
+    return [c for c in order if group[0] <= c <= group[1]]

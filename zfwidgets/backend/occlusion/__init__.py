@@ -12,12 +12,17 @@ Modules, one idea each:
 * :mod:`.table`: the one table of op handlers (``@handles``), read by the engine;
 * :mod:`.handlers`: the per-op handlers, registered in that table (add an op there);
 * :mod:`.fusion`: a pending convolution that folds a following batch norm and ReLU;
+* :mod:`.choice`: how ``method="auto"`` picks the engine or plain passes (a timed probe);
+* :mod:`.batches`: one batch through the engine or plainly, timed for the choice;
+* :mod:`.progressive`: a coarse map first, refined stage by stage (each exact);
+* :mod:`.approx`: Krypton's approximate mode (an option, with its error measured);
 * :mod:`.sweep`: the sweep over any classifier as a job (:func:`occlusion_maps`);
 * :mod:`.result`: :class:`OcclusionResult`, the maps and how to read them;
 * :mod:`.session`: the sweep of a session's image (:func:`occlusion`, :func:`occlusion_job`),
   one-occluder predictions.
 """
 
+from .approx import Approximation
 from .engine import IncrementalMode
 from .grid import FILLS, fill_tensor, occlude, occlusion_grid
 from .handlers import HANDLERS, handles  # importing the handlers fills the table
@@ -26,6 +31,7 @@ from .session import fill_rgb, occluded_prediction, occlusion, occlusion_job
 from .sweep import occlusion_maps, occlusion_maps_job
 
 __all__ = [
+    "Approximation",
     "FILLS",
     "HANDLERS",
     "IncrementalMode",

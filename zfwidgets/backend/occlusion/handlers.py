@@ -44,29 +44,49 @@ def _pair(v) -> tuple[int, int]:
 
 # =========================================================================== windowed ops
 
-def _window_axis(t: np.ndarray, h: int, n_out: int, k: int, s: int, p: int, d: int):
+def _window_axis(t: np.ndarray, h: int, n_out: int, k: int, s: int, p: int, d: int,
+                 tau: float = 1.0):
     """Output window on one axis of a strided window op, and the input window it needs.
 
     Returns ``(out_start[N], out_len, in_start[N], in_len)``; input starts are in unpadded
-    coordinates (``-p`` is the first padded row).
+    coordinates (``-p`` is the first padded row). ``tau < 1`` caps the window at
+    ``ceil(tau * n_out)`` rows, centred on the dirty ones (Krypton's projective-field
+    threshold, :mod:`.approx`: not exact).
     """
     reach = d * (k - 1)
     r_min = -((-(t + p - reach)) // s)  # ceil
-    r_max = (t + h - 1 + p) // s
-    r_min = np.clip(r_min, 0, n_out - 1)
-    r_max = np.clip(r_max, 0, n_out - 1)
-    out_len = int(max(1, (r_max - r_min + 1).max()))
-    out_len = min(out_len, n_out)
+    # every batch gets the window of an image away from the border (the longest, whatever
+    # the corner's phase modulo the stride), so that window shapes do not change from batch to
+    # batch (each new shape costs oneDNN a new primitive, about as much as the call)
+    phase = np.arange(s)
+    need = int(((phase + h - 1 + p) // s - (-(-(phase + p - reach) // s))).max()) + 1
+    out_len = min(max(1, need), n_out)
+    if tau < 1.0:
+        out_len = min(out_len, max(1, math.ceil(tau * n_out)))
+        r_min = r_min + (need - out_len) // 2
     start = np.clip(r_min, 0, n_out - out_len)
     return start, out_len, start * s - p, (out_len - 1) * s + reach + 1
 
 
+def _out_size(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """Output length of a window op (torch's rule, ``ceil_mode`` included: a last window may
+    run past the input but must start inside it or its left padding)."""
+    span = n + 2 * p - d * (k - 1) - 1
+    if not ceil:
+        return span // s + 1
+    out = -(-span // s) + 1
+    return out - 1 if (out - 1) * s >= n + p else out
+
+
 def _spatial(mode: IncrementalMode, func, args, kwargs, *, kernel, stride, padding, dilation,
-             pad_value: float, run, lazy=None):
+             pad_value: float, run, lazy=None, macs: int = 0, ceil: bool = False):
     """Shared body of convolution / pooling: compute each image's output window only.
 
     ``run(window)`` computes the op on gathered windows (no padding); ``lazy(window, padding)``,
-    when given, returns a :class:`~.fusion.PendingConv` of the result instead.
+    when given, returns a :class:`~.fusion.PendingConv` of the result instead. ``macs``:
+    multiply-adds per output value (a convolution's), recorded with ``mode.add_macs``.
+    ``ceil``: a max pool's ``ceil_mode`` (the windows that run past the input see
+    ``pad_value`` there, -inf, as torch's do).
     """
     st = mode.state(args[0])
     if st is None or st.clean.dim() != 4 or mode.tracked(args[1:]) or mode.tracked(kwargs):
@@ -77,26 +97,26 @@ def _spatial(mode: IncrementalMode, func, args, kwargs, *, kernel, stride, paddi
     H, W = st.clean.shape[2:]
     Ho, Wo = clean.shape[2:]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    if (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1 != Ho or \
-            (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1 != Wo:
+    if _out_size(H, kh, sh, ph, dh, ceil) != Ho or _out_size(W, kw, sw, pw, dw, ceil) != Wo:
         raise Fallback
-    if st.h == H and st.w == W:
-        # the whole map is dirty: run the op with its own padding, no gather
+    per_image = macs * int(clean.shape[1])
+    r0, ho, ti, hi = _window_axis(st.top, st.h, Ho, kh, sh, ph, dh, mode.tau)
+    c0, wo, li, wi = _window_axis(st.left, st.w, Wo, kw, sw, pw, dw, mode.tau)
+    if (ho == Ho and wo == Wo) or ho * wo > (1.0 - mode.min_saving) * Ho * Wo:
+        # the whole output is dirty: run the op on the whole input with its own padding
+        # (oneDNN's kernels are faster so than on a window padded by hand)
         zeros = np.zeros(st.n, np.int64)
+        whole = st.patch if (st.h == H and st.w == W) else \
+            mode.gather(st, zeros, zeros, H, W, pad_value=pad_value)
         if lazy is not None:
-            out = lazy(st.patch, (ph, pw), (st.n, clean.shape[1], Ho, Wo))
+            out = lazy(whole, (ph, pw), (st.n, clean.shape[1], Ho, Wo))
         else:
-            out = func(st.patch, *args[1:], **kwargs)
+            out = func(whole, *args[1:], **kwargs)
             if not isinstance(out, torch.Tensor) or out.shape[2:] != (Ho, Wo):
                 raise Fallback
-        return mode.emit(clean, out, top=zeros, left=zeros)
-    r0, ho, ti, hi = _window_axis(st.top, st.h, Ho, kh, sh, ph, dh)
-    c0, wo, li, wi = _window_axis(st.left, st.w, Wo, kw, sw, pw, dw)
-    if ho * wo > (1.0 - mode.min_saving) * Ho * Wo:
-        r0, ho, ti, hi = np.zeros_like(r0), Ho, np.full_like(r0, -ph), \
-            (Ho - 1) * sh + dh * (kh - 1) + 1
-        c0, wo, li, wi = np.zeros_like(c0), Wo, np.full_like(c0, -pw), \
-            (Wo - 1) * sw + dw * (kw - 1) + 1
+        result = mode.emit(clean, out, top=zeros, left=zeros)
+        mode.add_macs(st.n * per_image * Ho * Wo, st.n * per_image * Ho * Wo)
+        return result
     window = mode.gather(st, ti, li, hi, wi, pad_value=pad_value)
     if lazy is not None:
         out = lazy(window, (0, 0), (st.n, clean.shape[1], ho, wo))
@@ -104,7 +124,9 @@ def _spatial(mode: IncrementalMode, func, args, kwargs, *, kernel, stride, paddi
         out = run(window)
         if out.shape[2:] != (ho, wo):
             raise Fallback
-    return mode.emit(clean, out, top=r0, left=c0)
+    result = mode.emit(clean, out, top=r0, left=c0)
+    mode.add_macs(st.n * per_image * ho * wo, st.n * per_image * Ho * Wo)
+    return result
 
 
 @handles(torch.conv2d, F.conv2d)
@@ -136,23 +158,22 @@ def _conv(mode, func, args, kwargs):
 
     fusable = mode.fuse and isinstance(bias, (torch.Tensor, type(None)))
     return _spatial(mode, func, args, kwargs, kernel=k, stride=stride, padding=padding,
-                    dilation=dilation, pad_value=0.0, run=run, lazy=lazy if fusable else None)
+                    dilation=dilation, pad_value=0.0, run=run, lazy=lazy if fusable else None,
+                    macs=int(weight.shape[1]) * k[0] * k[1])
 
 
 @handles(F.max_pool2d, torch.max_pool2d)
 def _max_pool(mode, func, args, kwargs):
     kernel, stride, padding, dilation = map(_pair, pool_args(args, kwargs, has_dilation=True))
-    if call_arg(args, kwargs, 5, "ceil_mode", False) \
-            or call_arg(args, kwargs, 6, "return_indices", False):
+    if call_arg(args, kwargs, 6, "return_indices", False) or not args[0].is_floating_point():
         raise Fallback
-    if not args[0].is_floating_point():
-        raise Fallback
+    ceil = bool(call_arg(args, kwargs, 5, "ceil_mode", False))
 
     def run(window):
         return F.max_pool2d(window, kernel, stride, 0, dilation)
 
     return _spatial(mode, func, args, kwargs, kernel=kernel, stride=stride, padding=padding,
-                    dilation=dilation, pad_value=-math.inf, run=run)
+                    dilation=dilation, pad_value=-math.inf, run=run, ceil=ceil)
 
 
 @handles(F.avg_pool2d, torch._C._nn.avg_pool2d)
@@ -171,6 +192,30 @@ def _avg_pool(mode, func, args, kwargs):
                     dilation=(1, 1), pad_value=0.0, run=run)
 
 
+@handles(F.adaptive_avg_pool2d, torch.mean, torch.Tensor.mean)
+def _global_mean(mode, func, args, kwargs):
+    """A global average pool (``adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))``): each
+    image's mean from the clean total and its window (no dense copy of the map). Its result
+    differs everywhere, so it is returned as a plain tensor."""
+    st = mode.state(args[0])
+    if st is None or st.clean.dim() != 4 or kwargs.get("out") is not None \
+            or kwargs.get("dtype") is not None:
+        raise Fallback
+    if func is F.adaptive_avg_pool2d:
+        size = call_arg(args, kwargs, 1, "output_size")
+        if (_pair(size) if size is not None else None) != (1, 1):
+            raise Fallback
+        keepdim = True
+    else:
+        dim = call_arg(args, kwargs, 1, "dim")
+        if not isinstance(dim, (list, tuple)) or sorted(int(d) % 4 for d in dim) != [2, 3]:
+            raise Fallback
+        keepdim = bool(call_arg(args, kwargs, 2, "keepdim", False))
+    H, W = st.clean.shape[2:]
+    mean = (mode.window_totals(st) / (H * W)).to(st.clean.dtype)
+    return mean.view(st.n, -1, 1, 1) if keepdim else mean
+
+
 @handles(F.pad)
 def _pad(mode, func, args, kwargs):
     st = mode.state(args[0])
@@ -184,14 +229,17 @@ def _pad(mode, func, args, kwargs):
     return mode.emit(clean, st.patch, top=st.top + pad[2], left=st.left + pad[0], shares=st)
 
 
-def _union(states: list[Patch]) -> tuple[np.ndarray, np.ndarray, int, int]:
+def _union(mode: IncrementalMode, states: list[Patch], clean: torch.Tensor
+           ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Per-image corners and size ``(top, left, h, w)`` of one window that covers every
-    state's window (the same size for every image, inside the map)."""
+    state's window (the same size for every image, inside the map, and no smaller than in
+    the earlier batches: ``mode.window``)."""
     H, W = states[0].clean.shape[2:]
     y0 = np.min([s.top for s in states], 0)
     x0 = np.min([s.left for s in states], 0)
     h = int((np.max([s.top + s.h for s in states], 0) - y0).max())
     w = int((np.max([s.left + s.w for s in states], 0) - x0).max())
+    h, w = mode.window(clean, h, w)
     return np.clip(y0, 0, H - h), np.clip(x0, 0, W - w), h, w
 
 
@@ -209,7 +257,7 @@ def _cat(mode, func, args, kwargs):
     if any(s.n != first.n or s.clean.shape[2:] != first.clean.shape[2:] for s in states):
         raise Fallback
     clean = mode.clean(func, args, kwargs)
-    top, left, h, w = _union(states)
+    top, left, h, w = _union(mode, states, clean)
     out = torch.cat([mode.gather(s, top, left, h, w) for s in states], 1)
     return mode.emit(clean, out, top=top, left=left)
 
@@ -342,7 +390,7 @@ def _elementwise(mode: IncrementalMode, func, args, kwargs, positions, inplace: 
             return target
         return mode.emit(first.clean, first.patch, top=first.top, left=first.left, shares=first)
     clean = mode.clean(func, args, kwargs, inplace=inplace)
-    top, left, h, w = _union([s for _, s in tracked])
+    top, left, h, w = _union(mode, [s for _, s in tracked], clean)
     new_args, new_kwargs = list(args), dict(kwargs)
     for where, key, v, s in data:
         if s is None:

@@ -22,7 +22,8 @@ class OcclusionResult:
     Attributes
     ----------
     prob : numpy.ndarray
-        ``[R, C]`` probability of ``target`` with the occluder there (Fig. 7 d).
+        ``[R, C]`` probability of ``target`` with the occluder there (Fig. 7 d); with several
+        classes the sum of their probabilities.
     top_class : numpy.ndarray
         ``[R, C]`` most probable class id (Fig. 7 e); names in ``labels``.
     top_prob : numpy.ndarray
@@ -35,9 +36,10 @@ class OcclusionResult:
     channel : int or None
         Feature map of ``layer``; by default its strongest on the unoccluded image.
     target : int
-        Class whose probability ``prob`` holds; by default the unoccluded top class.
+        Class whose probability ``prob`` holds; by default the unoccluded top class. With
+        several classes (``targets``), the first of them.
     target_label : str
-        Its name.
+        Its name; with several classes their names joined, ``"tabby + tiger cat"``.
     size, stride : int
         Occluder side and step, input pixels.
     rows, cols : numpy.ndarray
@@ -45,7 +47,7 @@ class OcclusionResult:
     image_shape : tuple of int
         Input ``(H, W)``.
     base_prob : float
-        ``P(target)`` without occluder.
+        ``P(target)`` without occluder (the summed probability of ``targets``).
     base_class : int
         Most probable class without occluder.
     base_feature : float or None
@@ -60,9 +62,28 @@ class OcclusionResult:
     fill : str or float
         Occluder fill as requested.
     method : str
-        ``"incremental"`` or ``"plain"`` (how it was computed; the values agree).
+        ``"incremental"``, ``"plain"`` (how it was computed; the values agree) or
+        ``"approximate"``. With ``method="auto"`` the method chosen (a timed probe may have
+        computed a few positions by the other one).
     seconds : float
-        Wall time of the sweep.
+        Wall time of the sweep (of the sweep so far, for a stage).
+    targets : tuple of int
+        Every class summed in ``prob`` (``(target,)`` for one class).
+    method_note : str
+        Why ``method`` was used (``method="auto"``'s probe, a remembered choice, hooks ...).
+    partial : bool
+        Whether this is a coarse stage of a progressive sweep (``stride`` is then the stage's);
+        ``False`` for the requested map.
+    positions : int
+        Occluded images run through the model for this result (the stages' positions are
+        computed once: a progressive sweep's final result counts ``R * C``).
+    approx_error : float or None
+        For ``method="approximate"``: the largest ``|P difference|`` against exact values at
+        ``approx_checked`` positions chosen at random; ``None`` for exact results.
+    approx_mean_error : float or None
+        The mean ``|P difference|`` at those positions.
+    approx_checked : int
+        How many positions were checked exactly.
     """
 
     prob: np.ndarray
@@ -87,6 +108,17 @@ class OcclusionResult:
     fill: str | float = "gray"
     method: str = "incremental"
     seconds: float = 0.0
+    targets: tuple[int, ...] = ()
+    method_note: str = ""
+    partial: bool = False
+    positions: int = 0
+    approx_error: float | None = None
+    approx_mean_error: float | None = None
+    approx_checked: int = 0
+
+    def __post_init__(self):
+        if not self.targets:
+            self.targets = (int(self.target),)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -13,22 +13,24 @@ from collections.abc import Callable
 
 import torch
 
-from ...errors import BadParameterError, OutOfRangeError
+from ...errors import OutOfRangeError
 from ..defaults import top_layer
 from ..targets import resolve_classes
 from ..jobs import Job
 from ..layers import scoped_eval
 from .grid import check_int, fill_tensor, occlude, occlusion_grid
+from .approx import Approximation
 from .result import OcclusionResult
 from .sweep import class_logits, occlusion_maps_job, run_sweep
 
 __all__ = ["fill_rgb", "occluded_prediction", "occlusion", "occlusion_job"]
 
 
-def occlusion_job(session, size: int = 32, stride: int = 8, target: int | str | None = None,
+def occlusion_job(session, size: int = 32, stride: int = 8, target=None,
                   layer: str | None = None, fill: str | float = "gray", *,
                   channel: int | None = None, batch_size: int | None = None,
-                  method: str = "auto") -> Job[OcclusionResult]:
+                  method: str = "auto", progressive=False,
+                  approximation: Approximation | None = None) -> Job[OcclusionResult]:
     """The occlusion sweep of :func:`occlusion` as a job that advances one batch per step.
 
     Parameters are validated (and the unoccluded pass run) before it returns; then
@@ -36,9 +38,29 @@ def occlusion_job(session, size: int = 32, stride: int = 8, target: int | str | 
     and the job's result is the :class:`~.result.OcclusionResult`. :func:`occlusion` is
     ``occlusion_job(...).run(...)``.
 
+    The contract for a view that draws a progressive sweep as it arrives
+    (``progressive=True``):
+
+    * ``step.partial`` is ``None`` on most steps; on the step that completes a coarse stage
+      it is that stage's :class:`~.result.OcclusionResult`: ``partial=True``, ``stride`` the
+      stage's (a multiple of the requested one), ``rows`` / ``cols`` / ``extent()`` its own
+      grid, every value exactly what a one-shot sweep at that stride gives. Draw it as it
+      comes; stages come coarsest first (each is a superset of the previous one), several
+      may complete in one batch (then one step each, same ``done``).
+    * ``step.done`` / ``step.total`` count positions of the requested grid (every position
+      is computed once: a coarse stage's values are kept, not recomputed).
+    * The requested map is never a ``partial``: it is ``job.result`` once ``job.step()``
+      returns ``None`` (``partial=False``).
+    * A newer request supersedes an older one by closing the older job between two steps
+      (``job.close()``); the model is left as it was.
+    * ``method="approximate"`` yields its coarse stage the same way; its result carries
+      ``approx_error``.
+
     Parameters
     ----------
     session, size, stride, target, layer, fill, channel, batch_size, method
+        See :func:`occlusion`.
+    progressive, approximation
         See :func:`occlusion`.
 
     Returns
@@ -59,22 +81,24 @@ def occlusion_job(session, size: int = 32, stride: int = 8, target: int | str | 
         channel = session.strongest_channel(layer)
     else:
         session._check_unit(layer, check_int("channel", channel))
-    target = _resolve_target(session, target)
+    target = resolve_classes(session, target)
     pre = session.preprocessing
     fill_t = fill_tensor(fill, x, pre.mean, pre.std)
     return occlusion_maps_job(session.model, x, size, stride, target=target, layer=layer,
                               channel=channel, fill=fill_t, batch_size=batch_size,
                               method=method, labels=session.labels,
                               known_layers=session.layers, fill_label=fill,
+                              progressive=progressive, approximation=approximation,
                               output=session.entry.output,
                               layout=session.layer_info(layer).layout)
 
 
-def occlusion(session, size: int = 32, stride: int = 8, target: int | str | None = None,
+def occlusion(session, size: int = 32, stride: int = 8, target=None,
               layer: str | None = None, fill: str | float = "gray", *, channel: int | None = None,
               batch_size: int | None = None, method: str = "auto", progress: bool = True,
               on_progress: Callable[[int, int], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> OcclusionResult:
+              should_stop: Callable[[], bool] | None = None, progressive=False,
+              approximation: Approximation | None = None) -> OcclusionResult:
     """Occlusion sensitivity of the session's image (the paper's Fig. 7).
 
     A ``size`` x ``size`` square of ``fill`` is placed with its top-left corner at
@@ -89,8 +113,12 @@ def occlusion(session, size: int = 32, stride: int = 8, target: int | str | None
         Occluder side in input pixels, ``1 <= size <= min(H, W)``.
     stride : int
         Step between occluder positions, ``>= 1``.
-    target : int or str, optional
-        Class (id or label) whose probability is mapped; default the unoccluded top class.
+    target : int, str or sequence of int / str, optional
+        Class (id or label) whose probability is mapped; several classes: the sum of their
+        probabilities (``["tabby", "tiger cat", "Egyptian cat"]``: P(cat); the result's
+        ``target_label`` is ``"tabby + tiger cat + Egyptian cat"``). Default the unoccluded
+        top class (:func:`~zfwidgets.backend.defaults.target_classes` is the policy that adds
+        its near-synonyms).
     layer : str, optional
         Layer for the feature map (Fig. 7 b); default :func:`~zfwidgets.backend.defaults.top_layer`
         (the model's top convolutional feature layer).
@@ -102,14 +130,22 @@ def occlusion(session, size: int = 32, stride: int = 8, target: int | str | None
         Feature map of ``layer``; default :meth:`Session.strongest_channel` (strongest unoccluded).
     batch_size : int, optional
         Occluded images per forward pass.
-    method : {"auto", "incremental", "plain"}
-        See :func:`~.sweep.occlusion_maps`.
+    method : {"auto", "incremental", "plain", "approximate"}
+        See :func:`~.sweep.occlusion_maps` (``"auto"``: whichever of the two exact methods a
+        timed probe finds faster for this model and input; ``result.method`` and
+        ``result.method_note`` say which and why). ``"approximate"``: Krypton's approximate
+        mode (:mod:`.approx`), never the default; ``result.approx_error`` is its measured error.
     progress : bool
         ``tqdm`` progress bar.
     on_progress : callable, optional
         ``on_progress(done, total)`` after each batch (widgets use this).
     should_stop : callable, optional
         Checked between batches; returning true stops the sweep with :class:`Cancelled`.
+    progressive : bool or sequence of int
+        Compute coarse stages first (:func:`occlusion_job` hands them to a view as they come);
+        the result is the same.
+    approximation : Approximation, optional
+        Settings of ``method="approximate"``.
 
     Returns
     -------
@@ -134,18 +170,9 @@ def occlusion(session, size: int = 32, stride: int = 8, target: int | str | None
     ((25, 25), 'tiger cat')
     """
     job = occlusion_job(session, size, stride, target, layer, fill, channel=channel,
-                        batch_size=batch_size, method=method)
+                        batch_size=batch_size, method=method, progressive=progressive,
+                        approximation=approximation)
     return run_sweep(job, progress=progress, on_progress=on_progress, should_stop=should_stop)
-
-
-def _resolve_target(session, target) -> int | None:
-    """The target class id (one class: several are not summed yet)."""
-    classes = resolve_classes(session, target)
-    if classes is None:
-        return None
-    if len(classes) != 1:
-        raise BadParameterError(f"occlusion maps one target class, got {len(classes)}")
-    return classes[0]
 
 
 def occluded_prediction(session, top: int, left: int, size: int, fill: str | float = "gray",
