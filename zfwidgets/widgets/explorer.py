@@ -7,6 +7,7 @@ import importlib
 import ipywidgets as W
 import traitlets as T
 
+from ..backend.defaults import informative_channel
 from ..backend.rules import check_rule
 from ..backend.session import Session
 from ..models import list_models
@@ -203,7 +204,7 @@ class Explorer(MapView):
         self._show_model()
         with self.shared.held():  # new layer (if it is gone) and channel: one redraw
             super().session_changed(what)
-            self.channel = self.session.strongest_channel(self.layer)
+            self.channel = informative_channel(self.session, self.layer)
 
     def close(self) -> None:
         """Stop sharing the traits and close every view."""
