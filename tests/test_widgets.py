@@ -193,9 +193,12 @@ def test_clicks_in_a_burst_collapse_into_the_last(shared, monkeypatch):
 # ----------------------------------------------------------------------------- deconv view
 
 def test_deconv_view_rule_scope_channel_change_pixels(shared):
-    c = shared.strongest_channel(MID)                  # many active units: map != one unit
+    from zfwidgets.backend.defaults import informative_channel
+    c = informative_channel(shared, MID)               # issue 12: alive, not flat
     view = DeconvView(shared, MID)
     assert view.channel == c
+    assert view.rule == shared.default_rule(MID)       # issue 12: the session's default rule
+    view.rule = "deconvnet"
     _, y, x, _ = shared.strongest(MID, c)
     expect = projection_image(shared.project(MID, c, (y, x), "deconvnet"))
     np.testing.assert_allclose(view.panel.projection.get_array(), expect, atol=1e-6)
@@ -242,7 +245,7 @@ def test_deconv_error_shows_inside_and_next_action_works(shared):
 
 
 def test_newer_request_supersedes_older(shared, monkeypatch):
-    view = DeconvView(shared, MID, 0)
+    view = DeconvView(shared, MID, 0, rule="deconvnet")
     real = shared.project
     calls = []
 

@@ -27,6 +27,7 @@ import ipywidgets as W
 import traitlets as T
 from matplotlib.figure import Figure
 
+from ..backend.defaults import informative_channel
 from ..backend.defaults import opening_layer
 from ..errors import OutOfRangeError, UnknownLayerError
 from .canvas import canvas_figure, close_figure, close_widget
@@ -371,12 +372,12 @@ class MapView(LayerView):
 
     def open_at(self, layer: str | None, channel: int | None, **traits) -> None:
         """Set the first ``layer`` (default :meth:`fallback_layer`), then ``traits`` in order,
-        then ``channel`` (default: the layer's strongest); one redraw."""
+        then ``channel`` (default: ``defaults.informative_channel``, alive and not flat); one redraw."""
         with self.held():
             self.layer = layer or self.fallback_layer()
             for name, value in traits.items():
                 setattr(self, name, value)
-            self.channel = self.session.strongest_channel(self.layer) if channel is None \
+            self.channel = informative_channel(self.session, self.layer) if channel is None \
                 else channel
 
     @T.validate("channel")
@@ -398,7 +399,7 @@ class MapView(LayerView):
         """Select ``layer``'s strongest channel; an error is shown inside the widget and the
         channel is left as it was."""
         try:
-            self.channel = self.session.strongest_channel(layer)
+            self.channel = informative_channel(self.session, layer)
         except Exception as exc:
             self.errors.show(exc)
 

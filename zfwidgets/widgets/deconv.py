@@ -7,6 +7,7 @@ import html
 import ipywidgets as W
 import traitlets as T
 
+from ..backend.project import saturation_note
 from ..backend.rules import check_rule
 from ..errors import check_choice
 from ..plots.deconv import (deconv_panel_figure, deconv_titles, projection_image,
@@ -33,7 +34,9 @@ class DeconvView(MapView):
         Defaults to the model's middle layer.
     channel : int, optional
         Defaults to the layer's strongest channel.
-    rule : {"deconvnet", "guided", "gradient"}
+    rule : {"deconvnet", "guided", "gradient"}, optional
+        Defaults to ``session.default_rule(layer)``: "guided" on a model that does not
+        max-pool before the layer (its deconvnet would show the weights), said in the header.
     scope : {"strongest", "map"}
     size : (width, height) in inches
     dpi : float
@@ -51,7 +54,7 @@ class DeconvView(MapView):
     scope = T.Unicode("strongest")
 
     def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
-                 rule: str = "deconvnet", scope: str = "strongest",
+                 rule: str | None = None, scope: str = "strongest",
                  size: tuple[float, float] = (6.6, 2.25), dpi: float = 100, **kwargs):
         super().__init__(session, **kwargs)
         self._drawn = None
@@ -74,7 +77,8 @@ class DeconvView(MapView):
         self.header = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
         column = W.Layout(width=f"{size[0] * dpi * 0.98 / 3:.0f}px")
         self.panel_titles = [W.HTML(layout=column) for _ in range(3)]
-        self.open_at(layer, channel, rule=rule, scope=scope)
+        layer = layer or self.fallback_layer()
+        self.open_at(layer, channel, rule=rule or session.default_rule(layer), scope=scope)
         self.link((self, "rule"), (self.rule_buttons, "value"))
         self.link((self, "scope"), (self.scope_buttons, "value"))
         self.children = [W.HBox([self.rule_buttons, self.scope_buttons],
@@ -126,9 +130,21 @@ class DeconvView(MapView):
         else:
             update_deconv_panel(self.panel, image=image, projection=rgb, box=box, draw=False)
         # Titles are HTML, not figure text: no glyph rendering in the redraw.
+        notes = []
+        if session.default_rule(self.layer) == "guided":
+            notes.append(session.rule_reason(self.layer))
+        blank = saturation_note(session, self.layer, self.channel,
+                                *((y, x) if self.scope == "strongest" else (None, None)),
+                                self.rule, projection)
+        if blank:
+            notes.append(blank)
+        notes.append("projection colours: 0 is mid-gray, +-(99.5th percentile of |value|) "
+                     "the ends (clipped beyond)")
+        note_html = "".join(f"<div style='font-size:11px;color:#666'>{html.escape(n)}</div>"
+                            for n in notes)
         self.header.value = (f"<div style='font-size:13px;line-height:1.35'>"
                              f"<b>{html.escape(self.layer)}</b>: map <b>{self.channel}</b>, "
-                             f"strongest activation {value:.3g} at ({y}, {x})</div>")
+                             f"strongest activation {value:.3g} at ({y}, {x})</div>{note_html}")
         for label, text in zip(self.panel_titles, deconv_titles(info, self.rule, self.scope)):
             label.value = (f"<div style='text-align:center;font-size:12px;line-height:1.35'>"
                            f"{html.escape(text)}</div>")

@@ -7,6 +7,7 @@ import importlib
 import ipywidgets as W
 import traitlets as T
 
+from ..backend.defaults import informative_channel
 from ..backend.rules import check_rule
 from ..backend.session import Session
 from ..models import list_models
@@ -49,7 +50,8 @@ class Explorer(MapView):
         Defaults to the model's middle layer.
     channel : int, optional
         Defaults to the layer's strongest channel.
-    rule : {"deconvnet", "guided", "gradient"}
+    rule : {"deconvnet", "guided", "gradient"}, optional
+        Defaults to ``session.default_rule(layer)`` (issue 12).
 
     Attributes
     ----------
@@ -69,12 +71,14 @@ class Explorer(MapView):
     rule = T.Unicode("deconvnet")
 
     def __init__(self, session: Session | None = None, *, layer: str | None = None,
-                 channel: int | None = None, rule: str = "deconvnet", **kwargs):
+                 channel: int | None = None, rule: str | None = None, **kwargs):
         tabs, missing = _optional_tabs()  # before anything is built: a broken tab raises here
         super().__init__(session if session is not None else Session(), **kwargs)
         # The explorer hears about model changes before its views (see session_changed).
         self.listen()
-        self.open_at(layer, None if channel is None else int(channel), rule=rule)
+        layer = layer or self.fallback_layer()
+        self.open_at(layer, None if channel is None else int(channel),
+                     rule=rule or self.session.default_rule(layer))
 
         self.model_dropdown = W.Dropdown(
             options=self._model_options(), value=self.session.entry.name, description="model",
@@ -203,7 +207,7 @@ class Explorer(MapView):
         self._show_model()
         with self.shared.held():  # new layer (if it is gone) and channel: one redraw
             super().session_changed(what)
-            self.channel = self.session.strongest_channel(self.layer)
+            self.channel = informative_channel(self.session, self.layer)
 
     def close(self) -> None:
         """Stop sharing the traits and close every view."""

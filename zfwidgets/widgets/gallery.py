@@ -65,7 +65,8 @@ class PatchGallery(MapView):
         so the page stays live). Outside an event loop (plain Python, tests) nothing starts on
         its own: call :meth:`mine_now`. Default: ``True`` for the sample collection (quick),
         ``False`` for your own data; Cancel turns it off until Mine is pressed.
-    rule : {"deconvnet", "guided", "gradient"}
+    rule : {"deconvnet", "guided", "gradient"}, optional
+        Defaults to ``session.default_rule(layer)`` (issue 12).
     tile : int
         Pixels per tile.
     result : MiningResult, optional
@@ -98,7 +99,7 @@ class PatchGallery(MapView):
     def __init__(self, session, images: Any = None, *, layer: str | None = None,
                  channel: int = 0, layers: Sequence[str] | None = None, k: int = 9,
                  per_image: int | None = 1, cache_dir=None, batch_size: int | None = None,
-                 auto: bool | None = None, rule: str = "deconvnet", tile: int = 80,
+                 auto: bool | None = None, rule: str | None = None, tile: int = 80,
                  result: MiningResult | None = None, size: tuple[float, float] = (9.6, 3.6),
                  dpi: float = 100, layer_selector: bool = True, **kwargs):
         super().__init__(session, **kwargs)
@@ -137,7 +138,8 @@ class PatchGallery(MapView):
                                           continuous_update=False,
                                           layout=W.Layout(width="360px"),
                                           style={"description_width": "55px"})
-        self.rule_dropdown = W.Dropdown(options=list(RULES), value=check_rule(rule),
+        self.rule_dropdown = W.Dropdown(options=list(RULES),
+                                        value=check_rule(rule or session.default_rule(first)),
                                         description="rule", layout=W.Layout(width="170px"),
                                         style={"description_width": "35px"})
         self.mine_button = W.Button(description="Mine", icon="search", button_style="primary",
@@ -153,7 +155,7 @@ class PatchGallery(MapView):
         self.data_label = W.HTML(f"<span style='font-size:12px;color:#555'>data: "
                                  f"{html.escape(repr(self.source))}</span>")
 
-        self.open_at(first, int(channel), rule=rule)
+        self.open_at(first, int(channel), rule=self.rule_dropdown.value)
         self.link((self.rule_dropdown, "value"), (self, "rule"))
         if self.selector is not None:
             self.link((self.selector, "layer"), (self, "layer"))

@@ -24,6 +24,7 @@ from collections import OrderedDict
 import ipywidgets as W
 import traitlets as T
 
+from ..backend.defaults import informative_channel
 from ..backend.defaults import top_layer
 from ..backend.occlusion import fill_rgb, occluded_prediction, occlusion_job
 from ..errors import BadParameterError
@@ -333,4 +334,4 @@ class OcclusionExplorer(MapView):
             self.y_slider.max = max(0, H - self.size)
             self.x_slider.max = max(0, W_ - self.size)
             self.y, self.x = min(self.y, H - self.size), min(self.x, W_ - self.size)
-        self.channel = self.session.strongest_channel(self.layer)
+        self.channel = informative_channel(self.session, self.layer)
