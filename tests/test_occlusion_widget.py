@@ -415,3 +415,30 @@ def test_default_figure_fits_a_jupyterlab_output(explorer):
     assert 0 <= legend.x0 and legend.x1 <= width and legend.y0 >= 0
     right = explorer.panels.axes[4].get_window_extent(renderer)
     assert right.x1 <= width - 2                       # panel (e) whole, not cut at the edge
+
+
+def test_map_d_sums_the_top_class_and_its_synonyms_and_says_so():
+    """On the cat photo the view's map (d) is P(top class + the other cats in the top 5),
+    equal to the session's summed sweep; the note names the classes; an explicit target
+    overrides it, and panel (d) changes with it."""
+    from zfwidgets.backend.defaults import target_classes
+
+    s = Session("efficientnet_lite0", image=load_sample("chelsea"))
+    cats = target_classes(s)
+    assert len(cats) > 1  # the photo's probability is shared among cat classes
+    w = OcclusionExplorer(s, **SMALL)
+    try:
+        assert w.targets == tuple(cats) and w.result.targets == tuple(cats)
+        ref = s.occlusion(size=64, stride=40, target=cats, progress=False)
+        np.testing.assert_allclose(w.result.prob, ref.prob, atol=1e-6)
+        note = w.top5.value
+        assert all(s.labels[c] in note for c in cats) and "near-synonyms" in note
+        before = panel(w, pixels(w), 3)
+        single = OcclusionExplorer(s, target=cats[0], **SMALL)
+        try:
+            assert single.result.targets == (cats[0],) and "as asked" in single.top5.value
+            assert changed(before, panel(single, pixels(single), 3))
+        finally:
+            single.close()
+    finally:
+        w.close()

@@ -24,10 +24,11 @@ from collections import OrderedDict
 import ipywidgets as W
 import traitlets as T
 
-from ..backend.defaults import informative_channel
-from ..backend.defaults import top_layer
+from ..backend.defaults import informative_channel, target_classes, top_layer
+from ..backend.targets import resolve_classes
 from ..backend.occlusion import fill_rgb, occluded_prediction, occlusion_job
 from ..errors import BadParameterError
+from ..models import class_name
 from ..plots.deconv import projection_image
 from ..plots.occlusion import (FIGSIZE, occluded_image, occlusion_figure, update_occluder,
                                update_occlusion_maps)
@@ -51,6 +52,12 @@ class OcclusionExplorer(MapView):
         Occluder side and step, input pixels.
     fill : {"gray", "mean", "black", "white"} or float
         Occluder colour (see :meth:`zfwidgets.Session.occlusion`).
+    target : int, str or sequence of them, optional
+        The class(es) whose probability map (d) shows, summed. Default: the unoccluded image's
+        top class and its near-synonyms among the top 5
+        (:func:`~zfwidgets.backend.defaults.target_classes`: a cat photo's probability is
+        shared among ImageNet's cat classes), chosen again for each image; the view says
+        which.
     background : bool, optional
         Step sweeps from the kernel's event loop (``True``) or run them at once (``False``);
         default: step when an event loop is running.
@@ -72,6 +79,8 @@ class OcclusionExplorer(MapView):
         Runs the sweeps (``runner.job``: the one running).
     prediction : list of (class_id, label, probability)
         Top-5 with the occluder at ``(y, x)``.
+    targets : tuple of int
+        The classes map (d) sums for the current image.
     fig : matplotlib.figure.Figure
         Drawn by an ipympl canvas.
     panels : zfwidgets.plots.occlusion.OcclusionPanels
@@ -85,10 +94,11 @@ class OcclusionExplorer(MapView):
 
     def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
                  size: int = 32, stride: int = 8, fill: str | float = "gray",
-                 background: bool | None = None, figsize: tuple[float, float] = FIGSIZE,
+                 target=None, background: bool | None = None, figsize: tuple[float, float] = FIGSIZE,
                  dpi: float = 90, **kwargs):
         super().__init__(session, **kwargs)
         self.fill = fill
+        self.target = None if target is None else resolve_classes(session, target)
         self._cache: OrderedDict = OrderedDict()
         self._projections: OrderedDict = OrderedDict()
         self._computing = None  # key of the sweep the runner runs
@@ -181,8 +191,19 @@ class OcclusionExplorer(MapView):
         self.request_refresh()
 
     # ------------------------------------------------------------------ drawing
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """The classes map (d) sums for the current image (see ``target``)."""
+        if self.target is not None:
+            return tuple(self.target)
+        version = self.session.version
+        if getattr(self, "_targets_for", (None,))[0] != version:
+            self._targets_for = (version, tuple(target_classes(self.session)))
+        return self._targets_for[1]
+
     def _key(self):
-        return (self.session.version, self.layer, self.size, self.stride, repr(self.fill))
+        return (self.session.version, self.layer, self.size, self.stride, repr(self.fill),
+                self.targets)
 
     def refresh(self) -> None:
         """Bring the figure up to date: the occluder, the top-5, and (if needed) the maps."""
@@ -219,9 +240,22 @@ class OcclusionExplorer(MapView):
             "<div style='font-size:12px'><b>top-5 with the occluder</b>"
             f"<table style='font-size:12px;margin:2px 0'>{rows}</table>"
             f"<span style='color:#666'>unoccluded: {html.escape(base[0])} {base[1]:.3f}</span>"
-            "</div>")
+            f"<br><span style='color:#666'>{self._target_note()}</span></div>")
         if self.panels is not None:
             update_occluder(self.panels, self.y, self.x, image=self._occluded(), draw=False)
+
+    def _target_note(self) -> str:
+        """One line: which classes map (d) sums, and why."""
+        session, targets = self.session, self.targets
+        names = " + ".join(html.escape(class_name(session.labels, c)) for c in targets)
+        p = float(session.probabilities()[list(targets)].sum())
+        if self.target is not None:
+            why = "as asked"
+        elif len(targets) > 1:
+            why = "the top class and its near-synonyms among the top 5, summed"
+        else:
+            why = "the top class"
+        return f"(d) P({names}) = {p:.3f} unoccluded: {why}"
 
     def _occluded(self):
         session = self.session
@@ -234,8 +268,8 @@ class OcclusionExplorer(MapView):
 
     # ------------------------------------------------------------------ sweeps
     def _start_sweep(self, key) -> None:
-        job = occlusion_job(self.session, self.size, self.stride, layer=self.layer,
-                            channel=self.channel, fill=self.fill)
+        job = occlusion_job(self.session, self.size, self.stride, target=list(self.targets),
+                            layer=self.layer, channel=self.channel, fill=self.fill)
         self.sweeps += 1
         self._computing = key
         self.progress.value = 0
