@@ -547,3 +547,25 @@ def test_widgets_import_without_display():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"               # widgets never go through pyplot
+
+
+def test_explorer_says_which_model_runs_and_marks_models_without_weights(session):
+    """The dropdown's labels mark models whose weights are random or not here; the line
+    under it names the running model, its weights and why it runs; it follows a change."""
+    from zfwidgets.models import model_status
+
+    ex = Explorer(session)
+    try:
+        labels = dict((name, label) for label, name in ex.model_dropdown.options)
+        assert labels["efficientnet_lite0"] == "efficientnet_lite0"
+        assert labels["zfnet"] == "zfnet · random weights"
+        assert labels["alexnet"] == f"alexnet · {model_status('alexnet')}"
+        note = ex.model_note.value
+        assert session.entry.name in note and "ImageNet weights" in note
+        ex.model_dropdown.value = "zfnet_small"
+        assert "zfnet_small (random weights): chosen in the explorer" in ex.model_note.value
+        session.set_model("efficientnet_lite0")      # from code: the line follows
+        assert ex.model_dropdown.value == "efficientnet_lite0"
+        assert "efficientnet_lite0 (ImageNet weights)" in ex.model_note.value
+    finally:
+        ex.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib
 
 import ipywidgets as W
@@ -10,7 +11,8 @@ import traitlets as T
 from ..backend.defaults import informative_channel
 from ..backend.rules import check_rule
 from ..backend.session import Session
-from ..models import list_models
+from ..models import list_models, model_status
+from ..models.registry import IMAGENET_WEIGHTS
 from .base import ErrorBox, MapView, SharedTraits, set_shown
 from .deconv import DeconvView
 from .grid import FeatureMapGrid
@@ -82,8 +84,10 @@ class Explorer(MapView):
 
         self.model_dropdown = W.Dropdown(
             options=self._model_options(), value=self.session.entry.name, description="model",
-            layout=W.Layout(width="230px"), style={"description_width": "45px"})
+            layout=W.Layout(width="300px"), style={"description_width": "45px"})
         self.model_status = W.HTML()
+        self.model_note = W.HTML(self._model_note(self.session.model_reason))
+        self.model_note.add_class("zf-model-note")
         self.model_dropdown.observe(self._model_chosen, names="value")
         self.images = ImageChooser(self.session)
         self.top5 = TopPredictions(self.session)
@@ -113,7 +117,7 @@ class Explorer(MapView):
                         "</div>")
         controls = W.VBox([W.HBox([self.model_dropdown, self.model_status],
                                   layout=W.Layout(align_items="center")),
-                           self.images, self.selector])
+                           self.model_note, self.images, self.selector])
         self.children = [header,
                          W.HBox([controls, self.top5],
                                 layout=W.Layout(flex_flow="row wrap", align_items="flex-start",
@@ -170,10 +174,23 @@ class Explorer(MapView):
         return self.extra[title]
 
     # ------------------------------------------------------------------ model choice
-    def _model_options(self) -> list[str]:
-        names = list(list_models())
+    def _model_options(self) -> list[tuple[str, str]]:
+        """``(label, name)`` of every registered model: the label says when its weights are
+        random or not available here (:func:`~zfwidgets.models.model_status`)."""
+        options = []
+        for name in list_models():
+            status = model_status(name)
+            options.append((name if status == IMAGENET_WEIGHTS else f"{name} · {status}", name))
         current = self.session.entry.name
-        return names if current in names else [current] + names
+        names = [name for _, name in options]
+        return options if current in names else [(current, current)] + options
+
+    def _model_note(self, reason: str) -> str:
+        """One grey line under the dropdown: which model runs and why."""
+        name = self.session.entry.name
+        status = model_status(name) if name in list_models() else "your model"
+        return (f"<div style='font-size:11px;color:#666;max-width:420px'>"
+                f"{html.escape(name)} ({html.escape(status)}): {html.escape(reason)}</div>")
 
     def _show_model(self) -> None:
         """Show the session's model in the dropdown without choosing it again."""
@@ -195,6 +212,7 @@ class Explorer(MapView):
         self.model_status.value = "<i>loading&hellip;</i>"
         try:
             self.session.set_model(name)
+            self.model_note.value = self._model_note("chosen in the explorer")
         except Exception as exc:
             self.errors.show(exc)
             self._show_model()  # the choice snaps back
@@ -205,6 +223,7 @@ class Explorer(MapView):
         if what != "model":
             return
         self._show_model()
+        self.model_note.value = self._model_note(self.session.model_reason)
         with self.shared.held():  # new layer (if it is gone) and channel: one redraw
             super().session_changed(what)
             self.channel = informative_channel(self.session, self.layer)
