@@ -13,6 +13,7 @@ matplotlib.use("module://ipympl.backend_nbagg")
 
 from zfwidgets import Session, load_sample  # noqa: E402
 from zfwidgets.backend.occlusion import occluded_prediction  # noqa: E402
+from zfwidgets.plots.deconv import projection_image  # noqa: E402
 from zfwidgets.widgets.occlusion import OcclusionExplorer  # noqa: E402
 
 
@@ -442,3 +443,18 @@ def test_map_d_sums_the_top_class_and_its_synonyms_and_says_so():
             single.close()
     finally:
         w.close()
+
+
+def test_panel_c_uses_the_default_rule_and_the_notes_say_why(explorer, session):
+    """Lite0 has no max-pooling: panel (c) is the guided projection (the deconvnet's would be
+    the same for every image), titled so, and the notes give the reason and the layer."""
+    layer = explorer.layer
+    assert explorer.rule == session.default_rule(layer) == "guided"
+    assert explorer.panels.titles[2].get_text() == "(c) guided projection"
+    notes = explorer.notes.value
+    assert f"layer {layer}, map {explorer.channel}" in notes
+    assert "max-pool" in session.rule_reason(layer)
+    assert session.rule_reason(layer).split(":")[0] in notes
+    expected = np.asarray(projection_image(session.project(layer, explorer.channel,
+                                                            rule="guided")))
+    np.testing.assert_array_equal(np.asarray(explorer._projection()), expected)

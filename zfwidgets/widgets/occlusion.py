@@ -24,7 +24,7 @@ from collections import OrderedDict
 import ipywidgets as W
 import traitlets as T
 
-from ..backend.defaults import informative_channel, target_classes, top_layer
+from ..backend.defaults import flat_map_note, informative_channel, target_classes, top_layer
 from ..backend.targets import resolve_classes
 from ..backend.occlusion import fill_rgb, occluded_prediction, occlusion_job
 from ..errors import BadParameterError
@@ -127,6 +127,8 @@ class OcclusionExplorer(MapView):
         self.status = W.HTML(layout=W.Layout(min_width="120px"))
         self.top5 = W.HTML(layout=W.Layout(min_width="230px"))
         self.top5.add_class("zf-occlusion-top5")
+        self.notes = W.HTML()
+        self.notes.add_class("zf-occlusion-notes")
 
         self.open_at(layer, channel, size=size, stride=stride, y=max(0, (H - size) // 2),
                      x=max(0, (W_ - size) // 2))
@@ -141,7 +143,7 @@ class OcclusionExplorer(MapView):
                                   layout=W.Layout(align_items="center"))])
         self.children = [W.HBox([controls, self.top5],
                                 layout=W.Layout(flex_flow="row wrap", grid_gap="12px")),
-                         self.fig.canvas, self.errors]
+                         self.fig.canvas, self.notes, self.errors]
         self.add_class("zf-occlusion")
         self.ready()
 
@@ -301,11 +303,19 @@ class OcclusionExplorer(MapView):
         self._show(result, key)
         self._draw()
 
+    @property
+    def rule(self) -> str:
+        """Panel (c)'s rule: the session's default for the layer (``"deconvnet"`` after a
+        max-pool, else ``"guided"``: without switches a deconvnet picture is the same for
+        every image)."""
+        return self.session.default_rule(self.layer)
+
     def _projection(self):
-        key = (self.session.version, self.layer, self.channel)
+        rule = self.rule
+        key = (self.session.version, self.layer, self.channel, rule)
         hit = self._projections.get(key)
         if hit is None:
-            hit = projection_image(self.session.project(self.layer, self.channel))
+            hit = projection_image(self.session.project(self.layer, self.channel, rule=rule))
             self._projections[key] = hit
             while len(self._projections) > 16:
                 self._projections.popitem(last=False)
@@ -316,7 +326,7 @@ class OcclusionExplorer(MapView):
         if result.features is not None:
             result = result.for_channel(self.channel)
         session = self.session
-        title = "(c) projection"
+        title = f"(c) {self.rule} projection"
         if self.panels is None:
             _, self.panels = occlusion_figure(session.display_image, result, self._projection(),
                                               occluder=(self.y, self.x),
@@ -329,7 +339,21 @@ class OcclusionExplorer(MapView):
         self.result = result
         self.partial = partial
         self._shown_key = key
+        self.notes.value = self._notes(result)
         self.errors.clear()
+
+    def _notes(self, result) -> str:
+        """Grey lines under the figure: the rule of (c) when it is not the paper's, and a map
+        whose colour scale stretches a tiny variation."""
+        lines = [f"(b), (c): layer {self.layer}, map {self.channel}"]
+        if self.rule != "deconvnet":
+            lines.append(f"(c): {self.session.rule_reason(self.layer)}")
+        for panel, values in (("(b)", result.feature), ("(d)", result.prob)):
+            note = flat_map_note(values) if values is not None else None
+            if note:
+                lines.append(f"{panel}: {note}")
+        body = "<br>".join(html.escape(line) for line in lines)
+        return f"<div style='font-size:11px;color:#666'>{body}</div>"
 
     # ------------------------------------------------------------------ events
     def _on_click(self, event) -> None:
