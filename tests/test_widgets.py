@@ -200,13 +200,27 @@ def test_deconv_view_rule_scope_channel_change_pixels(shared):
     assert view.rule == shared.default_rule(MID)       # issue 12: the session's default rule
     view.rule = "deconvnet"
     _, y, x, _ = shared.strongest(MID, c)
-    expect = projection_image(shared.project(MID, c, (y, x), "deconvnet"))
-    np.testing.assert_allclose(view.panel.projection.get_array(), expect, atol=1e-6)
+    whole = shared.project(MID, c, (y, x), "deconvnet")
     top, left, bottom, right = shared.receptive_field(MID, y, x)
+    # issue 12: by default the unit's projection is cut to its receptive field, normalised there
+    assert view.extent == "receptive field"
+    assert float(whole.abs().sum()) == pytest.approx(
+        float(whole[..., top:bottom, left:right].abs().sum()))   # nothing outside is lost
+    np.testing.assert_allclose(view.panel.projection.get_array(),
+                               projection_image(whole[..., top:bottom, left:right]), atol=1e-6)
+    assert not view.panel.boxes[1].get_visible() and "its receptive field" in \
+        view.panel_titles[1].value
+    assert "in the receptive field" in view.header.value
+    cropped = pixels(view.fig)
+    view.extent_buttons.value = "whole image"                # the toggle drives the trait
+    assert view.extent == "whole image"
+    np.testing.assert_allclose(view.panel.projection.get_array(), projection_image(whole),
+                               atol=1e-6)
     assert view.panel.boxes[0].get_xy() == (left - 0.5, top - 0.5)
+    assert view.panel.boxes[1].get_visible()
     np.testing.assert_allclose(view.panel.crop.get_array(),
                                np.clip(shared.display_image[top:bottom, left:right], 0, 1))
-    states = [pixels(view.fig)]
+    states = [cropped, pixels(view.fig)]
     view.rule = "guided"
     assert view.rule_buttons.value == "guided"
     states.append(pixels(view.fig))
@@ -245,7 +259,7 @@ def test_deconv_error_shows_inside_and_next_action_works(shared):
 
 
 def test_newer_request_supersedes_older(shared, monkeypatch):
-    view = DeconvView(shared, MID, 0, rule="deconvnet")
+    view = DeconvView(shared, MID, 0, rule="deconvnet", extent="whole image")
     real = shared.project
     calls = []
 

@@ -160,18 +160,20 @@ def deconv_panel_figure(image: np.ndarray, projection: np.ndarray, box=None, *,
 def update_deconv_panel(handle: DeconvPanel, *, image: np.ndarray | None = None,
                         projection: np.ndarray | None = None, box=None,
                         titles: Sequence[str | None] | None = None, suptitle: str | None = None,
-                        draw: bool = True) -> DeconvPanel:
+                        projection_box: bool = True, draw: bool = True) -> DeconvPanel:
     """Change a deconv panel in place (``set_data`` on the three images, ``set_xy`` on boxes).
 
     ``box`` is always applied (``None`` hides the boxes and shows the whole image as the crop).
+    ``projection_box=False`` hides the box on the projection: a projection already cut to the
+    receptive field fills its panel.
     """
     if image is not None:
         handle.source = np.asarray(image)
         _show(handle.image, handle.axes[0], np.clip(handle.source, 0, 1))
     if projection is not None:
         _show(handle.projection, handle.axes[1], np.clip(projection, 0, 1))
-    for patch in handle.boxes:
-        _set_box(patch, box)
+    for k, patch in enumerate(handle.boxes):
+        _set_box(patch, box if projection_box or k == 0 else None)
     _show(handle.crop, handle.axes[2], np.clip(_crop(handle.source, box), 0, 1))
     if titles is not None:
         for text, t in zip(handle.titles, titles):
@@ -184,11 +186,15 @@ def update_deconv_panel(handle: DeconvPanel, *, image: np.ndarray | None = None,
     return handle
 
 
-def deconv_titles(info, rule: str, scope: str) -> tuple[str, str, str]:
-    """Panel titles of a deconv panel for a layer (LayerInfo), a rule and a scope."""
+def deconv_titles(info, rule: str, scope: str, cropped: bool = False) -> tuple[str, str, str]:
+    """Panel titles of a deconv panel for a layer (LayerInfo), a rule and a scope;
+    ``cropped``: the projection is shown cut to the receptive field."""
     rf = info.rf_size
     rf_text = "?" if rf is None else (str(rf[0]) if rf[0] == rf[1] else f"{rf[0]}x{rf[1]}")
     what = "whole map" if scope == "map" else "strongest unit"
+    if cropped:
+        return (f"image, receptive field {rf_text}px", f"{rule}: {what}, its receptive field",
+                "image patch")
     return (f"image, receptive field {rf_text}px", f"{rule}: {what}", "receptive-field crop")
 
 

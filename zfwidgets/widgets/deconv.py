@@ -17,6 +17,7 @@ from .base import MapView
 __all__ = ["DeconvView"]
 
 SCOPES = ("strongest", "map")
+EXTENTS = ("receptive field", "whole image")
 
 
 class DeconvView(MapView):
@@ -38,12 +39,17 @@ class DeconvView(MapView):
         Defaults to ``session.default_rule(layer)``: "guided" on a model that does not
         max-pool before the layer (its deconvnet would show the weights), said in the header.
     scope : {"strongest", "map"}
+    extent : {"receptive field", "whole image"}
+        Where the strongest unit's projection is shown: cut to the unit's receptive field
+        (default: at low layers a 3-11 px field would be a dot on the whole image; the paper's
+        Fig. 2 shows projections at this scale) beside the image patch, or on the whole image.
+        A whole map's projection is always shown on the whole image.
     size : (width, height) in inches
     dpi : float
 
     Attributes
     ----------
-    layer, channel, rule, scope : traits
+    layer, channel, rule, scope, extent : traits
     fig : matplotlib.figure.Figure
         Drawn by an ipympl canvas.
     panel : zfwidgets.plots.DeconvPanel
@@ -52,9 +58,11 @@ class DeconvView(MapView):
 
     rule = T.Unicode("deconvnet")
     scope = T.Unicode("strongest")
+    extent = T.Unicode("receptive field")
 
     def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
                  rule: str | None = None, scope: str = "strongest",
+                 extent: str = "receptive field",
                  size: tuple[float, float] = (6.6, 2.25), dpi: float = 100, **kwargs):
         super().__init__(session, **kwargs)
         self._drawn = None
@@ -73,15 +81,23 @@ class DeconvView(MapView):
             tooltips=["project only the map's strongest activation (the box)",
                       "project every activation of the map"],
             style={"button_width": "120px"})
+        self.extent_buttons = W.ToggleButtons(
+            options=[("receptive field", "receptive field"), ("whole image", "whole image")],
+            tooltips=["the unit's projection cut to its receptive field, beside the image patch",
+                      "the projection on the whole image"],
+            style={"button_width": "120px"})
+        self.extent_buttons.add_class("zf-deconv-extent")
         self.status = W.HTML()
         self.header = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
         column = W.Layout(width=f"{size[0] * dpi * 0.98 / 3:.0f}px")
         self.panel_titles = [W.HTML(layout=column) for _ in range(3)]
         layer = layer or self.fallback_layer()
-        self.open_at(layer, channel, rule=rule or session.default_rule(layer), scope=scope)
+        self.open_at(layer, channel, rule=rule or session.default_rule(layer), scope=scope,
+                     extent=extent)
         self.link((self, "rule"), (self.rule_buttons, "value"))
         self.link((self, "scope"), (self.scope_buttons, "value"))
-        self.children = [W.HBox([self.rule_buttons, self.scope_buttons],
+        self.link((self, "extent"), (self.extent_buttons, "value"))
+        self.children = [W.HBox([self.rule_buttons, self.scope_buttons, self.extent_buttons],
                                 layout=W.Layout(flex_flow="row wrap")),
                          self.header, W.HBox(self.panel_titles, layout=W.Layout(margin="0 0 0 6px")),
                          self.fig.canvas, self.status, self.errors]
@@ -98,7 +114,11 @@ class DeconvView(MapView):
     def _check_scope(self, proposal):
         return check_choice("scope", proposal["value"], SCOPES)
 
-    @T.observe("rule", "scope")
+    @T.validate("extent")
+    def _check_extent(self, proposal):
+        return check_choice("extent", proposal["value"], EXTENTS)
+
+    @T.observe("rule", "scope", "extent")
     def _changed(self, change) -> None:
         self.request_refresh()
 
@@ -106,7 +126,7 @@ class DeconvView(MapView):
     def refresh(self) -> None:
         """Recompute the projection for the current traits and redraw."""
         session = self.session
-        key = (session.version, self.layer, self.channel, self.rule, self.scope)
+        key = (session.version, self.layer, self.channel, self.rule, self.scope, self.extent)
         if key == self._drawn:
             return
         token = self._requests.new()
@@ -122,13 +142,18 @@ class DeconvView(MapView):
             self.status.value = ""
         if not self._requests.current(token):
             return  # a newer request (or a new image) came in meanwhile: it draws
+        cropped = self.scope == "strongest" and self.extent == "receptive field"
+        if cropped:  # exact: a unit's projection is zero outside its receptive field
+            top, left, bottom, right = (int(v) for v in box)
+            projection = projection[..., top:bottom, left:right]
         rgb = projection_image(projection)
         image = session.display_image if self._image_version != session.version else None
         if self.panel is None:
             _, self.panel = deconv_panel_figure(session.display_image, rgb, box, titles=None,
                                                 fig=self.fig)
-        else:
-            update_deconv_panel(self.panel, image=image, projection=rgb, box=box, draw=False)
+            image = None
+        update_deconv_panel(self.panel, image=image, projection=rgb, box=box,
+                            projection_box=not cropped, draw=False)
         # Titles are HTML, not figure text: no glyph rendering in the redraw.
         notes = []
         if session.default_rule(self.layer) == "guided":
@@ -138,14 +163,16 @@ class DeconvView(MapView):
                                 self.rule, projection)
         if blank:
             notes.append(blank)
-        notes.append("projection colours: 0 is mid-gray, +-(99.5th percentile of |value|) "
-                     "the ends (clipped beyond)")
+        where = "in the receptive field" if cropped else "over the image"
+        notes.append(f"projection colours: 0 is mid-gray, +-(99.5th percentile of |value| "
+                     f"{where}) the ends (clipped beyond)")
         note_html = "".join(f"<div style='font-size:11px;color:#666'>{html.escape(n)}</div>"
                             for n in notes)
         self.header.value = (f"<div style='font-size:13px;line-height:1.35'>"
                              f"<b>{html.escape(self.layer)}</b>: map <b>{self.channel}</b>, "
                              f"strongest activation {value:.3g} at ({y}, {x})</div>{note_html}")
-        for label, text in zip(self.panel_titles, deconv_titles(info, self.rule, self.scope)):
+        for label, text in zip(self.panel_titles, deconv_titles(info, self.rule, self.scope,
+                                                                    cropped)):
             label.value = (f"<div style='text-align:center;font-size:12px;line-height:1.35'>"
                            f"{html.escape(text)}</div>")
         self._image_version = session.version
