@@ -2,7 +2,8 @@
 
 Each tutorial has student cells ("write the unpooling with switches", "write the guided rule",
 "compute a receptive field by the recursion", "write the occlusion loop", "write Grad-CAM",
-"pick a map's top 9", "measure a feature distance").
+"pick a map's top 9", "measure a feature distance", "write gradient saliency", "measure the
+aliased energy of strided filters").
 A checker runs the student's function on a few cases chosen to catch the usual mistakes
 (seeded random inputs, several shapes, overlapping pooling windows, border units, strides,
 dilation ...), compares each answer with the library's own computation, and prints a verdict:
@@ -30,6 +31,9 @@ checker                        the student's function                       refe
                                ...]`` (one hit per image)                   (``zf.mine``)
 :func:`check_feature_distance` ``fn(reference, transformed) -> float``      Fig. 5's relative
                                                                             distance
+:func:`check_saliency`         ``fn(model, x, target) -> [H, W]``           ``Saliency``
+:func:`check_aliased_energy`   ``fn(weight, stride, size) -> [F]``          ``aliased_energy``
+                                                                            (Fig. 6)
 =============================  ===========================================  ===================
 
 Each returns a :class:`Verdict` (``.passed``, ``.status``, ``.case``, ``.detail``, ``.hint``).
@@ -48,13 +52,15 @@ NOT YET the guided backprop rule: 0 of 6 cases agree; case 1 differs from the re
   forward pass; ...
 """
 
+from .aliasing import check_aliased_energy
 from .deconvnet import check_guided_rule, check_unpooling
 from .gradcam import check_gradcam
 from .occlusion import check_occlusion_loop, small_cnn
 from .receptive_field import check_receptive_field, layer_chain
+from .saliency import check_saliency
 from .topk import check_feature_distance, check_top_k
 from .verdict import Verdict
 
-__all__ = ["Verdict", "check_feature_distance", "check_gradcam", "check_guided_rule",
-           "check_occlusion_loop", "check_receptive_field", "check_top_k", "check_unpooling",
-           "layer_chain", "small_cnn"]
+__all__ = ["Verdict", "check_aliased_energy", "check_feature_distance", "check_gradcam",
+           "check_guided_rule", "check_occlusion_loop", "check_receptive_field", "check_saliency",
+           "check_top_k", "check_unpooling", "layer_chain", "small_cnn"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backend.explain.methods import GradCAM, class_backward, upsample
-from .verdict import Case, Verdict, as_array, compare_arrays, run_cases
+from .verdict import Case, Verdict, as_array, compare_arrays, leftover_hook_note, run_cases
 
 __all__ = ["check_gradcam", "reference_gradcam"]
 
@@ -135,17 +135,6 @@ def _cam_net(seed: int, deep: bool = False) -> nn.Module:
         return model
 
 
-def _hook_note(args) -> str | None:
-    model = args[0]
-    for name, m in model.named_modules():
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or \
-                getattr(m, "_full_backward_hooks", None):
-            return ("your function left a hook on the model: keep the handle that "
-                    "register_forward_hook returns and call handle.remove() (in a finally: "
-                    "block), or a second call will hook the layer twice")
-    return None
-
-
 def _cam_cases(seed: int) -> list[Case]:
     gen = torch.Generator().manual_seed(seed)
     specs = [("32x32 input, the last ReLU's maps (8x8)", 32, 32, False, 4, 3),
@@ -196,4 +185,4 @@ def check_gradcam(fn, *, strict: bool = False, show: bool = True, seed: int = 0)
     return run_cases("Grad-CAM", fn, _cam_cases(seed), strict=strict, show=show,
                      covered="ReLU and convolution layers, maps with negative parts, a "
                      "non-square input, a middle and a last layer",
-                     after=_hook_note)
+                     after=leftover_hook_note)

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import ExerciseFailed
 
-__all__ = ["Case", "Verdict", "as_array", "compare_arrays", "run_cases"]
+__all__ = ["Case", "Verdict", "as_array", "compare_arrays", "leftover_hook_note", "run_cases"]
 
 #: Default relative tolerance: a difference counts when it exceeds this fraction of the
 #: reference's largest magnitude (plus a tiny absolute floor).
@@ -271,3 +271,16 @@ def _finish(verdict: Verdict, strict: bool, show: bool) -> Verdict:
     if strict and not verdict.passed:
         raise ExerciseFailed(verdict.text())
     return verdict
+
+
+def leftover_hook_note(args) -> str | None:
+    """A note when the student's function left a hook on the model (``args[0]``), else ``None``
+    (a checker's ``after=``)."""
+    model = args[0]
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or \
+                getattr(m, "_full_backward_hooks", None):
+            return ("your function left a hook on the model: keep the handle that "
+                    "register_forward_hook returns and call handle.remove() (in a finally: "
+                    "block), or a second call will hook the layer twice")
+    return None

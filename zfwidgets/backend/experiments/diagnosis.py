@@ -33,7 +33,7 @@ from torch import nn
 from ...errors import BadParameterError, OutOfRangeError
 from ..layers import first_rgb_conv, resolve_layer
 
-__all__ = ["FilterDiagnosis", "diagnose_filters", "filter_spectra"]
+__all__ = ["FilterDiagnosis", "aliased_energy", "diagnose_filters", "filter_spectra"]
 
 
 @dataclass
@@ -145,6 +145,38 @@ def filter_spectra(weight: torch.Tensor, size: int = 64) -> tuple[np.ndarray, np
     return energy, freq, freq
 
 
+def _aliased(energy: np.ndarray, fy: np.ndarray, fx: np.ndarray, stride: tuple[int, int]
+             ) -> np.ndarray:
+    """Each filter's energy above ``0.5 / stride`` cycles per pixel on either axis."""
+    sy, sx = stride
+    outside = (np.abs(fy)[:, None] > 0.5 / sy + 1e-12) | (np.abs(fx)[None, :] > 0.5 / sx + 1e-12)
+    return energy[:, outside].sum(1)
+
+
+def aliased_energy(weight: torch.Tensor, stride, size: int = 64) -> np.ndarray:
+    """The fraction of each filter's energy that a convolution of this stride aliases.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        ``[F, C, kh, kw]`` convolution weights.
+    stride : int or (int, int)
+        The convolution's stride (rows, columns).
+    size : int
+        The filters are zero-padded to ``size x size`` before the DFT.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[F]``: energy (``sum over C of |DFT|^2``) at frequencies above ``0.5 / stride`` cycles
+        per pixel on either axis, over the filter's whole energy (0 for an all-zero filter).
+    """
+    sy, sx = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    energy, fy, fx = filter_spectra(weight, size)
+    total = energy.reshape(energy.shape[0], -1).sum(1)
+    return _aliased(energy, fy, fx, (int(sy), int(sx))) / np.where(total > 0, total, 1.0)
+
+
 def diagnose_filters(model, layer: str | None = None, *, dead_ratio: float = 0.05,
                      size: int = 64, bands: int = 12, radius: float = 0.1,
                      mined=None) -> FilterDiagnosis:
@@ -221,8 +253,7 @@ def diagnose_filters(model, layer: str | None = None, *, dead_ratio: float = 0.0
     safe = np.where(total > 0, total, 1.0)
     spectrum = per_band / safe[:, None]
     sy, sx = conv.stride
-    outside = (np.abs(fy)[:, None] > 0.5 / sy + 1e-12) | (np.abs(fx)[None, :] > 0.5 / sx + 1e-12)
-    aliased = energy[:, outside].sum(1) / safe
+    aliased = _aliased(energy, fy, fx, (sy, sx)) / safe
     centres = 0.5 * (edges[:-1] + edges[1:])
     return FilterDiagnosis(
         layer=layer, kernel=tuple(conv.kernel_size), stride=(sy, sx), rms=rms, dead=dead,
