@@ -206,3 +206,147 @@ def test_new_checkers_call_a_stub_not_yet_and_a_crash_an_error(check, capsys):
         check(stub, show=False, strict=True)
     v = verdict(check, lambda *a: 1 / 0)
     assert v.status == "error" and "ZeroDivisionError" in v.detail
+
+
+# ============================================================================ clipping (08)
+
+def clip(weight, radius, *, rms="mean", every=False, axis=0, cut=False):
+    w = weight.clone().double()
+    out = w.clone()
+    for f in range(w.shape[axis]):
+        filt = w.select(axis, f)
+        value = {"mean": filt.pow(2).mean().sqrt(), "norm": filt.norm(),
+                 "std": filt.std()}[rms]
+        if every or value > radius:
+            out.select(axis, f).copy_(filt.clamp(-radius, radius) if cut else
+                                      filt * radius / value)
+    return out
+
+
+def test_clipping_checker_accepts_the_loop_and_the_in_place_library_call():
+    assert verdict(ex.check_feature_scale_clipping, clip).passed
+
+    def in_place(weight, radius):
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]))
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            zf.models.feature_scale_clipping(conv, radius)
+        return conv.weight.detach()
+
+    assert verdict(ex.check_feature_scale_clipping, in_place).passed
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"rms": "norm"}, ["MEAN of the squares"]),
+    ({"rms": "std"}, ["standard deviation"]),
+    ({"every": True}, ["EXCEEDS"]),
+    ({"cut": True}, ["DOWN to the radius"]),
+    ({"axis": 1}, ["OUTPUT channel"]),
+])
+def test_clipping_checker_rejects_the_usual_mistakes(kw, words):
+    assert_rejected(ex.check_feature_scale_clipping, lambda w, r: clip(w, r, **kw), words)
+
+
+def test_clipped_filters_have_the_radius_as_rms():
+    w = torch.randn(6, 3, 5, 5) * torch.linspace(0.01, 1, 6).view(-1, 1, 1, 1)
+    ref = ex.clipping.reference_clipping(w, 0.1)
+    rms = ref.flatten(1).pow(2).mean(1).sqrt()
+    before = w.double().flatten(1).pow(2).mean(1).sqrt()
+    assert torch.allclose(rms, torch.minimum(before, torch.tensor(0.1, dtype=torch.float64)))
+
+
+# ============================================================================ consistency (09)
+
+def delta(changes, *, signs=True, pairs="upper", normalise=True, mean=True):
+    c = changes.double()
+    s = torch.sign(c) if signs == True else (c > 0) if signs == "positive" else c  # noqa: E712
+    n, d = c.shape
+    which = [(i, j) for i in range(n) for j in range(n)
+             if (pairs == "upper" and i < j) or pairs == "all"]
+    parts = [float((s[i] != s[j]).sum()) / (d if normalise else 1) for i, j in which]
+    return sum(parts) / len(parts) if mean else sum(parts)
+
+
+def test_consistency_reference_is_the_papers_score():
+    c = torch.tensor([[1.0, -2.0, 0.0, 3.0], [2.0, 1.0, 0.0, 3.0], [-1.0, -1.0, 1.0, 0.0]])
+    # pairs (0, 1): 1 of 4 signs differ; (0, 2): 3 of 4; (1, 2): 4 of 4
+    assert ex.consistency.reference_consistency(c) == pytest.approx((1 / 4 + 3 / 4 + 4 / 4) / 3)
+
+
+def test_consistency_checker_accepts_the_pair_loop():
+    assert verdict(ex.check_consistency, delta).passed
+    assert verdict(ex.check_consistency, lambda c: torch.tensor(delta(c))).passed
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"signs": "positive"}, ["SIGNS"]),
+    ({"signs": False}, ["not the values"]),
+    ({"pairs": "all"}, ["i < j"]),
+    ({"normalise": False}, ["by D"]),
+    ({"mean": False}, ["MEAN over the pairs"]),
+])
+def test_consistency_checker_rejects_the_usual_mistakes(kw, words):
+    assert_rejected(ex.check_consistency, lambda c: delta(c, **kw), words)
+
+
+# ============================================================================ knock-out (10)
+
+def knockout(model, layer, channels, x, *, pre=False, invert=False, weights=False, leave=False):
+    def edit(t):
+        t = t.clone()
+        chans = [c for c in range(t.shape[1]) if c not in channels] if invert else channels
+        t[:, chans] = 0
+        return t
+
+    if weights and isinstance(layer, nn.Conv2d):
+        with torch.no_grad():
+            layer.weight[channels] = 0
+            return model(x)
+    handle = (layer.register_forward_pre_hook(lambda m, i: (edit(i[0]),)) if pre else
+              layer.register_forward_hook(lambda m, i, o: edit(o)))
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        if not leave:
+            handle.remove()
+
+
+def test_knockout_reference_equals_zeroing_by_hand():
+    model = ex.knockout._net(0)
+    x = torch.randn(1, 3, 32, 32)
+    # by hand: run the layers one by one and zero the maps between them
+    h = x
+    for i, m in enumerate(model):
+        h = m(h)
+        if i == 3:
+            h = h.clone()
+            h[:, [2, 3]] = 0
+    ref = ex.knockout.reference_knockout(model, model[3], [2, 3], x)
+    assert torch.allclose(ref, h.double(), atol=1e-6)
+    assert not torch.allclose(ref, model(x).double(), atol=1e-4)
+
+
+def test_knockout_checker_accepts_the_hook_and_names_a_leftover_one():
+    assert verdict(ex.check_knockout, knockout).passed
+    v = verdict(ex.check_knockout, lambda *a: knockout(*a, leave=True))
+    assert any("handle.remove()" in n for n in v.notes)
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"pre": True}, ["OUTPUT"]),
+    ({"invert": True}, ["not the other way round"]),
+    ({"weights": True}, ["leaves its bias"]),
+])
+def test_knockout_checker_rejects_the_usual_mistakes(kw, words):
+    assert_rejected(ex.check_knockout, lambda *a: knockout(*a, **kw), words)
+
+
+def test_knockout_rejects_probabilities():
+    assert_rejected(ex.check_knockout, lambda *a: torch.softmax(knockout(*a), 1), ["logits"])
+
+
+@pytest.mark.parametrize("check", [ex.check_feature_scale_clipping, ex.check_consistency,
+                                   ex.check_knockout])
+def test_later_checkers_call_a_stub_not_yet_and_a_crash_an_error(check, capsys):
+    test_new_checkers_call_a_stub_not_yet_and_a_crash_an_error(check, capsys)

@@ -91,8 +91,8 @@ def sign_consistency(changes: torch.Tensor) -> np.ndarray:
         with ``i < j`` in row-major order.
     """
     s = torch.sign(changes)
-    n = s.shape[0]
-    out = [float((s[i] != s[j]).float().mean()) for i in range(n) for j in range(i + 1, n)]
+    n, d = s.shape[0], s[0].numel()
+    out = [int((s[i] != s[j]).sum()) / d for i in range(n) for j in range(i + 1, n)]
     return np.asarray(out, dtype=np.float64)
 
 
