@@ -8,7 +8,10 @@ Pure matplotlib, from the results of :mod:`zfwidgets.backend.explain`:
 * :func:`deletion_figure`: the class probability as each ranking's top pixels are greyed;
 * :func:`sanity_figure`: the randomization sanity check (Adebayo et al. 2018), each method's
   similarity to its trained map as the layers are randomized from the top, and the maps at a few
-  steps of the cascade.
+  steps of the cascade;
+* :func:`explain_panels` / :func:`update_explain_panels`: the explorer's Explain tab, two rows of
+  panels (the image and every map, each titled with its agreement, and a bar per method) whose
+  artists are updated in place as the maps arrive.
 
 Each map is drawn on its own colour scale, from 0 to its 99.5th percentile (the titles say so
 once); a map that is all zero is drawn black and its title says so.
@@ -16,14 +19,16 @@ once); a map that is all zero is drawn black and its title says so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from .base import new_figure
 
-__all__ = ["METHOD_NAMES", "deletion_figure", "explanation_figure", "sanity_figure"]
+__all__ = ["ExplainPanels", "METHOD_NAMES", "deletion_figure", "explain_panels",
+           "explanation_figure", "sanity_figure", "update_explain_panels"]
 
 #: How each method is named on a figure.
 METHOD_NAMES = {"saliency": "saliency", "guided": "guided backprop", "deconvnet": "deconvnet",
@@ -192,3 +197,179 @@ def sanity_figure(results: Sequence, *, steps: Sequence[int] | None = None,
     curve.grid(alpha=0.3)
     curve.legend(fontsize=7, frameon=False)
     return fig, [curve, *rows]
+
+
+# --------------------------------------------------------------------------- the Explain tab
+
+@dataclass
+class ExplainPanels:
+    """The artists of :func:`explain_panels`, for :func:`update_explain_panels`.
+
+    Attributes
+    ----------
+    fig : Figure
+    methods : list of str
+        The class-map methods, in panel order.
+    image : AxesImage
+        The image panel's picture.
+    maps : dict of str to AxesImage
+        Each method's map, and ``"occlusion"``'s (drawn over a faded copy of the image).
+    axes : dict of str to Axes
+        ``"image"``, each method, ``"occlusion"`` and ``"agreement"`` (the bars).
+    bars : dict of str to Rectangle
+        One horizontal bar per method: its agreement with occlusion.
+    labels : dict of str to Text
+        Each bar's method name, on the side of 0 its bar is not.
+    faded : AxesImage
+        The faded copy of the image under the occlusion map.
+    """
+
+    fig: Figure
+    methods: list[str]
+    image: object
+    maps: dict = field(default_factory=dict)
+    axes: dict = field(default_factory=dict)
+    bars: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    faded: object = None
+
+
+def explain_panels(image: np.ndarray, methods: Sequence[str], *, fig: Figure | None = None,
+                   size: tuple[float, float] = (7.6, 4.3)) -> tuple[Figure, ExplainPanels]:
+    """Empty panels of the Explain tab: the image, one per method, occlusion, the agreements.
+
+    Two rows of four: the image and the first three methods, then occlusion, the other methods
+    and a bar chart of each method's Spearman agreement with occlusion (-1 to 1). Maps start
+    black, titled "computing"; :func:`update_explain_panels` fills them in.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``[H, W, 3]`` the model's view of the image.
+    methods : sequence of str
+        Class-map methods (at most six), in order.
+    fig : Figure, optional
+        Drawn into (cleared first); a new ``Figure`` otherwise.
+    size : (float, float)
+        Inches (new figures).
+
+    Returns
+    -------
+    (Figure, ExplainPanels)
+    """
+    methods = list(methods)
+    if not 1 <= len(methods) <= 6:
+        raise ValueError(f"the Explain panels hold 1 to 6 methods, got {len(methods)}")
+    fig = new_figure(fig, size, layout="constrained")
+    grid = fig.subplots(2, 4, squeeze=False)
+    order = ["image", *methods[:3], "occlusion", *methods[3:]]
+    cells = [ax for row in grid for ax in row]
+    axes = dict(zip(order, cells))
+    blank = np.zeros(image.shape[:2], np.float32)
+    panels = ExplainPanels(fig, methods, axes["image"].imshow(image), axes=axes)
+    axes["image"].set_title("image", fontsize=8)
+    for name in [*methods, "occlusion"]:
+        ax = axes[name]
+        if name == "occlusion":
+            panels.faded = ax.imshow(image, alpha=0.35)
+        panels.maps[name] = ax.imshow(blank, cmap=MAP_CMAP, vmin=0, vmax=1,
+                                      interpolation="nearest",
+                                      alpha=0.85 if name == "occlusion" else None)
+        ax.set_title(f"{METHOD_NAMES.get(name, name)}\ncomputing", fontsize=8)
+    for ax in cells[:len(order)]:
+        ax.set_axis_off()
+    for ax in cells[len(order):-1]:
+        ax.set_visible(False)
+    bars_ax = cells[-1]
+    axes["agreement"] = bars_ax
+    short = {"guided": "guided BP", "guided_gradcam": "g. Grad-CAM"}  # fit half the axes
+    labels = [short.get(m, METHOD_NAMES.get(m, m)) for m in methods]
+    rects = bars_ax.barh(range(len(methods)), np.zeros(len(methods)), color="C0", height=0.6)
+    panels.bars = dict(zip(methods, rects))
+    bars_ax.set_yticks([])
+    # Names inside the axes (no tick labels to lay out), on the side of 0 the bar is not.
+    panels.labels = {m: bars_ax.text(-0.04, i, label, ha="right", va="center", fontsize=7)
+                     for i, (m, label) in enumerate(zip(methods, labels))}
+    bars_ax.invert_yaxis()
+    bars_ax.set_xlim(-1, 1)
+    bars_ax.axvline(0, color="0.5", lw=0.8)
+    bars_ax.set_title("agreement with occlusion\n(Spearman ρ)", fontsize=8)
+    bars_ax.tick_params(axis="x", labelsize=7)
+    return fig, panels
+
+
+def update_explain_panels(panels: ExplainPanels, *, image: np.ndarray | None = None,
+                          maps: Mapping[str, np.ndarray] | None = None,
+                          explanation=None, skipped: Mapping[str, str] | None = None,
+                          pending: bool = False, draw: bool = True) -> None:
+    """Update the Explain panels in place.
+
+    Parameters
+    ----------
+    panels : ExplainPanels
+    image : numpy.ndarray, optional
+        A new ``[H, W, 3]`` image (a new photo).
+    maps : mapping of str to numpy.ndarray, optional
+        ``[H, W]`` maps that arrived (method -> map), drawn each on its own scale.
+    explanation : Explanation, optional
+        The finished explanation: every map, occlusion's drop and the agreements (titles and
+        bars).
+    skipped : mapping of str to str, optional
+        Methods the model cannot support: drawn blank, titled "not for this model".
+    pending : bool
+        Title the maps not given "computing" (a new request started) instead of leaving them.
+    draw : bool
+        Call ``fig.canvas.draw_idle()``.
+    """
+    if image is not None:
+        panels.image.set_data(image)
+        panels.faded.set_data(image)
+    names = [*panels.methods, "occlusion"]
+    maps = dict(maps or {})
+    rho: dict[str, float] = {}
+    if explanation is not None:
+        e = explanation
+        maps.update({m: c.map for m, c in e.maps.items()})
+        maps["occlusion"] = None
+        rho = dict(e.agreement)
+        skipped = {**e.skipped, **(skipped or {})}
+        panels.axes["image"].set_title(f"image\nP({_short(e.label)}) = "
+                                       f"{e.occlusion.base_prob:.2f}", fontsize=8)
+    skipped = dict(skipped or {})
+    for name in names:
+        ax, art = panels.axes[name], panels.maps[name]
+        head = METHOD_NAMES.get(name, name)
+        if name in skipped:
+            art.set_data(np.zeros(art.get_array().shape, np.float32))
+            ax.set_title(f"{head}\nnot for this model", fontsize=8)
+        elif name == "occlusion" and "occlusion" in maps:
+            e = explanation
+            art.set_data(_scaled(np.clip(e.drop, 0, None)))
+            art.set_extent(e.occlusion.extent())
+            h, w = panels.image.get_array().shape[:2]
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+            ax.set_title(f"{head}\n(P drop, {e.occlusion.size} px)", fontsize=8)
+        elif name in maps:
+            m = np.asarray(maps[name])
+            art.set_data(_scaled(m))
+            ax.set_title(_map_title(name, rho.get(name) if explanation is not None else None,
+                                    not np.any(m > 0)), fontsize=8)
+        elif pending:
+            art.set_data(np.zeros(art.get_array().shape[:2], np.float32))
+            ax.set_title(f"{head}\ncomputing", fontsize=8)
+    for name, bar in panels.bars.items():
+        value = rho.get(name, 0.0)
+        bar.set_width(float(value) if np.isfinite(value) else 0.0)
+        negative = bool(np.isfinite(value) and value < 0)
+        bar.set_color("C3" if negative else "C0")
+        text = panels.labels.get(name)
+        if text is not None:
+            text.set_x(0.04 if negative else -0.04)
+            text.set_horizontalalignment("left" if negative else "right")
+    if draw:
+        panels.fig.canvas.draw_idle()
+
+
+def _short(label: str, width: int = 28) -> str:
+    return label if len(label) <= width else label[: width - 1] + "…"

@@ -7,8 +7,8 @@ hides the views of the tabs not selected, :func:`set_shown` does it for any cont
 
 Modules: ``canvas`` (ipympl figures outside pyplot), ``base`` (the view skeleton every view
 subclasses), ``runner`` (long jobs stepped from the kernel's event loop), then one module per
-view (``selector``, ``grid``, ``deconv``, ``images``, ``occlusion``, ``gallery``) and
-``explorer``, which combines them.
+view (``selector``, ``grid``, ``deconv``, ``images``, ``occlusion``, ``gallery``,
+``explain``) and ``explorer``, which combines them.
 
 Importing this package needs no display and no running kernel.
 """

@@ -22,12 +22,13 @@ from .selector import LayerSelector
 __all__ = ["Explorer", "explore", "OPTIONAL_TABS"]
 
 #: Tabs shown when their module can be imported: (title, module, class name, extra keyword
-#: arguments). Each view is built with the explorer's session, layer and channel, so that sharing
-#: the traits afterwards changes nothing (no second computation); the explorer's own layer
-#: selector drives the gallery, which therefore hides its own.
+#: arguments). Each view is built with the explorer's session and those of the shared traits it
+#: has (layer, channel), so that sharing them afterwards changes nothing (no second computation);
+#: the explorer's own layer selector drives the gallery, which therefore hides its own.
 OPTIONAL_TABS = (
     ("Occlusion", "zfwidgets.widgets.occlusion", "OcclusionExplorer", {}),
     ("Top-9 patches", "zfwidgets.widgets.gallery", "PatchGallery", {"layer_selector": False}),
+    ("Explain", "zfwidgets.widgets.explain", "ExplainView", {}),
 )
 
 _SHARED = ("layer", "channel")
@@ -158,8 +159,10 @@ class Explorer(MapView):
             view = None
             hidden = {} if self.shown else {"shown": False}
             try:
-                view = factory(self.session, layer=self.layer, channel=self.channel, **options,
-                               **hidden)
+                has = getattr(factory, "class_trait_names", None)   # a view class, or any callable
+                shared = {name: getattr(self, name) for name in _SHARED
+                          if has is None or name in has()}
+                view = factory(self.session, **shared, **options, **hidden)
                 self.shared.add(view)
             except Exception as exc:
                 if view is not None:

@@ -118,12 +118,14 @@ class _Plan:
     cell: int | None
     seed: int
     batch_size: int
+    deletion: bool
 
 
 def explain_job(session, target=None, *, methods: Sequence[str] | None = None,
                 layer: str | None = None, size: int = 32, stride: int = 8,
                 fill: str | float = "gray", steps: int = 20, cell: int | None = None,
-                seed: int = 0, batch_size: int = 16) -> Job[Explanation]:
+                seed: int = 0, batch_size: int = 16, deletion: bool = True
+                ) -> Job[Explanation]:
     """The work of :func:`explain` as a job: one step per map, per occlusion batch and per
     deletion curve.
 
@@ -135,6 +137,9 @@ def explain_job(session, target=None, *, methods: Sequence[str] | None = None,
     ----------
     session, target, methods, layer, size, stride, fill, steps, cell, seed, batch_size
         See :func:`explain`.
+    deletion : bool
+        Compute the deletion curves (``False``: ``deletion`` is empty and ``fractions`` too;
+        the maps, occlusion and agreement only, as the explorer's Explain tab shows them).
 
     Returns
     -------
@@ -149,7 +154,7 @@ def explain_job(session, target=None, *, methods: Sequence[str] | None = None,
     if min(ints.values()) < 1:
         raise BadParameterError(f"steps, batch_size and cell must be at least 1, got {ints}")
     plan = _Plan(classes, _check_methods(methods), layer, fill, ints["steps"], ints["cell"],
-                 int(seed), ints["batch_size"])
+                 int(seed), ints["batch_size"], bool(deletion))
     occ = occlusion_job(session, size, stride, classes[0] if len(classes) == 1
                         else list(classes), fill=fill)
     x = session.input_tensor
@@ -159,7 +164,7 @@ def explain_job(session, target=None, *, methods: Sequence[str] | None = None,
 
 
 def _steps(session, plan: _Plan, occ: Job, n_pos: int):
-    total = 2 * len(plan.methods) + n_pos + 2
+    total = len(plan.methods) + n_pos + (len(plan.methods) + 2 if plan.deletion else 0)
     maps: dict[str, ClassMap] = {}
     skipped: dict[str, str] = {}
     for done, name in enumerate(plan.methods, 1):
@@ -179,14 +184,16 @@ def _steps(session, plan: _Plan, occ: Job, n_pos: int):
     drop = (result.base_prob - result.prob).astype(np.float32)
     pooled = {m: grid_means(c.map, result.rows, result.cols, result.size) for m, c in maps.items()}
     deletion = {}
-    for m, order in _rankings(session, plan, maps, result).items():
+    rankings = _rankings(session, plan, maps, result) if plan.deletion else {}
+    for m, order in rankings.items():
         deletion[m] = _deletion(session, plan, order)
         done += 1
         yield Step(min(done, total), total, note=f"deletion: {m}")
     return Explanation(target=plan.classes, label=classes_label(session, plan.classes),
                        layer=plan.layer, maps=maps, occlusion=result, pooled=pooled, drop=drop,
                        agreement={m: spearman(p, drop) for m, p in pooled.items()},
-                       fractions=np.linspace(0, 1, plan.steps + 1).astype(np.float32),
+                       fractions=np.linspace(0, 1, plan.steps + 1).astype(np.float32)
+                       if plan.deletion else np.zeros(0, np.float32),
                        deletion=deletion, skipped=skipped)
 
 
