@@ -6,6 +6,7 @@ Run on demand::
                                         [--omp-active] [--no-allocator-section] [--quick]
                                         [--zoo MODEL,...] [--zoo-sizes 128,224]
                                         [--zoo-repeats 2] [--no-zoo] [--no-main]
+                                        [--output FILE] [--zoo-output FILE]
 
 **Main section.** EfficientNet-Lite0 (real ImageNet weights) on the sample photo "chelsea" at
 224 x 224, gray occluder (0 in normalized space), target = the unoccluded top class. For each
@@ -32,11 +33,13 @@ equals ours turned into the same per-pixel average (``OcclusionResult.heatmap("d
 Goals (issue 14): the default <= 0.12 x Captum's best and <= 0.30 x the best plain loop; the
 first progressive picture <= 1 s.
 
-**Zoo section** (issue 10, run before the allocator is tuned). About ten torchvision classifiers with random weights at 128 and 224
-px, a 32 px occluder at stride 8 (128 px) or 16 (224 px): 169 positions each. Per model and
-size: ours with the default ``method="auto"`` (its first sweep, which probes, and then the
-remembered choice) against the best plain loop (batch 16: NCHW, a channels-last input, and a
-channels-last copy of the model); goal: the default <= 1.0 x the plain loop on every one.
+**Zoo** (issue 10; run first, before the allocator is tuned; its own results file). About ten
+torchvision classifiers with random weights at 128 and 224 px, a 32 px occluder at stride 8
+(128 px) or 16 (224 px): 169 positions each. Per model and size: ours with the default
+``method="auto"`` (its first sweep, which probes, and then the remembered choice) against the
+best plain loop (batch 16: NCHW, a channels-last input, or a channels-last copy of the model,
+picked in one warm run each), the two alternating ``--zoo-repeats`` times; goal: the default
+<= 1.0 x the plain loop on every one.
 
 CPU settings. Two process-wide settings matter a lot on a small shared machine, for every method:
 
@@ -50,7 +53,7 @@ CPU settings. Two process-wide settings matter a lot on a small shared machine, 
   ``MALLOC_TOP_PAD_``) so that freed memory is kept and reused, and times the first
   configuration again (``--no-allocator-section`` skips that).
 
-Results go to ``bench/results/occlusion.md``.
+Results go to ``bench/results/occlusion.md`` and ``bench/results/occlusion_zoo.md``.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ from zfwidgets.backend.occlusion import (Approximation, occlude, occlusion_grid,
 from zfwidgets.backend.occlusion.choice import forget_choices  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "occlusion.md"
+ZOO_RESULTS = RESULTS.with_name("occlusion_zoo.md")
 IMAGE = "chelsea"
 ZOO = ("alexnet", "vgg11", "resnet18", "densenet121", "googlenet", "mobilenet_v2",
        "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0", "squeezenet1_1",
@@ -321,13 +325,14 @@ def zoo_section(say, names, sizes, repeats):
     say(f"Load average at the start of this section: {load_text()}. Random weights, a random "
         "normal input, 32 px gray occluder at stride 8 (128 px) or 16 (224 px): 169 positions "
         "each; target = unoccluded top class, ours with the model's last feature map's totals "
-        f"too. Best of {repeats} run(s) per method after ours' first sweep; the plain loop is "
-        "batch 16, NCHW / channels-last input / channels-last model copy, the best of the three. "
-        "'first sweep' is ours' first sweep of the model at that size (cold, with the probe) "
-        "over the warm best plain loop.")
+        f"too. The plain loop is batch 16, NCHW / channels-last input / channels-last model "
+        f"copy: the best of the three in one warm run each; then that loop and ours alternate, "
+        f"{repeats} runs each, best of each. 'first sweep' is ours' first sweep of the model at "
+        "that size (cold, with the probe) over the warm best plain loop.")
     say()
-    say("| model | px | plain best s | ours default s | **ours / plain** | CPU: ours / plain | "
-        "first sweep s | first / plain | chose | the first sweep's probe | max abs P diff |")
+    say("| model | px | plain best s (variant) | ours default s | **ours / plain** | CPU: ours / "
+        "plain | first sweep s | first / plain | chose | the first sweep's probe | "
+        "max abs P diff |")
     say("|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     ratios = []
     for name in names:
@@ -337,7 +342,7 @@ def zoo_section(say, names, sizes, repeats):
         for side in sizes:
             row = zoo_row(model, model_cl, side, repeats)
             ratios.append(row["ratio"])
-            say(f"| {name} | {side} | {row['plain']:.2f} | {row['ours']:.2f} | "
+            say(f"| {name} | {side} | {row['plain']:.2f} ({row['variant']}) | {row['ours']:.2f} | "
                 f"**{row['ratio']:.2f}** | {row['cpu ratio']:.2f} | {row['first']:.2f} | "
                 f"{row['first'] / row['plain']:.2f} | {row['method']} | {row['why']} | "
                 f"{row['dp']:.1e} |")
@@ -350,6 +355,9 @@ def zoo_section(say, names, sizes, repeats):
 
 
 def zoo_row(model, model_cl, side, repeats):
+    """One model at one size. The best of the three plain variants is picked first (one warm
+    run each); then that variant and ours run alternately, ``repeats`` times each, and the
+    best of each is compared: the same number of samples, under the same load."""
     torch.manual_seed(1)
     x = torch.randn(1, 3, side, side)
     size, stride = 32, 8 if side <= 128 else 16
@@ -358,20 +366,26 @@ def zoo_row(model, model_cl, side, repeats):
     layer = _last_map(model, x)
     forget_choices()
     first, _, probe = once(lambda: ours(model, x, size, stride, target, layer))
-    plains, mine, result, ref = [], [], None, None
+    variants = [(model, False), (model, True), (model_cl, True)]
+    picks = []
+    for m, cl in variants:
+        t, _, out = once(lambda: plain_loop(m, x, size, stride, target, 16, cl))
+        picks.append((t, m, cl, out))
+    _, best_m, best_cl, (ref, _) = min(picks, key=lambda p: p[0])
+    plains, mine, result = [], [], None
     for _ in range(repeats):
-        for m, cl in ((model, False), (model, True), (model_cl, True)):
-            t, c, out = once(lambda: plain_loop(m, x, size, stride, target, 16, cl))
-            plains.append((t, c))
-            ref = out if ref is None else ref
+        t, c, _ = once(lambda: plain_loop(best_m, x, size, stride, target, 16, best_cl))
+        plains.append((t, c))
         t, c, result = once(lambda: ours(model, x, size, stride, target, layer))
         mine.append((t, c))
     plain, plain_cpu = min(t for t, _ in plains), min(c for _, c in plains)
     wall, cpu = min(t for t, _ in mine), min(c for _, c in mine)
     why = probe.method_note.split(", ", 1)[-1].split("; the windows")[0].replace("|", "/")
+    variant = "NCHW" if not best_cl else ("channels-last model" if best_m is model_cl
+                                          else "channels-last input")
     return {"plain": plain, "ours": wall, "ratio": wall / plain, "cpu ratio": cpu / plain_cpu,
-            "first": first, "method": result.method, "why": why,
-            "dp": float(np.abs(result.prob - ref[0]).max())}
+            "first": first, "method": result.method, "why": why, "variant": variant,
+            "dp": float(np.abs(result.prob - ref).max())}
 
 
 def _last_map(model, x):
@@ -391,32 +405,53 @@ def _last_map(model, x):
 
 # --------------------------------------------------------------------------- the run
 
-def run(args) -> str:
-    import captum
-
-    info = machine_info(captum=captum.__version__)
-    load_before = info["load average (1/5/15 min) at start"]
+def _report(title: str, intro: str, info: dict):
+    """A results file's start: title, what it is, the machine; and where the load note goes."""
     say = Report()
-    say("# Occlusion maps: zfwidgets vs Captum `Occlusion` vs a plain batched loop")
+    say(title)
     say()
-    say("Generated by `bench/occlusion.py`: Captum and plain loops on EfficientNet-Lite0, "
-        "progressive and approximate sweeps, and a zoo of torchvision models. Wall time per map "
-        f"and process CPU time (all threads), median of {args.repeats} run(s) in the main "
-        "section; ratios are to the best of each kind in the same section.")
+    say(intro)
     say()
     for line in machine_table(info):
         say(line)
     say()
     header_at = len(say.lines)  # the load note goes here once the run is over
     say()
+    return say, header_at
+
+
+def _finish(say, header_at, load_before) -> str:
+    say.lines[header_at] = load_note(load_before, load_text()) + "\n"
+    return "\n".join(say.lines) + "\n"
+
+
+def run_zoo(args) -> str:
+    """The zoo's results file: ours (default) / the best plain loop over torchvision models."""
+    info = machine_info()
+    say, at = _report("# Occlusion over a zoo of torchvision models: zfwidgets' default vs a "
+                      "plain loop", "Generated by `bench/occlusion.py` (its zoo section). Wall "
+                      "time per map and process CPU time (all threads); ratios are ours / the "
+                      "best plain loop in the same row.", info)
+    zoo_section(say, args.zoo.split(","), [int(s) for s in args.zoo_sizes.split(",")],
+                args.zoo_repeats)
+    return _finish(say, at, info["load average (1/5/15 min) at start"])
+
+
+def run(args) -> str:
+    """The main results file: EfficientNet-Lite0 against Captum and plain loops."""
+    import captum
+
+    info = machine_info(captum=captum.__version__)
+    say, header_at = _report(
+        "# Occlusion maps: zfwidgets vs Captum `Occlusion` vs a plain batched loop",
+        "Generated by `bench/occlusion.py`: Captum and plain loops on EfficientNet-Lite0, "
+        "progressive and approximate sweeps (the zoo of torchvision models is in "
+        "`occlusion_zoo.md`). Wall time per map and process CPU time (all threads), median of "
+        f"{args.repeats} run(s) in the main section; ratios are to the best of each kind in the "
+        "same section.", info)
     summary = []
-    session = None
-    if not args.no_main:
-        session = run_main(say, args, summary)
-    if not args.no_zoo:  # before the allocator is tuned: what a user gets
-        zoo_section(say, args.zoo.split(","), [int(s) for s in args.zoo_sizes.split(",")],
-                    args.zoo_repeats)
-    if session is not None and not args.no_allocator_section:
+    session = run_main(say, args, summary)
+    if not args.no_allocator_section:
         tuned = tune_allocator()
         say(f"mallopt (keep freed memory, no mmap/trim churn) applied: {tuned}. From here on "
             "every method runs with the tuned allocator.")
@@ -435,8 +470,7 @@ def run(args) -> str:
             say(f"| {key} | {size} px, stride {stride} | {n} | {c:.2f} | {p:.2f} | {o:.2f} | "
                 f"{o / c:.2f} | {o / p:.2f} | {f:.2f} | {dp:.1e} |")
         say()
-    say.lines[header_at] = load_note(load_before, load_text()) + "\n"
-    return "\n".join(say.lines) + "\n"
+    return _finish(say, header_at, info["load average (1/5/15 min) at start"])
 
 
 def run_main(say, args, summary):
@@ -475,7 +509,8 @@ def main(argv=None) -> int:
     parser.add_argument("--zoo-repeats", type=int, default=2, help="runs per method in the zoo")
     parser.add_argument("--no-zoo", action="store_true", help="skip the zoo section")
     parser.add_argument("--no-main", action="store_true", help="skip the Lite0 sections")
-    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--output", default=str(RESULTS), help="the main results file")
+    parser.add_argument("--zoo-output", default=str(ZOO_RESULTS), help="the zoo's results file")
     args = parser.parse_args(argv)
     if args.quick:
         args.configs = "32x8"
@@ -484,11 +519,15 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    text = run(args)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"wrote {out}")
+    outputs = []
+    if not args.no_zoo:  # first, before the main section tunes the allocator: what a user gets
+        outputs.append((Path(args.zoo_output), run_zoo(args)))
+    if not args.no_main:
+        outputs.append((Path(args.output), run(args)))
+    for out, text in outputs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
     return 0
 
 

@@ -16,7 +16,9 @@ painted, no progress bar shown, nothing changing for a moment):
 * ``top9.png``: the *Top-9 patches* tab, mined over the offline sample collection;
 * ``occlusion.png``: the *Occlusion* tab on ``--scene`` (default: the offline sample scene,
   a sample whose name contains "scene", when there is one; else the default photo), with the
-  top layer of that kind selected (``--occlusion-layer``), as the paper's Fig. 7.
+  top layer of that kind selected (``--occlusion-layer``), as the paper's Fig. 7;
+* ``explain.png``: the *Explain* tab on the same image: every class map of its top class beside
+  occlusion, each with its agreement.
 
 Each view is cropped to the explorer widget. Nothing is written until every view has been
 taken. The script exits with an error (and writes nothing) when a view shows an error box.
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from browser import (CANVAS, chromium, explore_command, free_port, has_content,  # noqa: E402
                      jupyter_env, serve_command, wait_canvas_settled, wait_until)
 
-NAMES = ("explorer.png", "low_layer.png", "top9.png", "occlusion.png")
+NAMES = ("explorer.png", "low_layer.png", "top9.png", "occlusion.png", "explain.png")
 
 
 def default_scene() -> str:
@@ -125,7 +127,7 @@ def shoot(page, what: str) -> bytes:
 
 
 def take(url: str, browser, args) -> dict[str, bytes]:
-    """The four views, by file name."""
+    """The five views, by file name."""
     timeout = args.timeout
     context = browser.new_context(viewport={"width": args.width, "height": 1000},
                                   device_scale_factor=args.scale)
@@ -156,6 +158,8 @@ def take(url: str, browser, args) -> dict[str, bytes]:
         settle(page, ".zf-explorer", timeout)
         settle(page, open_tab(page, "Occlusion"), timeout)
         shots["occlusion.png"] = shoot(page, f"the occlusion tab on {args.scene}")
+        settle(page, open_tab(page, "Explain"), timeout)
+        shots["explain.png"] = shoot(page, f"the explain tab on {args.scene}")
         return shots
     finally:
         context.close()
