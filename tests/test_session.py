@@ -276,3 +276,27 @@ def test_token_layers_of_a_vision_transformer():
         s.project(layer, 3, (1, 2), "deconvnet")
     r = s.occlusion(size=16, stride=16, layer=layer, progress=False)
     assert r.features.shape == (2, 2, 16)
+
+
+def test_strongest_unit_of_a_capped_map_is_ranked_by_the_pre_activation():
+    """Many units of a ReLU6 map sit at the cap: the strongest is the one whose input is
+    largest, the unit top-k mining ranks first, not the first in reading order."""
+    s = zf.Session("efficientnet_lite0", zf.load_sample("chelsea"))
+    layer = "blocks.2.depthwise.act"
+    act = s.activation(layer)
+    capped = [c for c in range(act.shape[0]) if int((act[c] == 6.0).sum()) > 1][:4]
+    assert capped
+    mined = zf.mine(s, zf.ImageList([zf.load_sample("chelsea")]), [layer], k=1, progress=False)
+    top = mined[layer]
+    moved = 0
+    for c in capped:
+        y, x = int(top.y[c, 0]), int(top.x[c, 0])
+        assert s.strongest(layer, c) == (c, y, x, 6.0)
+        pre = s._pre_activation(layer)[c]
+        assert float(pre[y, x]) == float(pre[act[c] == 6.0].max())    # the largest input
+        moved += (y, x) != divmod(int(act[c].argmax()), act.shape[2])
+    assert moved                                  # not the first capped unit in reading order
+    free = next(c for c in range(act.shape[0]) if 0 < float(act[c].max()) < 6.0
+                and int((act[c] == act[c].max()).sum()) == 1)
+    y, x = divmod(int(act[free].argmax()), act.shape[2])
+    assert s.strongest(layer, free)[:3] == (free, y, x)

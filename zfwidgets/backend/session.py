@@ -374,11 +374,40 @@ class Session:
         if channel is not None:
             flat = int(act[channel].argmax())
             y, x = divmod(flat, act.shape[2])
+            tied = act[channel] == act[channel, y, x]
+            if int(tied.sum()) > 1:                   # at a rectifier's cap: many maxima
+                pre = self._pre_activation(layer)
+                if pre is not None:                   # the largest input among them, as mining
+                    score = torch.where(tied, pre[channel].to(act.dtype), -torch.inf)
+                    y, x = divmod(int(score.argmax()), act.shape[2])
             return int(channel), y, x, float(act[channel, y, x])
         flat = int(act.argmax())
         c, rest = divmod(flat, act.shape[1] * act.shape[2])
         y, x = divmod(rest, act.shape[2])
         return c, y, x, float(act[c, y, x])
+
+    def _pre_activation(self, layer: str) -> torch.Tensor | None:
+        """``[C, H, W]`` the input of ``layer``'s rectifier for the current image (``None`` when
+        the layer is not a non-decreasing rectifier's output, or its input is no such map):
+        what breaks ties among its capped values, as in top-k mining."""
+        from .layers import run_captured, scoped_eval
+        from .mining.topk import rectifier_layers
+
+        cache = self.__dict__.setdefault("_pre_cache", {})
+        key = (self.version, layer)
+        if key not in cache:
+            found = {}
+            if rectifier_layers(self.model, [layer], self.layers):
+                with torch.inference_mode(), scoped_eval(self.model):
+                    run_captured(self.model, self.input_tensor, [layer],
+                                 lambda name, t: found.setdefault(name, t.detach().clone()),
+                                 known=self.layers, inputs=True)
+            pre = found.get(layer)
+            shape = tuple(self.activation(layer).shape)
+            cache.clear()
+            cache[key] = pre[0] if isinstance(pre, torch.Tensor) and pre.dim() == 4 and \
+                tuple(pre.shape[1:]) == shape else None
+        return cache[key]
 
     def strongest_channel(self, layer: str) -> int:
         """The channel with the largest total activation (the paper's Fig. 7 choice)."""

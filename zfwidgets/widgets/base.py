@@ -34,7 +34,7 @@ from .canvas import canvas_figure, close_figure, close_widget
 from .runner import Runner
 
 __all__ = ["ErrorBox", "LayerView", "MapView", "Requests", "SharedTraits", "View", "close_tree",
-           "set_shown"]
+           "keep_recent", "set_shown"]
 
 
 class ErrorBox(W.HTML):
@@ -470,6 +470,15 @@ class SharedTraits:
         for member, names in self._members:
             member.unobserve(self._changed, names=names)
         self._members = []
+
+
+def keep_recent(cache, key, value, most: int):
+    """Store ``value`` under ``key`` in ``cache`` (an ``OrderedDict``), dropping the oldest
+    entries beyond ``most``: a view's bounded memory of results it may show again."""
+    cache[key] = value
+    while len(cache) > most:
+        cache.popitem(last=False)
+    return value
 
 
 def set_shown(widget, shown: bool) -> None:

@@ -27,7 +27,7 @@ from ..backend.explain.explanation import explain_job
 from ..backend.explain.methods import METHODS
 from ..errors import OutOfRangeError
 from ..plots.explain import METHOD_NAMES, explain_panels, update_explain_panels
-from .base import View
+from .base import View, keep_recent
 
 __all__ = ["ExplainView"]
 
@@ -207,9 +207,7 @@ class ExplainView(View):
         self.status.value = ""
 
     def _done(self, key, result) -> None:
-        self._cache[key] = result
-        while len(self._cache) > 8:
-            self._cache.popitem(last=False)
+        keep_recent(self._cache, key, result, 8)
         if key == self._key():
             self._show(result)
 

@@ -32,7 +32,7 @@ from ..models import class_name
 from ..plots.deconv import projection_image
 from ..plots.occlusion import (FIGSIZE, occluded_image, occlusion_figure, update_occluder,
                                update_occlusion_maps)
-from .base import MapView
+from .base import MapView, keep_recent
 
 __all__ = ["OcclusionExplorer"]
 
@@ -297,9 +297,7 @@ class OcclusionExplorer(MapView):
         self.status.value = ""
 
     def _swept(self, key, result) -> None:
-        self._cache[key] = result
-        while len(self._cache) > 8:
-            self._cache.popitem(last=False)
+        keep_recent(self._cache, key, result, 8)
         self._show(result, key)
         self._draw()
 
@@ -315,10 +313,8 @@ class OcclusionExplorer(MapView):
         key = (self.session.version, self.layer, self.channel, rule)
         hit = self._projections.get(key)
         if hit is None:
-            hit = projection_image(self.session.project(self.layer, self.channel, rule=rule))
-            self._projections[key] = hit
-            while len(self._projections) > 16:
-                self._projections.popitem(last=False)
+            hit = keep_recent(self._projections, key, projection_image(
+                self.session.project(self.layer, self.channel, rule=rule)), 16)
         return hit
 
     def _show(self, result, key, partial: bool = False) -> None:
