@@ -154,6 +154,7 @@ class Session:
         self._listeners: list[Listener] = []
         self._device_request = device
         self.version = 0
+        self._pre_cache: dict = {}            # (version, layer) -> pre-activation, one entry
         self._image: Image.Image | None = None
         self.image_name = ""
         model, self.model_reason = _chosen(model)
@@ -393,7 +394,7 @@ class Session:
         from .layers import run_captured, scoped_eval
         from .mining.topk import rectifier_layers
 
-        cache = self.__dict__.setdefault("_pre_cache", {})
+        cache = self._pre_cache
         key = (self.version, layer)
         if key not in cache:
             found = {}
