@@ -365,7 +365,8 @@ def test_feature_distance_checker():
 
 CHECKERS = [ex.check_unpooling, ex.check_guided_rule, ex.check_receptive_field,
             ex.check_occlusion_loop, ex.check_gradcam, ex.check_top_k,
-            ex.check_feature_distance]
+            ex.check_feature_distance, ex.check_saliency, ex.check_aliased_energy,
+            ex.check_feature_scale_clipping, ex.check_consistency, ex.check_knockout]
 
 
 @pytest.mark.parametrize("check", CHECKERS)

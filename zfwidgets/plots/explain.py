@@ -324,40 +324,36 @@ def update_explain_panels(panels: ExplainPanels, *, image: np.ndarray | None = N
     if image is not None:
         panels.image.set_data(image)
         panels.faded.set_data(image)
-    names = [*panels.methods, "occlusion"]
     maps = dict(maps or {})
+    skipped = dict(skipped or {})
     rho: dict[str, float] = {}
-    if explanation is not None:
-        e = explanation
+    e = explanation
+    if e is not None:
         maps.update({m: c.map for m, c in e.maps.items()})
-        maps["occlusion"] = None
         rho = dict(e.agreement)
-        skipped = {**e.skipped, **(skipped or {})}
+        skipped = {**e.skipped, **skipped}
         panels.axes["image"].set_title(f"image\nP({_short(e.label)}) = "
                                        f"{e.occlusion.base_prob:.2f}", fontsize=8)
-    skipped = dict(skipped or {})
-    for name in names:
+    for name in panels.methods:
         ax, art = panels.axes[name], panels.maps[name]
-        head = METHOD_NAMES.get(name, name)
         if name in skipped:
-            art.set_data(np.zeros(art.get_array().shape, np.float32))
-            ax.set_title(f"{head}\nnot for this model", fontsize=8)
-        elif name == "occlusion" and "occlusion" in maps:
-            e = explanation
-            art.set_data(_scaled(np.clip(e.drop, 0, None)))
-            art.set_extent(e.occlusion.extent())
-            h, w = panels.image.get_array().shape[:2]
-            ax.set_xlim(-0.5, w - 0.5)
-            ax.set_ylim(h - 0.5, -0.5)
-            ax.set_title(f"{head}\n(P drop, {e.occlusion.size} px)", fontsize=8)
+            _blank(ax, art, f"{METHOD_NAMES.get(name, name)}\nnot for this model")
         elif name in maps:
             m = np.asarray(maps[name])
             art.set_data(_scaled(m))
-            ax.set_title(_map_title(name, rho.get(name) if explanation is not None else None,
-                                    not np.any(m > 0)), fontsize=8)
+            ax.set_title(_map_title(name, rho.get(name), not np.any(m > 0)), fontsize=8)
         elif pending:
-            art.set_data(np.zeros(art.get_array().shape[:2], np.float32))
-            ax.set_title(f"{head}\ncomputing", fontsize=8)
+            _blank(ax, art, f"{METHOD_NAMES.get(name, name)}\ncomputing")
+    ax, art = panels.axes["occlusion"], panels.maps["occlusion"]
+    if e is not None:
+        art.set_data(_scaled(np.clip(e.drop, 0, None)))
+        art.set_extent(e.occlusion.extent())
+        h, w = panels.image.get_array().shape[:2]
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.set_title(f"occlusion\n(P drop, {e.occlusion.size} px)", fontsize=8)
+    elif pending:
+        _blank(ax, art, "occlusion\ncomputing")
     for name, bar in panels.bars.items():
         value = rho.get(name, 0.0)
         bar.set_width(float(value) if np.isfinite(value) else 0.0)
@@ -369,6 +365,12 @@ def update_explain_panels(panels: ExplainPanels, *, image: np.ndarray | None = N
             text.set_horizontalalignment("left" if negative else "right")
     if draw:
         panels.fig.canvas.draw_idle()
+
+
+def _blank(ax, art, title: str) -> None:
+    """A map panel drawn black (same grid), with ``title``."""
+    art.set_data(np.zeros(art.get_array().shape[:2], np.float32))
+    ax.set_title(title, fontsize=8)
 
 
 def _short(label: str, width: int = 28) -> str:
