@@ -18,7 +18,10 @@ painted, no progress bar shown, nothing changing for a moment):
   a sample whose name contains "scene", when there is one; else the default photo), with the
   top layer of that kind selected (``--occlusion-layer``), as the paper's Fig. 7;
 * ``explain.png``: the *Explain* tab on the same image: every class map of its top class beside
-  occlusion, each with its agreement.
+  occlusion, each with its agreement;
+* ``knockout.png``: back on the *Feature maps* tab with the default photo and the same top
+  layer, its ``--knockouts`` strongest maps (largest total activation) knocked out with the
+  grid's "knock out" toggle: crossed out in the grid, the top-5 beside the intact model's.
 
 Each view is cropped to the explorer widget. Nothing is written until every view has been
 taken. The script exits with an error (and writes nothing) when a view shows an error box.
@@ -37,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import (CANVAS, chromium, explore_command, free_port, has_content,  # noqa: E402
-                     jupyter_env, serve_command, wait_canvas_settled, wait_until)
+                     jupyter_env, mosaic_geometry, serve_command, wait_canvas_settled, wait_until)
 
-NAMES = ("explorer.png", "low_layer.png", "top9.png", "occlusion.png", "explain.png")
+NAMES = ("explorer.png", "low_layer.png", "top9.png", "occlusion.png", "explain.png",
+         "knockout.png")
 
 
 def default_scene() -> str:
@@ -126,8 +130,38 @@ def shoot(page, what: str) -> bytes:
     return page.locator(".zf-explorer").screenshot()
 
 
+def knock_out_strongest(page, args, layer: str, timeout: float) -> None:
+    """On the default photo, knock out ``layer``'s ``args.knockouts`` strongest maps with the
+    grid's toggle, as a user clicks them (which maps: from a session like the explorer's), then
+    select the next strongest map, which stays in."""
+    import zfwidgets as zf
+    from zfwidgets.data import DEFAULT_SAMPLE
+
+    page.locator(".zf-images select").first.select_option(label=DEFAULT_SAMPLE)
+    page.locator(".zf-images", has_text=DEFAULT_SAMPLE).first.wait_for(timeout=timeout * 1000)
+    session = zf.Session(args.model, zf.load_sample(DEFAULT_SAMPLE))
+    maps = session.activation(layer)
+    ranked = maps.flatten(1).sum(1).topk(args.knockouts + 1).indices.tolist()
+    strongest, selected = ranked[:-1], ranked[-1]
+    at, _ = mosaic_geometry(*maps.shape)
+    canvas = page.locator(f".zf-explorer .zf-grid {CANVAS}")
+    settle(page, ".zf-explorer", timeout)
+    page.locator(".zf-grid button", has_text="knock out").click()
+    box = canvas.bounding_box()
+    for done, k in enumerate(strongest, 1):
+        x, y = at(k, maps.shape[1] / 2, maps.shape[2] / 2)
+        page.mouse.click(box["x"] + x, box["y"] + y)
+        listed = f"{layer}: {', '.join(map(str, sorted(strongest[:done])))}"
+        wait_until(page, lambda: listed in page.locator(".zf-grid").inner_text(),
+                   f"the grid to list {listed!r}", timeout)
+    page.locator(".zf-grid button", has_text="knock out").click()     # the toggle off again
+    x, y = at(selected, maps.shape[1] / 2, maps.shape[2] / 2)          # the next strongest map
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.locator(".zf-grid", has_text=f"map {selected} of").wait_for(timeout=timeout * 1000)
+
+
 def take(url: str, browser, args) -> dict[str, bytes]:
-    """The five views, by file name."""
+    """The six views, by file name."""
     timeout = args.timeout
     context = browser.new_context(viewport={"width": args.width, "height": 1000},
                                   device_scale_factor=args.scale)
@@ -160,6 +194,11 @@ def take(url: str, browser, args) -> dict[str, bytes]:
         shots["occlusion.png"] = shoot(page, f"the occlusion tab on {args.scene}")
         settle(page, open_tab(page, "Explain"), timeout)
         shots["explain.png"] = shoot(page, f"the explain tab on {args.scene}")
+
+        open_tab(page, "Feature maps")
+        knock_out_strongest(page, args, selected_layer(page), timeout)
+        settle(page, ".zf-explorer", timeout)
+        shots["knockout.png"] = shoot(page, "maps knocked out")
         return shots
     finally:
         context.close()
@@ -178,6 +217,8 @@ def main(argv=None) -> int:
     parser.add_argument("--occlusion-layer", default=None,
                         help="layer of occlusion.png (default: the top layer of the opening "
                              "layer's kind, the paper's layer 5)")
+    parser.add_argument("--knockouts", type=int, default=10,
+                        help="strongest maps of the top layer knocked out in knockout.png")
     parser.add_argument("--width", type=int, default=1280, help="browser window width (px)")
     parser.add_argument("--scale", type=float, default=1.0, help="device pixel ratio")
     parser.add_argument("--timeout", type=float, default=300)

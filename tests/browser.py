@@ -53,7 +53,7 @@ __all__ = ["CHROMIUM", "CANVAS", "needs_chromium", "free_port", "jupyter_env", "
            "serve_voila", "serve_lab", "lab_run_all", "serve_command", "explore_command",
            "launch_chromium", "chromium", "open_page", "wait_until", "pixels", "has_content",
            "wait_canvas_painted", "wait_canvas_changed", "wait_canvas_settled",
-           "screenshot_changed"]
+           "screenshot_changed", "mosaic_geometry"]
 
 
 def needs_chromium():
@@ -328,3 +328,32 @@ def wait_canvas_settled(page, locator, quiet: float = 1.5, timeout: float = 120,
         if screenshot_changed(last_png, png):
             last_png, last_change = png, time.monotonic()
     return last_change
+
+
+def mosaic_geometry(count: int, h: int, w: int):
+    """Where the grid widget draws the cells of a mosaic of ``count`` maps ``h x w``: the same
+    figure geometry as the widget's (its default size, 100 dpi), drawn headless.
+
+    Returns ``at(k, y, x)``: the canvas pixel ``(column, row)`` of unit ``(y, x)`` of cell ``k``
+    (cells after the last map are the mosaic's empty cells), and the cells' count.
+    """
+    import inspect
+
+    import numpy as np
+
+    from zfwidgets.plots.mosaic import feature_mosaic_figure
+    from zfwidgets.widgets import FeatureMapGrid
+
+    params = inspect.signature(FeatureMapGrid.__init__).parameters
+    size, dpi = params["size"].default, params["dpi"].default
+    fig, mosaic = feature_mosaic_figure(np.zeros((count, h, w), np.float32), size=size, dpi=dpi)
+    fig.canvas.draw()
+    layout, height = mosaic.layout, fig.bbox.height
+
+    def at(k, y, x):
+        r, c = divmod(k, layout.cols)
+        px, py = mosaic.ax.transData.transform((c * (w + layout.pad) + x,
+                                                r * (h + layout.pad) + y))
+        return float(px), float(height - py)
+
+    return at, layout.rows * layout.cols

@@ -229,3 +229,99 @@ def test_capture_replace_runs_first_and_its_value_is_the_output():
         want = net[4:](net[3](torch.zeros_like(net[:3](x))))
     assert torch.allclose(out, want)
     assert not net[2]._forward_hooks
+
+
+# ----------------------------------------------------------------------------- in place
+
+def test_set_knockouts_in_place_equals_ablated_and_restores_the_users_model():
+    net = tiny_cnn(classes=7)
+    s = tiny_session(net)
+    x = s.input_tensor
+    intact_logits, intact_id, layers = s.logits.clone(), s.entry.weights_id, s.layers
+    before = snapshot(net, x)
+    heard = []
+    s.on_change(heard.append)
+    s.set_knockouts({"1": [3, 0, 3]})
+    assert heard == ["knockouts"] and s.knockouts == {"1": (0, 3)}
+    with torch.no_grad():
+        want = by_hand(net, x, 1, [0, 3])
+    assert torch.allclose(s.logits, want[0], atol=1e-6)
+    assert torch.equal(s.logits, s.ablated("1", []).logits)          # the same knock-outs
+    assert torch.all(s.activation("1")[[0, 3]] == 0)
+    assert s.entry.weights_id != intact_id and s.layers == layers    # same layer ids
+    s.set_knockouts({"1": [0, 3]})                                   # no change: no event
+    assert heard == ["knockouts"]
+    s.set_knockouts({"3": [1]})                                      # replaces, not adds
+    assert s.knockouts == {"3": (1,)} and not torch.all(s.activation("1")[0] == 0)
+    s.set_knockouts({})
+    assert heard == ["knockouts"] * 3 and s.knockouts == {}
+    assert s.model is net and s.entry.weights_id == intact_id
+    assert torch.equal(s.logits, intact_logits)
+    assert_same(before, snapshot(net, x))
+
+
+def test_set_knockouts_errors_keep_the_knockouts_and_a_new_model_starts_intact():
+    s = tiny_session()
+    s.set_knockouts({"1": [2]})
+    for bad, error in (({"1": [8]}, OutOfRangeError), ({"9": [0]}, UnknownLayerError),
+                       ({"1": ["a"]}, BadParameterError), ([("1", 2)], BadParameterError)):
+        with pytest.raises(error):
+            s.set_knockouts(bad)
+        assert s.knockouts == {"1": (2,)}
+    s.set_model(tiny_cnn(classes=5))
+    assert s.knockouts == {} and not isinstance(s.model, zf.backend.explain.AblatedModel)
+
+
+def test_intact_probabilities_are_the_users_model_s():
+    from zfwidgets.backend.explain import intact_probabilities
+
+    s = tiny_session()
+    p0 = s.probabilities()
+    assert torch.equal(intact_probabilities(s), p0)
+    s.set_knockouts({"3": [0, 1, 2, 3, 4]})
+    assert not torch.allclose(s.probabilities(), p0)
+    torch.testing.assert_close(intact_probabilities(s), p0)
+
+
+def test_knockouts_of_channels_last_and_token_layers_zero_their_maps_only():
+    from test_layers import _ChannelsLast, _tiny_vit
+
+    torch.manual_seed(0)
+    model = _ChannelsLast().eval()
+    s = zf.Session(model, images(1)[0], preprocessing=Preprocessing(size=24, resize=None))
+    assert s.layer_info("norm").layout.kind == "channels_last"
+    s.set_knockouts({"norm": [1, 4]})
+    act, intact = s.activation("norm"), s.ablated("norm", []).activation("norm")
+    assert torch.all(act[[1, 4]] == 0)
+    x = s.input_tensor
+    with torch.no_grad():
+        h = model.norm(model.stem(x).permute(0, 2, 3, 1))         # [N, H, W, C]
+        h[..., [1, 4]] = 0
+        h = model.fc(h)
+        h = torch.cat([h[:, 0::2, 0::2], h[:, 1::2, 0::2], h[:, 0::2, 1::2],
+                       h[..., 1::2, 1::2, :]], -1)
+        want = model.head(model.merge(h).permute(0, 3, 1, 2))
+    torch.testing.assert_close(s.logits, want[0])
+    s.set_knockouts(None)
+    assert torch.all(s.activation("norm")[1] != 0) and torch.equal(intact, act)
+
+    vit = _tiny_vit()
+    s = zf.Session(vit, images(1)[0], preprocessing=Preprocessing(size=32, resize=None))
+    layer = "encoder.layers.encoder_layer_0"
+    assert s.layer_info(layer).layout.kind == "tokens"
+    seen = {}
+    hook = vit.encoder.layers[0].register_forward_hook(lambda m, i, o: seen.update(out=o))
+    try:
+        s.set_knockouts({layer: [2]})
+        s.logits
+    finally:
+        hook.remove()
+    out = seen["out"]                  # the output the model goes on with (knock-outs run first)
+    assert torch.all(out[:, 1:, 2] == 0) and torch.all(out[:, 0, 2] != 0)   # class token kept
+    maps = s.activation(layer)
+    assert torch.all(maps[2] == 0) and not torch.all(maps[3] == 0)
+    with torch.no_grad():
+        h = out
+        h = vit.encoder.ln(vit.encoder.layers[1](h))
+        want = vit.heads(h[:, 0])
+    torch.testing.assert_close(s.logits, want[0])

@@ -10,8 +10,9 @@ import re
 import numpy as np
 import pytest
 
-from browser import (CANVAS, chromium, explore_command, free_port, jupyter_env, needs_chromium,
-                     open_page, pixels, serve_command, wait_canvas_changed, wait_canvas_painted)
+from browser import (CANVAS, chromium, explore_command, free_port, jupyter_env, mosaic_geometry,
+                     needs_chromium, open_page, pixels, serve_command, wait_canvas_changed,
+                     wait_canvas_painted, wait_until)
 
 pytestmark = [pytest.mark.browser, needs_chromium(),
               pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -40,33 +41,6 @@ def grid_canvas(page):
 
 def deconv_canvas(page):
     return page.locator(f".zf-deconv {CANVAS}")
-
-
-def mosaic_geometry(count: int, h: int, w: int):
-    """Where the grid widget draws the cells of a mosaic of ``count`` maps ``h x w``: the same
-    figure geometry as the widget's (its default size, 100 dpi), drawn headless.
-
-    Returns ``at(k, y, x)``: the canvas pixel ``(column, row)`` of unit ``(y, x)`` of cell ``k``
-    (cells after the last map are the mosaic's empty cells), and the cells' count.
-    """
-    import inspect
-
-    from zfwidgets.plots.mosaic import feature_mosaic_figure
-    from zfwidgets.widgets import FeatureMapGrid
-
-    params = inspect.signature(FeatureMapGrid.__init__).parameters
-    size, dpi = params["size"].default, params["dpi"].default
-    fig, mosaic = feature_mosaic_figure(np.zeros((count, h, w), np.float32), size=size, dpi=dpi)
-    fig.canvas.draw()
-    layout, height = mosaic.layout, fig.bbox.height
-
-    def at(k, y, x):
-        r, c = divmod(k, layout.cols)
-        px, py = mosaic.ax.transData.transform((c * (w + layout.pad) + x,
-                                                r * (h + layout.pad) + y))
-        return float(px), float(height - py)
-
-    return at, layout.rows * layout.cols
 
 
 def choose_layer(page, layer: str, maps: str) -> None:
@@ -133,3 +107,37 @@ def test_clicking_a_map_selects_it(page):
     page.locator(".zf-deconv", has_text=f"map {k},").wait_for(timeout=60_000)
     wait_canvas_changed(page, deconv_canvas(page), before_deconv, timeout=60)
     assert page.locator(".zf-error:visible").count() == 0
+
+
+def test_shift_click_knocks_a_map_out_and_restore_brings_it_back(page):
+    """Issue 13: shift-click knocks a map out of the model (crossed out in the grid, the top-5
+    repainted with the intact probabilities beside), and "restore" brings the intact model back."""
+    grid = wait_canvas_painted(page, grid_canvas(page), timeout=240)
+    top5 = wait_canvas_painted(page, page.locator(f".zf-top5 {CANVAS}"), timeout=60)
+    at, _ = mosaic_geometry(480, 14, 14)
+    k = 300
+    px, py = at(k, 7, 7)
+    cell = (*at(k, 0, 0), *at(k, 13, 13))             # the tile's pixels, inside its frame
+    canvas = grid_canvas(page)
+    box = canvas.bounding_box()
+    page.keyboard.down("Shift")
+    page.mouse.click(box["x"] + px, box["y"] + py)
+    page.keyboard.up("Shift")
+    page.locator(".zf-grid", has_text=f"knocked out (zero in every view): "
+                                      f"blocks.7.depthwise.act: {k}").wait_for(timeout=60_000)
+    crossed = wait_canvas_changed(page, canvas, grid, timeout=60, box=cell)
+    assert red(pixels(crossed, cell))                                  # the cross
+    wait_canvas_changed(page, page.locator(f".zf-top5 {CANVAS}"), top5, timeout=60)
+    assert page.locator(".zf-grid", has_text=f"map {k} of 480").count() == 0  # not selected
+    page.locator(".zf-grid button", has_text="restore").click()
+    wait_until(page, lambda: "knocked out" not in page.locator(".zf-grid").inner_text(),
+               "the knock-out note to go", timeout=60)
+    restored = wait_canvas_changed(page, canvas, crossed, timeout=60, box=cell)
+    assert not red(pixels(restored, cell))
+    assert page.locator(".zf-error:visible").count() == 0
+
+
+def red(rgb) -> bool:
+    """Whether any pixel is the knock-out cross's red."""
+    r, g = rgb[..., 0].astype(int), rgb[..., 1].astype(int)
+    return bool(((r > 180) & (g < 80)).any())

@@ -375,6 +375,7 @@ def saturation_note(session, layer: str, channel: int, y: int | None, x: int | N
                     rule: str, projection: torch.Tensor | None = None) -> str | None:
     """Why the ``rule`` projection of a unit is blank, in one line, or ``None`` when it is not.
 
+    A knocked-out map (:meth:`~zfwidgets.Session.set_knockouts`) is zero and passes nothing.
     A rectifier passes no gradient where it is flat: above ReLU6's cap (the unit is saturated
     at 6) and below 0 (the unit is dead). So the plain gradient of a saturated unit, and the
     gradient and guided backprop of a dead one, are exactly 0. Given the ``projection``, a
@@ -394,6 +395,9 @@ def saturation_note(session, layer: str, channel: int, y: int | None, x: int | N
         The projection shown.
     """
     check_rule(rule)
+    if int(channel) in session.knockouts.get(layer, ()):
+        return (f"blank: map {channel} is knocked out (zero in every forward pass), so nothing "
+                "flows back from it; bring it back to see its projection")
     if y is not None:
         value = float(session.activation(layer)[channel, int(y), int(x)])
         plain, cap = _rectifier_cap(session.layer_module(layer))

@@ -164,7 +164,8 @@ class Session:
 
     # ------------------------------------------------------------------ state changes
     def on_change(self, callback: Listener) -> None:
-        """Call ``callback(what)`` after the image (``"image"``) or model (``"model"``) changes."""
+        """Call ``callback(what)`` after the image (``"image"``), the model (``"model"``) or
+        the maps knocked out (``"knockouts"``, :meth:`set_knockouts`) change."""
         if callback not in self._listeners:
             self._listeners.append(callback)
 
@@ -550,6 +551,46 @@ class Session:
         from .explain import ablated_session
 
         return ablated_session(self, layer, channels)
+
+    @property
+    def knockouts(self) -> dict[str, tuple[int, ...]]:
+        """The maps knocked out (zero) in everything the session computes: layer id ->
+        channels; empty when the model is intact (see :meth:`set_knockouts`)."""
+        from .explain import knockouts
+
+        return knockouts(self)
+
+    def set_knockouts(self, knockouts=None) -> None:
+        """Knock these maps out from now on, in place of those knocked out before.
+
+        Parameters
+        ----------
+        knockouts : mapping of str to int or sequence of int, or None
+            Layer id -> the channels of its maps to set to zero in every forward pass the
+            session runs (predictions, maps, projections, class maps, occlusion, mining).
+            ``None`` or an empty mapping: the intact model again.
+
+        Raises
+        ------
+        UnknownLayerError, OutOfRangeError, BadParameterError
+            An unknown layer, a channel it does not have, something that is not a channel id;
+            the session keeps its knock-outs.
+
+        Notes
+        -----
+        The session's model becomes an :class:`~zfwidgets.backend.explain.AblatedModel` over
+        the same modules (nothing is registered on the user's model between calls), its
+        ``entry.weights_id`` names the knock-outs, the image stays, and the listeners hear
+        ``"knockouts"`` (views keep their layer and channel and recompute). A new model
+        (:meth:`set_model`) starts intact. :meth:`ablated` gives a separate session instead.
+        """
+        from .explain.ablation import ablated_entry
+
+        entry = ablated_entry(self, knockouts)
+        if entry.weights_id == self.entry.weights_id:
+            return
+        self._set_model(entry)
+        self._notify("knockouts")
 
     def __repr__(self) -> str:
         c = self.entry

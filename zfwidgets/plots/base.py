@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-__all__ = ["HIGHLIGHT_COLOR", "MARKER_COLOR", "SEPARATOR_COLOR", "new_figure"]
+__all__ = ["HIGHLIGHT_COLOR", "KNOCKED_COLOR", "MARKER_COLOR", "SEPARATOR_COLOR", "new_figure"]
 
 #: Colour of the separators between tiles and of empty cells.
 SEPARATOR_COLOR = (0.16, 0.20, 0.32)
@@ -16,6 +16,8 @@ SEPARATOR_COLOR = (0.16, 0.20, 0.32)
 HIGHLIGHT_COLOR = "#ff7f0e"
 #: Colour of the strongest-position marker.
 MARKER_COLOR = "#ff2d2d"
+#: Colour of the cross over a knocked-out feature map.
+KNOCKED_COLOR = "#e6194b"
 
 
 def new_figure(fig: Figure | None, size: tuple[float, float], dpi: float = 100,

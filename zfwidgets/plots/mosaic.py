@@ -2,22 +2,25 @@
 
 :func:`mosaic_layout` and :func:`tile_maps` place maps on a near-square grid with separators
 (:class:`MosaicLayout` maps a click back to a map and position); :func:`feature_mosaic_figure`
-draws the tiled maps with a selection outline and a marker, and :func:`update_feature_mosaic`
-changes them in place (``set_data``), never rebuilding the figure.
+draws the tiled maps with a selection outline, a marker and a cross over each knocked-out map,
+and :func:`update_feature_mosaic` changes them in place (``set_data``), never rebuilding the
+figure.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from ..errors import BadParameterError
-from .base import HIGHLIGHT_COLOR, MARKER_COLOR, SEPARATOR_COLOR, new_figure
+from .base import HIGHLIGHT_COLOR, KNOCKED_COLOR, MARKER_COLOR, SEPARATOR_COLOR, new_figure
 
 __all__ = [
     "MosaicLayout", "Mosaic", "mosaic_layout", "normalize_maps", "tile_maps", "filters_to_rgb",
@@ -217,6 +220,8 @@ class Mosaic:
         Outline of the selected map (invisible when none is selected).
     marker : Line2D
         The strongest position of the selected map (invisible when not given).
+    knocked : LineCollection
+        A cross over each knocked-out map (empty when none is).
     layout : MosaicLayout
     title : Text
     data : numpy.ndarray
@@ -230,10 +235,12 @@ class Mosaic:
     image: object
     highlight: Rectangle
     marker: Line2D
+    knocked: LineCollection
     layout: MosaicLayout
     title: object
     data: np.ndarray = field(repr=False, default=None)
     cmap: str = "gray"
+    knocked_out: tuple = ()
 
 
 def _rgba8(mosaic: np.ndarray, cmap: str) -> np.ndarray:
@@ -258,7 +265,8 @@ def feature_mosaic_figure(maps: np.ndarray, *, selected: int | None = None,
                           position: tuple[int, int] | None = None, title: str = "",
                           normalize: str | None = "map", cmap: str = "gray",
                           fig: Figure | None = None, size: tuple[float, float] = (5.2, 5.4),
-                          dpi: float = 100) -> tuple[Figure, Mosaic]:
+                          dpi: float = 100, knocked_out: Sequence[int] = ()
+                          ) -> tuple[Figure, Mosaic]:
     """All maps of a layer as one image.
 
     Parameters
@@ -278,6 +286,9 @@ def feature_mosaic_figure(maps: np.ndarray, *, selected: int | None = None,
         Draw into this figure (cleared first) instead of a new one.
     size, dpi
         Size of a new figure.
+    knocked_out : sequence of int
+        Maps knocked out (zero in the model: :meth:`zfwidgets.Session.set_knockouts`), each
+        crossed out.
 
     Returns
     -------
@@ -296,10 +307,26 @@ def feature_mosaic_figure(maps: np.ndarray, *, selected: int | None = None,
     ax.add_patch(highlight)
     (marker,) = ax.plot([], [], marker="o", markersize=6, markerfacecolor="none",
                         markeredgecolor=MARKER_COLOR, markeredgewidth=1.8, linestyle="none")
+    knocked = LineCollection([], colors=KNOCKED_COLOR, linewidths=1.6)
+    ax.add_collection(knocked, autolim=False)
     text = fig.suptitle(title, fontsize=9, y=0.985, va="top")
-    handle = Mosaic(fig, ax, image, highlight, marker, layout, text, mosaic, cmap)
+    handle = Mosaic(fig, ax, image, highlight, marker, knocked, layout, text, mosaic, cmap)
     _place_selection(handle, selected, position)
+    _place_knocked(handle, knocked_out)
     return fig, handle
+
+
+def _place_knocked(h: Mosaic, knocked_out: Sequence[int]) -> None:
+    """A cross from corner to corner of each knocked-out map's tile."""
+    th, tw = h.layout.tile
+    segments = []
+    chosen = tuple(sorted({int(k) for k in knocked_out if 0 <= int(k) < h.layout.count}))
+    for k in chosen:
+        y0, x0 = h.layout.origin(k)
+        top, left, bottom, right = y0 - 0.5, x0 - 0.5, y0 + th - 0.5, x0 + tw - 0.5
+        segments += [[(left, top), (right, bottom)], [(left, bottom), (right, top)]]
+    h.knocked.set_segments(segments)
+    h.knocked_out = chosen
 
 
 def _place_selection(h: Mosaic, selected: int | None, position) -> None:
@@ -323,8 +350,9 @@ def _place_selection(h: Mosaic, selected: int | None, position) -> None:
 def update_feature_mosaic(handle: Mosaic, maps: np.ndarray | None = None, *,
                           selected: int | None = None, position: tuple[int, int] | None = None,
                           title: str | None = None, normalize: str | None = "map",
-                          draw: bool = True) -> Mosaic:
-    """Change a mosaic in place: new maps (any count and size), selection, marker, title.
+                          draw: bool = True, knocked_out: Sequence[int] | None = None) -> Mosaic:
+    """Change a mosaic in place: new maps (any count and size), selection, marker, title,
+    knocked-out maps (``None``: the same as before; crosses follow a new layout).
 
     The image artist is reused (``set_data`` and ``set_extent``); nothing is rebuilt.
     """
@@ -338,6 +366,8 @@ def update_feature_mosaic(handle: Mosaic, maps: np.ndarray | None = None, *,
         handle.ax.set_ylim(hm - 0.5, -0.5)
         handle.layout = layout
     _place_selection(handle, selected, position)
+    if knocked_out is not None or maps is not None:
+        _place_knocked(handle, handle.knocked_out if knocked_out is None else knocked_out)
     if title is not None:
         handle.title.set_text(title)
     if draw:

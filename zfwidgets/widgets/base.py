@@ -269,7 +269,8 @@ class View(W.VBox):
 
     # ------------------------------------------------------------------ the session
     def session_changed(self, what: str) -> None:
-        """Override point: the session's image (``what="image"``) or model (``"model"``) changed.
+        """Override point: the session's image (``what="image"``), model (``"model"``) or
+        knocked-out maps (``"knockouts"``: same layers, new values) changed.
 
         Runs inside a hold (one redraw at the end); errors are shown inside the widget. The
         default redraws.

@@ -397,7 +397,7 @@ class PatchGallery(MapView):
 
     # ------------------------------------------------------------------ session
     def session_changed(self, what: str) -> None:
-        if what != "model":
+        if what not in ("model", "knockouts"):
             return  # the data set does not depend on the current image
         self.runner.cancel()  # hits of the old model: stale
         self.result = None

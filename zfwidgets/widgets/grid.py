@@ -7,7 +7,7 @@ import html
 import ipywidgets as W
 import traitlets as T
 
-from ..errors import check_choice
+from ..errors import BadParameterError, check_choice
 from ..backend.layers import first_rgb_conv
 from ..plots.mosaic import feature_mosaic_figure, filters_to_rgb, update_feature_mosaic
 from .base import MapView
@@ -41,6 +41,8 @@ class FeatureMapGrid(MapView):
     ----------
     layer, channel, mode : traits
         Observe or link them; clicking a map sets ``channel``.
+    knock_out : bool trait
+        Whether a click knocks a map out (or back in) instead of selecting it.
     fig : matplotlib.figure.Figure
         The figure, drawn by an ipympl canvas (``fig.canvas``).
     mosaic : zfwidgets.plots.Mosaic
@@ -48,6 +50,7 @@ class FeatureMapGrid(MapView):
     """
 
     mode = T.Unicode("activations")
+    knock_out = T.Bool(False)
 
     def __init__(self, session, layer: str | None = None, channel: int | None = None, *,
                  mode: str = "activations", size: tuple[float, float] = (4.6, 4.6),
@@ -63,13 +66,27 @@ class FeatureMapGrid(MapView):
             tooltips=["activations of the selected layer for the current image",
                       "filters of the first convolution (reads RGB), as colour images"],
             style={"button_width": "110px"})
+        self.knock_button = W.ToggleButton(
+            value=False, description="knock out", icon="scissors",
+            tooltip="a click knocks a map out of the model (zero from then on) or brings it back;"
+                    " shift-click does so too", layout=W.Layout(width="110px"))
+        self.link((self, "knock_out"), (self.knock_button, "value"))
+        self.restore_button = W.Button(description="restore", icon="undo",
+                                       tooltip="bring every knocked-out map back",
+                                       layout=W.Layout(width="96px", flex="0 0 auto",
+                                                       display="none"))
+        self.restore_button.on_click(lambda _: self.restore())
+        self.knocked_note = W.HTML(layout=W.Layout(flex="1 1 auto"))
         self.status = W.HTML()
         self.title = W.HTML(layout=W.Layout(margin="2px 0 0 4px"))
         self.open_at(layer, channel, mode=mode)
         self.mode_buttons.value = self.mode
         self.mode_buttons.observe(lambda ch: setattr(self, "mode", ch["new"]), names="value")
         self.fig.canvas.mpl_connect("button_press_event", self._clicked)
-        self.children = [self.mode_buttons, self.title, self.fig.canvas, self.status, self.errors]
+        self.children = [W.HBox([self.mode_buttons, self.knock_button]), self.title,
+                         self.fig.canvas, self.status,
+                         W.HBox([self.knocked_note, self.restore_button],
+                                layout=W.Layout(align_items="center")), self.errors]
         self.layout.width = f"{size[0] * dpi + 12:.0f}px"   # long titles wrap, never widen it
         self.add_class("zf-grid")
         self.ready()
@@ -141,20 +158,24 @@ class FeatureMapGrid(MapView):
         else:
             status = (f"channel {self.channel} is not in {html.escape(self.layer)} "
                       f"(0..{count - 1})")
-        drawn = (maps_key, selected, position)
+        knocked = session.knockouts.get(self.layer, ()) if self.mode == "activations" else ()
+        drawn = (maps_key, selected, position, knocked)
         if not self._requests.current(token) or drawn == self._drawn:
             return
         if maps is not None:
             self._maps = maps
             if self._maps_key is None:
                 _, self.mosaic = feature_mosaic_figure(maps, selected=selected, position=position,
-                                                       title="", fig=self.fig)
+                                                       title="", fig=self.fig,
+                                                       knocked_out=knocked)
             else:
                 update_feature_mosaic(self.mosaic, maps, selected=selected, position=position,
-                                      draw=False)
+                                      knocked_out=knocked, draw=False)
             self._maps_key = maps_key
         else:
-            update_feature_mosaic(self.mosaic, selected=selected, position=position, draw=False)
+            update_feature_mosaic(self.mosaic, selected=selected, position=position,
+                                  knocked_out=knocked, draw=False)
+        self._show_knockouts()
         self.title.value = (f"<div style='font-size:13px;line-height:1.35'>{self._title(info)}"
                             "</div>")
         self.status.value = f"<div style='font-size:12px;line-height:1.35'>{status}</div>"
@@ -173,10 +194,52 @@ class FeatureMapGrid(MapView):
             if event.inaxes is not self.mosaic.ax or event.button not in (1, None):
                 return
             k = self.channel_at(event.xdata, event.ydata)
-            if k is not None:
+            if k is None:
+                return
+            if self.knock_out or _shift_held(event):
+                self._latest_click(lambda: self.toggle_knockout(k))
+            else:
                 self._latest_click(lambda: self._select(k))
         except Exception as exc:  # ipympl would swallow it
             self.errors.show(exc)
+
+    # ------------------------------------------------------------------ knock-outs
+    def toggle_knockout(self, channel: int) -> None:
+        """Knock map ``channel`` of the current layer out of the session's model, or bring it
+        back when it is out; every view over the session recomputes. Errors are shown inside
+        the widget (a layer whose maps cannot be knocked out, the layer-1 filters)."""
+        try:
+            if self.mode != "activations":
+                raise BadParameterError("maps are knocked out in the feature-map view, not "
+                                        "among the layer-1 filters")
+            knocked = dict(self.session.knockouts)
+            chans = set(knocked.get(self.layer, ()))
+            chans ^= {int(channel)}
+            knocked[self.layer] = sorted(chans)
+            self.errors.clear()
+            self.session.set_knockouts(knocked)
+        except Exception as exc:
+            self.errors.show(exc)
+
+    def restore(self) -> None:
+        """Bring every knocked-out map back (the intact model)."""
+        try:
+            self.session.set_knockouts(None)
+        except Exception as exc:
+            self.errors.show(exc)
+
+    def _show_knockouts(self) -> None:
+        knocked = self.session.knockouts
+        if not knocked:
+            self.knocked_note.value = ""
+            self.restore_button.layout.display = "none"
+            return
+        parts = [f"{html.escape(layer)}: {', '.join(map(str, chans))}"
+                 for layer, chans in knocked.items()]
+        self.knocked_note.value = (
+            "<div style='font-size:12px;line-height:1.35;color:#b0173d'>knocked out (zero in "
+            f"every view): {'; '.join(parts)}</div>")
+        self.restore_button.layout.display = None
 
     def _select(self, k: int) -> None:
         try:
@@ -188,3 +251,11 @@ class FeatureMapGrid(MapView):
         super().session_changed(what)  # a layer the new model lacks: the opening layer
         if what == "model" and self.mode == "weights" and not self._is_rgb_conv(self.layer):
             self.mode = "activations"
+
+
+def _shift_held(event) -> bool:
+    """Whether shift was held during a mouse event (matplotlib's ``modifiers``, or the key
+    state a web canvas reports)."""
+    if "shift" in (getattr(event, "modifiers", None) or ()):
+        return True
+    return "shift" in (getattr(event, "key", None) or "").split("+")

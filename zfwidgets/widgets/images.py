@@ -8,6 +8,7 @@ import io
 import ipywidgets as W
 import traitlets as T
 
+from ..backend.explain.ablation import intact_probabilities
 from ..data import load_sample, sample_images
 from ..plots.topk import topk_figure, update_topk
 from .base import View
@@ -148,17 +149,23 @@ class TopPredictions(View):
             return
         token = self._requests.new()
         logits = s.logits
+        before = None
         if logits.dim() != 1 or logits.numel() < 2:
             preds, title = [], f"{s.entry.name}: no class scores (output {tuple(logits.shape)})"
         else:
             preds = s.predict(self.k)
             title = f"top-{len(preds)}: {s.entry.name}"
+            knocked = sum(len(chans) for chans in s.knockouts.values())
+            if knocked:                  # what the intact model gave the same classes
+                ids = s.probabilities().topk(len(preds)).indices
+                before = intact_probabilities(s)[ids].tolist()
+                title += f" · {knocked} map{'s' * (knocked > 1)} knocked out"
         if not self._requests.current(token):
             return
         if self.bars is None:
-            _, self.bars = topk_figure(preds, title=title, k=self.k, fig=self.fig)
+            _, self.bars = topk_figure(preds, title=title, k=self.k, fig=self.fig, before=before)
         else:
-            update_topk(self.bars, preds, title=title, draw=False)
+            update_topk(self.bars, preds, title=title, before=before, draw=False)
         self._drawn = s.version
         self.errors.clear()
         self.fig.canvas.draw_idle()

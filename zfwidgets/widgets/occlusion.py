@@ -388,4 +388,5 @@ class OcclusionExplorer(MapView):
             self.y_slider.max = max(0, H - self.size)
             self.x_slider.max = max(0, W_ - self.size)
             self.y, self.x = min(self.y, H - self.size), min(self.x, W_ - self.size)
-        self.channel = informative_channel(self.session, self.layer)
+        if what != "knockouts":  # maps knocked out: the same map, recomputed
+            self.channel = informative_channel(self.session, self.layer)

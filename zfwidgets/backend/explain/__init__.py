@@ -12,7 +12,7 @@
 * :mod:`.knockout`: what knocking maps out does over a data set (strongest vs random maps).
 """
 
-from .ablation import AblatedModel, ablated_session, knockouts
+from .ablation import AblatedModel, ablated_session, intact_probabilities, knockouts
 from .agreement import deletion_curve, grid_means, spearman, ssim
 from .explanation import Explanation, explain, explain_job
 from .knockout import (KnockoutComparison, KnockoutEffect, knockout_comparison,
@@ -26,7 +26,7 @@ __all__ = [
     "AblatedModel", "CAM", "ClassMap", "Explanation", "GradCAM", "KnockoutComparison",
     "KnockoutEffect", "METHODS", "Method", "SanityResult", "ablated_session", "class_map",
     "class_projection", "compute_map", "deletion_curve", "explain", "explain_job", "gradcam",
-    "grid_means", "guided_gradcam", "knockout_comparison", "knockout_comparison_job",
-    "knockout_effect", "knockout_job", "knockouts", "randomize_layer", "saliency",
-    "sanity_check", "sanity_check_job", "spearman", "ssim",
+    "grid_means", "guided_gradcam", "intact_probabilities", "knockout_comparison",
+    "knockout_comparison_job", "knockout_effect", "knockout_job", "knockouts",
+    "randomize_layer", "saliency", "sanity_check", "sanity_check_job", "spearman", "ssim",
 ]
