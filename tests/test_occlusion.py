@@ -516,3 +516,28 @@ def test_cancelling_a_job_midway_leaves_the_model_untouched(alexnet):
         assert_unmodified(model, snap)
     finally:
         model.eval()
+
+
+def test_the_engine_batch_grows_within_a_memory_budget():
+    """Larger engine batches amortize its per-call work; a model with a large map gets fewer
+    positions per batch (a dense fallback materializes that map for every position)."""
+    from zfwidgets.backend.occlusion import sweep
+
+    assert sweep._engine_batch(32 * 112 * 112 * 4) == 64          # Lite0's stem at 224 px
+    assert sweep._engine_batch(64 * 224 * 224 * 4) == 20          # VGG16's first maps
+    assert sweep._engine_batch(2 ** 40) == 16 and sweep._engine_batch(0) == 16
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 5)).eval()
+    x = torch.randn(1, 3, 40, 40)
+    seen = []
+    hook = net[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        inc = occlusion_maps(net, x, 4, 4, method="incremental", progress=False)  # 100 positions
+        sizes, seen[:] = list(seen), []
+        small = occlusion_maps(net, x, 4, 4, method="incremental", batch_size=30,
+                               progress=False)
+    finally:
+        hook.remove()
+    assert sizes == [1, 64, 36] and seen == [1, 30, 30, 30, 10]
+    np.testing.assert_allclose(inc.prob, small.prob, atol=1e-6)

@@ -46,17 +46,21 @@ _CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class MacCounter(TorchFunctionMode):
-    """Counts the multiply-adds of the 2-d convolutions and linear layers run inside it.
+    """Counts the multiply-adds of the 2-d convolutions and linear layers run inside it, and
+    notes the largest convolution output.
 
     Attributes
     ----------
     macs : int
         Multiply-adds so far.
+    largest : int
+        Bytes of the largest convolution output per image (batch dimension divided out).
     """
 
     def __init__(self):
         super().__init__()
         self.macs = 0
+        self.largest = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -66,6 +70,9 @@ class MacCounter(TorchFunctionMode):
             if isinstance(out, torch.Tensor) and isinstance(weight, torch.Tensor):
                 per_output = weight[0].numel() if func in _CONVS else weight.shape[-1]
                 self.macs += out.numel() * int(per_output)
+                if func in _CONVS and out.dim() == 4 and out.shape[0] > 0:
+                    per_image = out.numel() // out.shape[0] * out.element_size()
+                    self.largest = max(self.largest, per_image)
         return out
 
 

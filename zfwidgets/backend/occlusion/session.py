@@ -129,7 +129,7 @@ def occlusion(session, size: int = 32, stride: int = 8, target=None,
     channel : int, optional
         Feature map of ``layer``; default :meth:`Session.strongest_channel` (strongest unoccluded).
     batch_size : int, optional
-        Occluded images per forward pass.
+        Occluded images per forward pass (default: see :func:`~.sweep.occlusion_maps`).
     method : {"auto", "incremental", "plain", "approximate"}
         See :func:`~.sweep.occlusion_maps` (``"auto"``: whichever of the two exact methods a
         timed probe finds faster for this model and input; ``result.method`` and
