@@ -76,9 +76,9 @@ def timed(fn) -> float:
 def bare_forward_loader(session, folder: ImageFolder, workers: int) -> None:
     model = session.model
     with torch.inference_mode(), scoped_eval(model):
-        for _, prepared in load_batches(folder, session.preprocessing, range(len(folder)), 0,
-                                        BATCH, workers):
-            model(torch.stack([t for _, t, err in prepared if err is None]))
+        for _, (_, batch, _) in load_batches(folder, session.preprocessing,
+                                             range(len(folder)), 0, BATCH, workers):
+            model(batch)
 
 
 def plain_loop(session, paths: list[Path], layers: list[str], k: int = 9) -> dict:

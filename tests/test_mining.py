@@ -701,3 +701,39 @@ def test_gallery_patches_and_projections_match_the_session():
         s.model.conv1.bias.add_(1.0)
     with pytest.raises(DataError, match="other model weights"):
         gallery(s, result, "act2", 0)
+
+
+def test_worker_processes_give_the_same_result_and_resume(tmp_path):
+    """Issue 14: decoding in DataLoader worker processes (what feeds a GPU) mines exactly what
+    threads and the caller's thread mine, unreadable items skipped alike, and resumes from a
+    checkpoint written by a threaded run."""
+    s = tiny_session()
+    images = random_images(11)
+    images[3] = b"not an image"
+    kw = dict(k=4, batch_size=3, progress=False)
+    inline = mine(s, images, TINY_LAYERS, workers=0, **kw)
+    threads = mine(s, images, TINY_LAYERS, workers=2, loader="threads", **kw)
+    procs = mine(s, images, TINY_LAYERS, workers=2, loader="processes", **kw)
+    assert_same_result(threads, inline)
+    assert_same_result(procs, inline)
+    assert procs.n_skipped == 1 and procs.skipped[0][0] == 3
+
+    from zfwidgets.backend.mining.run import MiningRun, load_batches
+
+    assert MiningRun.plan(s, images, TINY_LAYERS).loader == "threads"     # auto, on a CPU
+    with pytest.raises(BadParameterError, match="loader"):
+        mine(s, images, TINY_LAYERS, loader="gpu", **kw)
+    batches = list(load_batches(as_source(images), s.preprocessing, range(11), 5, 3, 2,
+                                processes=True))
+    assert [end for end, _ in batches] == [8, 11]
+    assert [ids for _, (ids, _, _) in batches] == [[5, 6, 7], [8, 9, 10]]
+
+    job = mine_job(s, images, TINY_LAYERS, workers=0, cache_dir=tmp_path, **{
+        k: v for k, v in kw.items() if k != "progress"})
+    job.step()
+    job.step()
+    job.close()                                          # a checkpoint after 6 images
+    assert list(tmp_path.glob("*.partial.pt"))
+    resumed = mine(s, images, TINY_LAYERS, workers=2, loader="processes", cache_dir=tmp_path,
+                   **kw)
+    assert_same_result(resumed, inline)

@@ -3,9 +3,9 @@
 :func:`mine_job` plans a run (checks the arguments, fingerprints the model, preprocessing and
 data) and returns it as a :class:`~zfwidgets.backend.jobs.Job` that yields one
 :class:`~zfwidgets.backend.jobs.Step` per batch; :func:`mine` runs that job to the end (progress
-bar, callback). Images are loaded and preprocessed by a few threads ahead of the model; one
-forward pass per batch serves every requested layer, and unreadable items are skipped and
-counted.
+bar, callback). Images are loaded and preprocessed ahead of the model, by a few threads (on a
+CPU) or DataLoader worker processes with pinned batches (feeding a GPU); one forward pass per
+batch serves every requested layer, and unreadable items are skipped and counted.
 
 With a cache folder (:class:`~zfwidgets.backend.mining.store.MiningStore`) layers already mined
 are read back instead of recomputed, a long run writes a checkpoint every ``checkpoint_every``
@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from ...data.datasets import ImageSource, as_source
-from ...errors import BadImageError, BadParameterError, DataError, StorageError, UnknownLayerError
+from ...errors import (BadImageError, BadParameterError, DataError, StorageError,
+                       UnknownLayerError, check_choice)
 from ..defaults import mining_layers
 from ..jobs import Job, Step
 from ..layers import layouts_of
@@ -48,7 +49,7 @@ from .results import LayerTopK, MiningResult, Tally, session_model_id
 from .store import MiningStore
 from .topk import Miner, check_k, check_per_image
 
-__all__ = ["CPU_BATCH_BYTES", "MiningRun", "load_batches", "mine", "mine_job",
+__all__ = ["CPU_BATCH_BYTES", "LOADERS", "MiningRun", "load_batches", "mine", "mine_job",
            "mining_batch_size"]
 
 ProgressCallback = Callable[[int, int, int], None]
@@ -88,20 +89,61 @@ def _prepare(source: ImageSource, preprocessing, index: int):
         return index, None, str(exc)
 
 
+def _collate(prepared: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """``(ids, batch, skipped)`` of prepared items: the readable ones' ids and their tensors
+    stacked (``None`` when there is none), and ``(id, reason)`` of the others."""
+    good = [(i, x) for i, x, err in prepared if err is None]
+    batch = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], batch, [(i, err) for i, _, err in prepared if err is not None]
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """``ids`` of a source, loaded and preprocessed, as a map-style dataset (for worker
+    processes: what it holds is pickled when they are spawned)."""
+
+    def __init__(self, source: ImageSource, preprocessing, ids: Sequence[int]):
+        self.source, self.preprocessing, self.ids = source, preprocessing, list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, j: int):
+        return _prepare(self.source, self.preprocessing, self.ids[j])
+
+
+#: How images are loaded: in threads of this process, or in DataLoader worker processes.
+LOADERS = ("auto", "threads", "processes")
+
+
 def load_batches(source: ImageSource, preprocessing, ids: Sequence[int], start: int,
-                 batch_size: int, workers: int) -> Iterator[tuple[int, list]]:
-    """Load and preprocess ``ids[start:]`` batch by batch, ``workers`` threads ahead.
+                 batch_size: int, workers: int, *, processes: bool = False,
+                 pin_memory: bool = False) -> Iterator[tuple[int, tuple]]:
+    """Load and preprocess ``ids[start:]`` batch by batch, ``workers`` ahead of the model.
+
+    ``processes``: in ``workers`` DataLoader worker processes (decoding beside the model
+    without the GIL; what a GPU is fed by), the batch stacked there and, with
+    ``pin_memory``, copied to page-locked memory for an asynchronous transfer; else in
+    ``workers`` threads of this process (0: in the caller's thread).
 
     Yields
     ------
-    (int, list)
-        ``end``, the position after the batch, and the batch as ``(id, tensor, None)`` for a
-        readable item or ``(id, None, reason)`` for one that is not an image.
+    (int, tuple)
+        ``end``, the position after the batch, and the batch as :func:`_collate` makes it:
+        ``(ids, tensor or None, [(id, reason), ...])``.
     """
     spans = ((p, min(p + batch_size, len(ids))) for p in range(start, len(ids), batch_size))
+    if processes and workers > 0:
+        loader = torch.utils.data.DataLoader(
+            _Prepared(source, preprocessing, ids[start:]), batch_size=batch_size,
+            num_workers=workers, collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=2)
+        end = start
+        for batch in loader:
+            end = min(end + batch_size, len(ids))
+            yield end, batch
+        return
     if workers <= 0:
         for lo, hi in spans:
-            yield hi, [_prepare(source, preprocessing, ids[j]) for j in range(lo, hi)]
+            yield hi, _collate([_prepare(source, preprocessing, ids[j]) for j in range(lo, hi)])
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfwidgets-mine")
     pending: deque = deque()
@@ -118,7 +160,7 @@ def load_batches(source: ImageSource, preprocessing, ids: Sequence[int], start: 
             if not pending:
                 return
             hi, futures = pending.popleft()
-            yield hi, [f.result() for f in futures]
+            yield hi, _collate([f.result() for f in futures])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -204,6 +246,17 @@ def _check_layers(session, layers) -> list[str]:
     return layers
 
 
+def _check_loader(loader: str, session) -> str:
+    """``"threads"`` or ``"processes"``: ``"auto"`` is processes when the model is on a GPU
+    (decoding in worker processes, pinned batches), threads on a CPU (where worker processes
+    would compete with the model for the same cores and cost their start-up)."""
+    loader = check_choice("loader", loader, LOADERS)
+    if loader != "auto":
+        return loader
+    device = getattr(session, "device", None)
+    return "processes" if device is not None and device.type == "cuda" else "threads"
+
+
 def _check_shard(shard) -> tuple[int, int] | None:
     if shard is None:
         return None
@@ -229,7 +282,9 @@ class MiningRun:
     per_image : int or None
     batch_size : int
     workers : int
-        Image-loading threads (0: in the caller's thread).
+        Image-loading threads or processes (0: in the caller's thread).
+    loader : {"threads", "processes"}
+        Where images are loaded (see :func:`load_batches`).
     shard : (int, int) or None
     checkpoint_every : float
         Seconds between checkpoints (with a store).
@@ -257,12 +312,14 @@ class MiningRun:
     data: str | None
     store: MiningStore | None = None
     tally: Tally = field(default_factory=Tally)
+    loader: str = "threads"
 
     @classmethod
     def plan(cls, session, images: Any = None, layers: str | Sequence[str] | None = None,
              k: int = 9, per_image: int | None = 1, *, batch_size: int | None = None,
              cache_dir: str | os.PathLike | None = None, shard: tuple[int, int] | None = None,
-             workers: int | None = None, checkpoint_every: float = 60.0) -> MiningRun:
+             workers: int | None = None, checkpoint_every: float = 60.0,
+             loader: str = "auto") -> MiningRun:
         """Check the arguments of :func:`mine` and plan the run (nothing is mined yet)."""
         source = as_source(images)
         if len(source) == 0:
@@ -279,7 +336,8 @@ class MiningRun:
                   workers=_default_workers() if workers is None else max(0, int(workers)),
                   shard=shard, checkpoint_every=float(checkpoint_every),
                   model=session_model_id(session),
-                  preprocessing=session.preprocessing.fingerprint(), data=source.fingerprint())
+                  preprocessing=session.preprocessing.fingerprint(), data=source.fingerprint(),
+                  loader=_check_loader(loader, session))
         if cache_dir is not None and run.data is None:
             warnings.warn(f"{source!r} has no fingerprint, so results are not cached on disk; "
                           "give DatasetSource(dataset, fingerprint=...) one", stacklevel=3)
@@ -356,9 +414,11 @@ class MiningRun:
                 failed.append(exc)
 
         try:
-            with contextlib.closing(load_batches(self.source, self.session.preprocessing,
-                                                 self.ids, position, self.batch_size,
-                                                 self.workers)) as batches:
+            processes = self.loader == "processes"
+            with contextlib.closing(load_batches(
+                    self.source, self.session.preprocessing, self.ids, position,
+                    self.batch_size, self.workers, processes=processes,
+                    pin_memory=processes and self._device.type == "cuda")) as batches:
                 for end, prepared in batches:
                     self._feed(miner, prepared)
                     position = end
@@ -409,13 +469,11 @@ class MiningRun:
                           f"{threads}) makes the resume bit-identical)", stacklevel=4)
         return position
 
-    def _feed(self, miner: Miner, prepared: list) -> None:
-        good = [(i, x) for i, x, err in prepared if err is None]
-        if good:
-            miner.update(torch.stack([x for _, x in good]).to(self._device),
-                         [i for i, _ in good])
-        self.tally.add(len(good), [(i, self.source.name(i), err)
-                                   for i, _, err in prepared if err is not None])
+    def _feed(self, miner: Miner, prepared: tuple) -> None:
+        ids, batch, skipped = prepared
+        if batch is not None:       # pinned memory (on a GPU): the copy overlaps the next load
+            miner.update(batch.to(self._device, non_blocking=batch.is_pinned()), ids)
+        self.tally.add(len(ids), [(i, self.source.name(i), err) for i, err in skipped])
 
 
 # ============================================================================ entry points
@@ -423,7 +481,8 @@ class MiningRun:
 def mine_job(session, images: Any = None, layers: str | Sequence[str] | None = None,
              k: int = 9, per_image: int | None = 1, *, batch_size: int | None = None,
              cache_dir: str | os.PathLike | None = None, shard: tuple[int, int] | None = None,
-             workers: int | None = None, checkpoint_every: float = 60.0) -> Job[MiningResult]:
+             workers: int | None = None, checkpoint_every: float = 60.0,
+             loader: str = "auto") -> Job[MiningResult]:
     """:func:`mine` as a :class:`~zfwidgets.backend.jobs.Job`: one step per batch.
 
     Each :class:`~zfwidgets.backend.jobs.Step` counts images (``done`` of ``total``; a resumed
@@ -434,15 +493,15 @@ def mine_job(session, images: Any = None, layers: str | Sequence[str] | None = N
     """
     return MiningRun.plan(session, images, layers, k, per_image, batch_size=batch_size,
                           cache_dir=cache_dir, shard=shard, workers=workers,
-                          checkpoint_every=checkpoint_every).job()
+                          checkpoint_every=checkpoint_every, loader=loader).job()
 
 
 def mine(session, images: Any = None, layers: str | Sequence[str] | None = None, k: int = 9,
          per_image: int | None = 1, *, batch_size: int | None = None,
          cache_dir: str | os.PathLike | None = None,
          progress: bool = True, shard: tuple[int, int] | None = None, workers: int | None = None,
-         checkpoint_every: float = 60.0, on_progress: ProgressCallback | None = None
-         ) -> MiningResult:
+         checkpoint_every: float = 60.0, on_progress: ProgressCallback | None = None,
+         loader: str = "auto") -> MiningResult:
     """Stream a data set once and keep, per channel of each layer, the ``k`` strongest hits.
 
     Parameters
@@ -472,11 +531,17 @@ def mine(session, images: Any = None, layers: str | Sequence[str] | None = None,
         Mine only items ``rank, rank + world_size, ...`` (ids stay global); merge the shards
         with :func:`~zfwidgets.merge`.
     workers : int, optional
-        Threads that load and preprocess images ahead of the model (0: in the main thread).
+        Threads (or processes) that load and preprocess images ahead of the model (0: in the
+        main thread).
     checkpoint_every : float
         Seconds between checkpoints of a run (with ``cache_dir``).
     on_progress : callable, optional
         ``on_progress(done, total, skipped)`` after every batch (for widgets).
+    loader : {"auto", "threads", "processes"}
+        Where images are decoded: ``"processes"``, in ``workers`` DataLoader worker
+        processes, the batches stacked there and, for a model on a GPU, in pinned memory
+        copied asynchronously; ``"threads"``, in threads of this process; ``"auto"``
+        (default): processes on a GPU, threads on a CPU. The result is the same either way.
 
     Returns
     -------
@@ -499,7 +564,7 @@ def mine(session, images: Any = None, layers: str | Sequence[str] | None = None,
     """
     run = MiningRun.plan(session, images, layers, k, per_image, batch_size=batch_size,
                          cache_dir=cache_dir, shard=shard, workers=workers,
-                         checkpoint_every=checkpoint_every)
+                         checkpoint_every=checkpoint_every, loader=loader)
     report = None if on_progress is None else \
         (lambda step: on_progress(step.done, step.total, run.tally.n_skipped))
     return run.job().run(progress=progress, on_step=report)
