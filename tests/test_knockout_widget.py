@@ -113,12 +113,14 @@ def test_knocking_out_again_brings_the_map_back_and_the_filters_refuse(explorer)
     click_map(grid, 5)
     assert session.knockouts == {}
     grid.mode = "weights"                                 # the layer-1 filters: no knock-outs
+    assert grid.knock_button.disabled
     version = session.version
     click_map(grid, 3)
     assert session.knockouts == {} and session.version == version
     assert "layer-1 filters" in grid.errors.message
     grid.mode = "activations"
     grid.layer = LAYER
+    assert not grid.knock_button.disabled
     click_map(grid, 3)                                    # the view stayed usable
     assert session.knockouts == {LAYER: (3,)}
 

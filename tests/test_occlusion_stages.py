@@ -201,6 +201,31 @@ def test_the_choice_follows_the_probe_times(small):
     forget_choices()
 
 
+def test_the_engine_keeps_its_large_batch_only_when_it_was_faster(small):
+    """After the probe the engine's first large batch is timed: kept when it is faster per
+    position than the probe's batch (the engine's per-call work amortized), else the sweep goes
+    back to the probe's batch (dense fallbacks make large tensors slower); remembered."""
+    x = torch.zeros(1, 3, 40, 40)
+    batch = {"plain": 16, "incremental": 48}
+    for big_s, kept in [(2.0, 48), (3.5, 16), (None, 48)]:   # 48 positions: 2.0 s faster
+        forget_choices()
+        chooser = Chooser(small, x, 6, 2, "auto", batch, 324, None, full_macs=1000)
+        for method, seconds in [("incremental", 5.0), ("plain", 5.0), ("incremental", 1.0),
+                                ("plain", 3.2)]:             # engine 62.5 ms a position
+            chooser.record(method, chooser.next(324)[1], seconds)
+        assert chooser.method == "incremental" and chooser.next(260) == ("incremental", 48)
+        if big_s is None:                                    # the last batch, short: no verdict
+            chooser.record("incremental", 20, 5.0)
+        else:
+            chooser.record("incremental", 48, big_s)
+        assert chooser.next(200) == ("incremental", kept)
+        if big_s is not None:
+            assert f"batches of {kept}" in chooser.reason
+            later = Chooser(small, x, 6, 2, "auto", batch, 324, None)
+            assert later.next(324) == ("incremental", kept) and "batches of" in later.reason
+    forget_choices()
+
+
 def test_mac_counter_and_engine_savings(small):
     x = torch.randn(1, 3, 40, 40)
     with torch.inference_mode(), MacCounter() as counter:

@@ -104,6 +104,7 @@ class FeatureMapGrid(MapView):
     @T.observe("mode")
     def _mode_changed(self, change) -> None:
         self.mode_buttons.value = change["new"]
+        self.knock_button.disabled = change["new"] != "activations"   # maps, not filters
         with self.held():
             if change["new"] == "weights" and not self._is_rgb_conv(self.layer):
                 conv = first_rgb_conv(self.session.model)

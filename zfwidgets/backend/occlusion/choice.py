@@ -14,7 +14,12 @@ of each, and goes on with whichever was faster per position in its second batch 
 at least 5 %: a close call goes to plain passes). Only the second batches are timed: a first
 batch of each pays one-time costs, oneDNN's set-up of every new shape (about as much as a small
 model's whole batch) and the engine's pass over the unoccluded image. A sweep shorter than six
-probe batches runs plain passes. The choice is remembered per model, input
+probe batches runs plain passes. When the engine wins and its batch is larger than the probe's
+(see ``sweep._engine_batch``), its first large batch is timed too: larger batches amortize the
+engine's per-call work on most models (ResNet-18, AlexNet, EfficientNet-Lite0), but where it
+falls back to dense maps (squeeze-and-excitation, DenseNet's concatenations) they make large
+tensors that are slower per position, so the sweep goes back to the probe's batch unless the
+large one was faster per position. The choice (method and batch) is remembered per model, input
 shape, occluder size and stride, so the next sweep (another image, another occluder colour)
 starts with it and probes nothing; :class:`MacCounter` and the engine count the multiply-adds
 it needed, which the reason states.
@@ -80,6 +85,7 @@ class MacCounter(TorchFunctionMode):
 class _Memo:
     method: str
     reason: str
+    batch: int | None = None      # the engine's batch, when the sweep chose it
 
 
 def forget_choices() -> None:
@@ -125,6 +131,7 @@ class Chooser:
         self._key = (tuple(x.shape), x.dtype, str(x.device), int(size), int(stride))
         self._timings: dict[str, tuple[int, float, int]] = {}
         self._probe: list[tuple[str, int, bool]] = []
+        self._trial: tuple[int, float] | None = None   # (probe batch, its s per position)
         self.method: str | None = None
         self.reason = ""
         if method != "auto":
@@ -137,6 +144,8 @@ class Chooser:
             memo = _CHOSEN.get(model, {}).get(self._key)
             if memo is not None:
                 self.method = memo.method
+                if memo.batch is not None:
+                    self.batch["incremental"] = memo.batch
                 self.reason = (f"auto: {memo.method}, remembered from an earlier sweep of this "
                                f"model at this input size ({memo.reason})")
             else:
@@ -173,7 +182,10 @@ class Chooser:
         if fell_back:
             self.method = "plain"
             self.reason = "plain, since the incremental engine failed on this model"
-            self._probe = []
+            self._probe, self._trial = [], None
+            return
+        if self._trial is not None and method == "incremental":
+            self._end_trial(positions, max(seconds - setup_seconds, 0.0))
             return
         if self.method is not None or not self._probe:
             return
@@ -198,3 +210,24 @@ class Chooser:
                   f"in a timed probe on {2 * (n_p + n_i)} of the sweep's positions{share}")
         self.reason = f"auto: {self.method}, {detail}"
         _CHOSEN.setdefault(self._model, {})[self._key] = _Memo(self.method, detail)
+        if self.method == "incremental" and self.batch["incremental"] > n_i:
+            self._trial = (n_i, per_i)        # time the engine's first large batch too
+
+    def _end_trial(self, positions: int, seconds: float) -> None:
+        """The engine's first batch at its large size was timed: keep that size if it was
+        faster per position than the probe's batch, else go back to the probe's."""
+        small, per_small = self._trial
+        self._trial = None
+        big = self.batch["incremental"]
+        if positions < big:                   # the sweep's last, short batch: nothing learnt
+            return
+        per_big = seconds / positions
+        if per_big >= per_small:
+            self.batch["incremental"] = small
+        kept = self.batch["incremental"]
+        said = (f"; batches of {kept} ({per_big * 1e3:.1f} ms per position at {big} vs "
+                f"{per_small * 1e3:.1f} ms at {small})")
+        self.reason += said
+        memo = _CHOSEN.get(self._model, {}).get(self._key)
+        if memo is not None:
+            memo.batch, memo.reason = kept, memo.reason + said
