@@ -155,12 +155,16 @@ def test_event_loop_steps_and_newer_request_supersedes(session):
             w.size = 48  # supersedes the running sweep
             second = w.runner.job
             assert second is not first and first.closed
-            for _ in range(200):
-                if w.result is not None:
+            coarse = []                 # progressive: coarse exact stages drawn first
+            for _ in range(400):
+                if w.result is not None and w.partial:
+                    coarse.append(w.result.shape)
+                if w.result is not None and not w.partial:
                     break
                 await asyncio.sleep(0)
             assert not first.done  # dropped half way
-            assert w.result is not None and w.result.size == 48
+            assert w.result is not None and w.result.size == 48 and not w.partial
+            assert coarse and all(c[0] < w.result.shape[0] for c in coarse)
             assert w.progress.layout.visibility == "hidden"
         finally:
             w.close()
@@ -349,13 +353,13 @@ def test_hiding_pauses_a_running_sweep(session):
         try:
             await asyncio.sleep(0)
             job = w.runner.job
-            done = job.last.done
+            done, shown = job.last.done, w.result       # a coarse stage, or nothing yet
             w.shown = False
             for _ in range(10):
                 await asyncio.sleep(0)
-            assert job.last.done == done and w.runner.running and w.result is None
+            assert job.last.done == done and w.runner.running and w.result is shown
             w.shown = True                             # goes on where it stopped
-            await until(lambda: w.result is not None)
+            await until(lambda: w.result is not None and not w.partial)
             assert job.done and w.result.size == 64 and w.sweeps == 1
         finally:
             w.close()

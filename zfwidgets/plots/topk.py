@@ -82,7 +82,8 @@ def update_topk(handle: TopKBars, predictions: Sequence[tuple[str, float]], *,
     knocked out), drawn as a tick on the bar and written ``"62 → 31.2%"``; ``None``: no ticks.
     """
     if before is not None and len(before) < len(predictions):
-        raise BadParameterError(f"before has {len(before)} values for {len(predictions)} predictions")
+        raise BadParameterError(f"before has {len(before)} values for {len(predictions)} "
+                                "predictions")
     rows = range(min(len(predictions), len(handle.bars)))
     if handle.before is not None:
         handle.before.set_data(([float(before[i]) for i in rows], list(rows)) if before is not None

@@ -270,8 +270,11 @@ class OcclusionExplorer(MapView):
 
     # ------------------------------------------------------------------ sweeps
     def _start_sweep(self, key) -> None:
+        # progressive: a coarse exact map within a fraction of a second, refined stage by
+        # stage (each drawn as it arrives by _progress), the last one the requested grid
         job = occlusion_job(self.session, self.size, self.stride, target=list(self.targets),
-                            layer=self.layer, channel=self.channel, fill=self.fill)
+                            layer=self.layer, channel=self.channel, fill=self.fill,
+                            progressive=True)
         self.sweeps += 1
         self._computing = key
         self.progress.value = 0

@@ -34,7 +34,8 @@ from ..layers import Layout, capture, scoped_eval
 from ..occlusion.grid import check_int
 
 __all__ = ["AblatedModel", "ablated_entry", "ablated_model", "ablated_session", "base_entry",
-           "check_channels", "check_knockouts", "intact_probabilities", "knockouts", "zero_channels"]
+           "check_channels", "check_knockouts", "intact_probabilities", "knockouts",
+           "zero_channels"]
 
 _TAG = "|ablated:"
 
@@ -81,6 +82,9 @@ class AblatedModel(nn.Module):
         parameters and buffers, so layer ids, weights and state dicts are the same.
     knockouts : mapping of str to sequence of int
         Layer id -> channels set to zero in that layer's output.
+    layouts : mapping of str to Layout, optional
+        Layer id -> where its output keeps its maps (:attr:`LayerInfo.layout`); a layer left
+        out is ``[N, C, H, W]``.
 
     Notes
     -----
