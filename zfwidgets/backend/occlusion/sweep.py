@@ -47,7 +47,7 @@ METHODS = ("auto", "incremental", "plain", "approximate")
 _BATCH = {"incremental": 16, "plain": 16}
 _ENGINE_MOST = 64
 # the engine's batch keeps a dense copy of the model's largest map under this (a fallback
-# materializes one): VGG16 at 224 px, 12.8 MB a map per image, gets 20; Lite0, 1.6 MB, 64
+# materializes one): VGG16 at 224 px, 12.8 MB a map per image, gets 20; Lite0, 4.8 MB, 55
 _DENSE_BUDGET = 256 * 2 ** 20
 
 
