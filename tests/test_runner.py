@@ -338,3 +338,118 @@ def test_latest_runs_at_once_when_idle_and_only_the_newest_of_a_burst():
 
     asyncio.run(burst())
     assert calls == ["now", "first", 3, "idle again"]
+
+
+def _waiting_canvas(monkeypatch, out):
+    """A canvas as a kernel has it (a front end can answer), whose messages land in ``out``."""
+    import json
+
+    from zfwidgets.widgets import canvas as canvas_module
+
+    monkeypatch.setattr(canvas_module, "_without_front_end", lambda canvas: False)
+    fig = canvas_module.canvas_figure(2.0, 1.5, dpi=50)
+    fig.add_axes((0, 0, 1, 1)).plot([0, 1], [1, 0])
+    fig.canvas.send = lambda content, buffers=None: out.append(
+        json.loads(content["data"])["type"])
+    return fig
+
+
+def test_frame_due_rules(monkeypatch):
+    """No frame waiting: 0. A canvas no browser greeted yet: HELLO_WAIT from when it was made;
+    a connected one: FRAME_WAIT from the first change not yet sent; the frame sent: 0 again.
+    A canvas that no browser can ever ask (no kernel) never holds a job up."""
+    from zfwidgets.widgets import canvas as canvas_module
+    from zfwidgets.widgets.canvas import FRAME_WAIT, HELLO_WAIT, close_figure, frames_due
+
+    out = []
+    fig = _waiting_canvas(monkeypatch, out)
+    canvas = fig.canvas
+    assert frames_due() == 0.0                          # nothing drawn: nothing waits
+    canvas.draw_idle()                                  # its first picture, before any hello
+    assert out == ["draw"]                              # (asks the browser to ask)
+    assert frames_due() == pytest.approx(canvas._made + HELLO_WAIT)   # before the browser's hello
+    canvas.syncing_data_url = False                     # the browser's view said "initialized"
+    assert frames_due() == pytest.approx(canvas._wanted_since + FRAME_WAIT)
+    canvas._handle_message(canvas, {"type": "draw"}, [])   # it asks: the frame goes
+    assert "binary" in out and frames_due() == 0.0      # nothing waits
+    canvas.draw_idle()                                  # not asked again since: the next waits
+    since = canvas._wanted_since
+    assert frames_due() == pytest.approx(since + FRAME_WAIT) and frames_due() > time.monotonic()
+    time.sleep(0.01)
+    canvas.draw_idle()                                  # a second change: the wait does not grow
+    assert canvas._wanted_since == since
+    canvas._handle_message(canvas, {"type": "draw"}, [])   # it asks: the frame goes
+    assert frames_due() == 0.0
+    canvas._handle_message(canvas, {"type": "draw"}, [])   # the answer to the frame's ping
+    canvas.draw_idle()                                  # ready: the frame goes at once
+    assert out[-2:] == ["binary", "draw"]
+    assert frames_due() == 0.0
+    close_figure(fig)                                   # closed: not counted any more
+    assert frames_due() == 0.0
+    monkeypatch.undo()                                  # no kernel: a dummy comm, never waits
+    other = canvas_module.canvas_figure(1.0, 1.0, dpi=50)
+    other.canvas.draw_idle()
+    assert other.canvas._wanted and frames_due() == 0.0
+    close_figure(other)
+
+
+def test_a_job_waits_for_a_frame_the_browser_is_about_to_ask_for(monkeypatch):
+    """While a changed figure's frame waits for the browser's request, the runner lets the
+    event loop answer it before the next step; once the frame is out, the job goes on."""
+    from zfwidgets.widgets.canvas import close_figure
+
+    rec, log, out = Recorder(), [], []
+    fig = _waiting_canvas(monkeypatch, out)
+    canvas = fig.canvas
+    canvas.syncing_data_url = False                     # connected, and painted:
+    canvas.draw_idle()
+    canvas._handle_message(canvas, {"type": "draw"}, [])   # its ping not answered yet
+    assert out[-2:] == ["binary", "draw"]
+    del out[:]
+
+    async def scenario():
+        rec.start(counting(3, log, "stages"))
+        await turns(1)
+        assert log == [("stages", 0)]
+        canvas.draw_idle()                              # a stage drawn: its frame waits
+        await asyncio.sleep(0.1)
+        assert log == [("stages", 0)]                   # no step while the browser may ask
+        canvas._handle_message(canvas, {"type": "draw"}, [])   # it asks: the frame goes out
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if rec.events and rec.events[-1][0] == "done":
+                break
+
+    asyncio.run(scenario())
+    assert "binary" in out
+    assert [e for e in log if e[1] != "closed"] == [("stages", i) for i in range(3)]
+    assert rec.events[-1] == ("done", "stages result")
+    close_figure(fig)
+
+
+def test_a_frame_nobody_asks_for_holds_a_job_up_only_for_its_bound(monkeypatch):
+    """A canvas whose browser never says hello (never shown, or gone) delays the next step by
+    HELLO_WAIT from when it was made, once: the job finishes all the same."""
+    from zfwidgets.widgets import canvas as canvas_module
+    from zfwidgets.widgets.canvas import close_figure
+
+    monkeypatch.setattr(canvas_module, "HELLO_WAIT", 0.3)
+    rec, log, out = Recorder(), [], []
+    fig = _waiting_canvas(monkeypatch, out)
+    fig.canvas.draw_idle()                              # its first frame waits for a hello
+
+    async def scenario():
+        start = time.monotonic()
+        rec.start(counting(3, log, "alone"))
+        await asyncio.sleep(0.1)
+        assert log == []                                # within the bound: waits
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if rec.events and rec.events[-1][0] == "done":
+                break
+        return time.monotonic() - start
+
+    waited = asyncio.run(scenario())
+    assert rec.events[-1] == ("done", "alone result") and waited >= 0.25
+    assert "binary" not in out and fig.canvas._wanted  # the frame never went: nobody asked
+    close_figure(fig)

@@ -4,21 +4,31 @@ Figures are made with :class:`matplotlib.figure.Figure` and given an ipympl canv
 they work whatever matplotlib backend the notebook uses (``%matplotlib widget`` or not), never
 enter pyplot's figure registry, and are closed with :func:`close_figure` when a view is closed.
 The canvas encodes its frames faster than ipympl's own and sends a new frame as soon as the
-figure changes, when the browser is ready for it (see :func:`_canvas_class`).
+figure changes, when the browser is ready for it (see :func:`_canvas_class`), and says how long a
+frame still waits for the browser (:func:`frames_due`: a long job lets it out before its next step).
 """
 
 from __future__ import annotations
 
 import io
 import itertools
+import time
 import warnings
+import weakref
 
 import ipywidgets as W
 from matplotlib.figure import Figure
 
-__all__ = ["canvas_figure", "close_figure", "close_widget"]
+__all__ = ["canvas_figure", "close_figure", "close_widget", "frames_due"]
 
 _numbers = itertools.count(10_000)
+_live: weakref.WeakSet = weakref.WeakSet()   # the canvases made here and not closed
+
+# How long a changed figure's frame is worth waiting for before a long job's next step (see
+# frames_due): a connected browser asks for a frame within one round trip; a canvas just made
+# waits for its browser view's hello (refresh, image mode, initialized, draw: four messages)
+HELLO_WAIT = 1.5
+FRAME_WAIT = 0.5
 
 
 class _Frames:
@@ -45,19 +55,41 @@ class _Frames:
     protocol (ask the browser), and the frame follows its request. A front end that went away
     answers nothing: one frame at most is drawn for nobody. The cursor never changes (no
     navigation tools), which saves two messages a frame.
+
+    **While a long job runs.** The browser's requests wait in the kernel's queue behind each
+    step of a job (an occlusion stage takes 0.3-0.8 s), so a canvas just made, whose browser view
+    says hello in four messages before it asks for its first frame, was painted only after four
+    steps (3.3 s after the Occlusion tab was opened, its first stage ready after 0.5 s).
+    :meth:`frame_due` tells the :class:`~zfwidgets.widgets.runner.Runner` how long the frame is
+    worth waiting for: it lets the event loop answer the browser first.
     """
 
     _ready = False    # the browser asked for a frame after the last one was sent
     _wanted = False   # the figure changed since the last frame
     _drawing = False
+    _made = 0.0       # time.monotonic() when made (canvas_figure)
+    _wanted_since = 0.0
 
     def draw_idle(self):
         if self._ready and not self._drawing:
             self._wanted = False
             self.draw()             # the frame goes out now
         else:
+            if not self._wanted:
+                self._wanted_since = time.monotonic()
             self._wanted = True
             super().draw_idle()     # ask the browser to ask for it
+
+    def frame_due(self) -> float:
+        """Until when (``time.monotonic()``) a frame of the changed figure is worth waiting
+        for: 0 when none waits. A browser that said hello gets :data:`FRAME_WAIT` from the
+        change; a canvas no browser has greeted yet :data:`HELLO_WAIT` from when it was made
+        (a canvas never shown costs a job that much once, not on every step)."""
+        if not self._wanted or _without_front_end(self):
+            return 0.0
+        if not self.syncing_data_url:   # ipympl: the browser's view said "initialized"
+            return self._wanted_since + FRAME_WAIT
+        return self._made + HELLO_WAIT
 
     def draw(self):
         self._drawing = True
@@ -100,6 +132,28 @@ class _Frames:
             return out.getvalue()
 
 
+def _without_front_end(canvas) -> bool:
+    """Whether no browser can ever ask for this canvas's frames: no kernel (plain Python, the
+    tests) gives widgets a dummy comm, and a closed widget has none."""
+    comm = getattr(canvas, "comm", None)
+    return comm is None or type(comm).__name__ == "DummyComm"
+
+
+def frames_due() -> float:
+    """Until when (``time.monotonic()``) a frame of a changed figure made by
+    :func:`canvas_figure` is worth waiting for, over all open ones: 0 when none waits.
+
+    A :class:`~zfwidgets.widgets.runner.Runner` waits until then (or until the frames are
+    out) before a job's next step, so that the browser's requests are answered and what a view
+    just drew is painted while the job goes on.
+
+    Returns
+    -------
+    float
+    """
+    return max((canvas.frame_due() for canvas in list(_live)), default=0.0)
+
+
 def _canvas_class():
     """ipympl's canvas widget with :class:`_Frames` mixed in (made once, on first use: ipympl
     is imported only when a figure is made)."""
@@ -138,6 +192,8 @@ def canvas_figure(width: float, height: float, dpi: float = 100) -> Figure:
     fig = Figure(figsize=(width, height), dpi=dpi)
     fig.patch.set_facecolor("white")
     canvas = _canvas_class()(fig)
+    canvas._made = time.monotonic()
+    _live.add(canvas)
     with warnings.catch_warnings():
         # ipympl's Toolbar hands its canvas on to traitlets' constructor, which warns (a
         # DeprecationWarning about ipympl's code, not ours or the user's).
@@ -176,6 +232,7 @@ def close_figure(fig: Figure | None) -> None:
     if fig is None:
         return
     canvas = fig.canvas
+    _live.discard(canvas)
     manager = getattr(canvas, "manager", None)
     toolbar = getattr(manager, "toolbar", None)
     for widget in (toolbar, canvas):

@@ -7,6 +7,9 @@
   and a job whose session changed under it is dropped, so no stale result is ever shown.
 * A runner can be paused (its view was hidden: nothing computes for a view nobody sees) and
   resumed (shown again): the job waits between two steps, and starting a job resumes it.
+* Before each step the runner lets the frames of changed figures out: while a canvas waits for
+  the browser to ask for its frame (:func:`~zfwidgets.widgets.canvas.frames_due`, bounded), the
+  event loop answers the browser instead of stepping, so a stage drawn is painted at once.
 * :class:`Latest` runs only the newest of quickly repeated UI requests (clicks in a burst).
 
 Without a running event loop (plain Python, scripts, tests) both act at once: a job runs to the
@@ -24,13 +27,17 @@ and a runner::
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..backend.jobs import Job, Step
 from ..errors import Cancelled
+from .canvas import frames_due
 
 __all__ = ["Latest", "Runner", "running_loop"]
+
+_FRAME_POLL = 0.01   # seconds between two looks at the frames waiting for the browser
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -182,6 +189,9 @@ class Runner:
             return
         if self.paused:
             self._parked = job  # resume() steps it again
+            return
+        if frames_due() > time.monotonic():   # a frame waits for the browser: answer it first
+            self._handle = asyncio.get_running_loop().call_later(_FRAME_POLL, self._turn, job)
             return
         try:
             step = job.step()
