@@ -419,8 +419,9 @@ def _interrupt(script: Path, handshake: int, cache: str, args: list, expect: str
         line = proc.stdout.readline() if readable else ""
         assert line.split() == expect.split(), (line, proc.poll())
         proc.send_signal(signal.SIGINT)
-        proc.wait(60)
-        return proc.returncode, proc.stderr.read()
+        # communicate drains both pipes while it waits (a full pipe would block the child)
+        _, err = proc.communicate(timeout=180)
+        return proc.returncode, err
     finally:
         if proc.poll() is None:
             proc.kill()
