@@ -346,8 +346,11 @@ def _waiting_canvas(monkeypatch, out):
 
     from zfwidgets.widgets import canvas as canvas_module
 
-    monkeypatch.setattr(canvas_module, "_without_front_end", lambda canvas: False)
+    ours, real = [], canvas_module._without_front_end   # other tests' canvases stay as they are
+    monkeypatch.setattr(canvas_module, "_without_front_end",
+                        lambda canvas: all(canvas is not c for c in ours) and real(canvas))
     fig = canvas_module.canvas_figure(2.0, 1.5, dpi=50)
+    ours.append(fig.canvas)
     fig.add_axes((0, 0, 1, 1)).plot([0, 1], [1, 0])
     fig.canvas.send = lambda content, buffers=None: out.append(
         json.loads(content["data"])["type"])
