@@ -376,8 +376,14 @@ def test_cli_device_cuda_without_a_gpu(tmp_path, capsys):
 
 
 INTERRUPTED_CLI = textwrap.dedent("""
+    import signal
     import sys
     from pathlib import Path
+
+    # Ctrl-C as in a terminal: a process started from one whose SIGINT is ignored (some tool in
+    # a full test run leaves it so) inherits SIG_IGN, and Python then installs no
+    # KeyboardInterrupt handler at start-up: the SIGINT would be lost and the run go on
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     import torch
 
