@@ -36,7 +36,7 @@ from nbrun import run_notebook
 run = run_notebook(Path(sys.argv[1]), "inline")
 code = [i for i, c in enumerate(run.notebook.cells) if c.cell_type == "code"]
 print(json.dumps({"problems": run.problems, "last": run.cells[-1].index if run.cells else None,
-                  "last_code": max(code), "seconds": run.seconds}))
+                  "last_code": max(code)}))
 """
 
 
