@@ -104,9 +104,9 @@ def test_every_stage_equals_a_one_shot_sweep_of_its_grid(lite0, monkeypatch):
     seen = []
     real = batches.run_batch
 
-    def counting(plan, corners, engine):
+    def counting(plan, corners, *rest):
         seen.extend(corners)
-        return real(plan, corners, engine)
+        return real(plan, corners, *rest)
 
     monkeypatch.setattr(batches, "run_batch", counting)
     job = occlusion_job(lite0, 32, 24, method="incremental", progressive=True, batch_size=16)
@@ -161,7 +161,10 @@ def test_auto_probes_both_methods_switches_mid_sweep_and_stays_exact(small):
     r = occlusion_maps(small, x, 6, 2)  # 18 x 18 positions: enough to time both
     assert r.method in ("incremental", "plain")
     assert "timed probe" in r.method_note and "multiply-adds" in r.method_note
-    assert "32 positions plain" in r.method_note or "32 positions incremental" in r.method_note
+    # the probe: the engine on 96 positions (two batches of 16, one of its own 64), plain
+    # passes on 64 (its own weights' layout and the channels-last twin's, 32 each): the loser
+    # computed exactly its probe's share
+    assert "64 positions plain" in r.method_note or "96 positions incremental" in r.method_note
     ref = plain_reference(small, x, 6, 2)
     np.testing.assert_allclose(r.prob, ref[..., r.target], atol=1e-5, rtol=1e-4)
     np.testing.assert_array_equal(r.top_class, ref.argmax(-1))
@@ -174,18 +177,19 @@ def test_auto_probes_both_methods_switches_mid_sweep_and_stays_exact(small):
 
 def test_the_choice_follows_the_probe_times(small):
     x = torch.zeros(1, 3, 40, 40)
-    batch = {"plain": 16, "incremental": 24}
+    batch = {"plain": 16, "incremental": 16}
     for plain_s, inc_s, expected in [(1.6, 0.5, "incremental"), (0.4, 0.9, "plain"),
                                      (1.0, 0.97, "plain")]:  # a close call: plain
         forget_choices()
         chooser = Chooser(small, x, 6, 2, "auto", batch, 324, None, full_macs=1000)
+        # each method's timed batch follows an untimed one of its own
         assert chooser.probing and chooser.next(324) == ("incremental", 16)
         chooser.record("incremental", 16, 5.0)  # first batches: one-time costs, not timed
-        assert chooser.next(308) == ("plain", 16)
-        chooser.record("plain", 16, 5.0)
-        assert chooser.next(292) == ("incremental", 16)
+        assert chooser.next(308) == ("incremental", 16)
         chooser.record("incremental", 16, inc_s + 0.1, macs_saved=8000,
                        setup_seconds=0.1)  # the unoccluded values: not counted
+        assert chooser.next(292) == ("plain", 16)
+        chooser.record("plain", 16, 5.0)
         assert chooser.probing and chooser.next(276) == ("plain", 16)
         chooser.record("plain", 16, plain_s)
         assert chooser.method == expected and not chooser.probing
@@ -201,28 +205,35 @@ def test_the_choice_follows_the_probe_times(small):
     forget_choices()
 
 
-def test_the_engine_keeps_its_large_batch_only_when_it_was_faster(small):
-    """After the probe the engine's first large batch is timed: kept when it is faster per
-    position than the probe's batch (the engine's per-call work amortized), else the sweep goes
-    back to the probe's batch (dense fallbacks make large tensors slower); remembered."""
+def test_the_engine_is_timed_at_its_own_batch_too_and_keeps_the_faster(small):
+    """Where the sweep has the positions, the probe times the engine at its own (larger) batch
+    as well: it goes on at whichever of its sizes was faster per position (larger batches
+    amortize its per-call work; dense fallbacks make them slower), judged against plain passes
+    at that speed; remembered. A sweep too short for it times the engine at the probe's
+    batch only."""
     x = torch.zeros(1, 3, 40, 40)
     batch = {"plain": 16, "incremental": 48}
-    for big_s, kept in [(2.0, 48), (3.5, 16), (None, 48)]:   # 48 positions: 2.0 s faster
+    for big_s, method, kept in [(1.2, "incremental", 48),   # 25 ms a position at 48: faster
+                                (3.5, "incremental", 16),   # 73 ms at 48: back to 16
+                                (6.0, "incremental", 16)]:
         forget_choices()
         chooser = Chooser(small, x, 6, 2, "auto", batch, 324, None, full_macs=1000)
-        for method, seconds in [("incremental", 5.0), ("plain", 5.0), ("incremental", 1.0),
-                                ("plain", 3.2)]:             # engine 62.5 ms a position
-            chooser.record(method, chooser.next(324)[1], seconds)
-        assert chooser.method == "incremental" and chooser.next(260) == ("incremental", 48)
-        if big_s is None:                                    # the last batch, short: no verdict
-            chooser.record("incremental", 20, 5.0)
-        else:
-            chooser.record("incremental", 48, big_s)
-        assert chooser.next(200) == ("incremental", kept)
-        if big_s is not None:
-            assert f"batches of {kept}" in chooser.reason
-            later = Chooser(small, x, 6, 2, "auto", batch, 324, None)
-            assert later.next(324) == ("incremental", kept) and "batches of" in later.reason
+        for expect, seconds in [(("incremental", 16), 5.0), (("incremental", 16), 1.0),
+                                (("incremental", 48), big_s), (("plain", 16), 5.0),
+                                (("plain", 16), 3.2)]:        # engine 62.5 ms at 16, plain 200
+            assert chooser.next(324) == expect
+            chooser.record(*expect, seconds)
+        assert chooser.method == method and chooser.next(200) == (method, kept)
+        assert "batches of 48" in chooser.reason
+        later = Chooser(small, x, 6, 2, "auto", batch, 324, None)
+        assert later.next(324) == (method, kept) and "remembered" in later.reason
+    forget_choices()
+    short = Chooser(small, x, 6, 2, "auto", batch, 100, None)  # 4 x 16 + 48 > 100
+    seen = []
+    while short.probing:
+        seen.append(short.next(100))
+        short.record(*seen[-1], 1.0)
+    assert seen == [("incremental", 16)] * 2 + [("plain", 16)] * 2
     forget_choices()
 
 

@@ -23,9 +23,10 @@ from ..layers import Layout, as_maps, capture, scoped_eval
 from .choice import Chooser
 from .engine import IncrementalMode
 from .grid import occlude
+from .twin import channels_last_twin, drop_twin, twin_blocker
 
 __all__ = ["BatchRunner", "class_logits", "engine_blocker", "layer_totals", "plain_total",
-           "run_batch", "totals_reader"]
+           "run_batch", "totals_reader", "twin_allowed"]
 
 
 def engine_blocker(model: nn.Module, x: torch.Tensor) -> str | None:
@@ -37,6 +38,12 @@ def engine_blocker(model: nn.Module, x: torch.Tensor) -> str | None:
     if has_hooks(model):
         return "the model carries forward hooks of its own (they would see the engine's placeholders)"
     return None
+
+
+def twin_allowed(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether plain passes may run on the model's channels-last twin (:mod:`.twin`): on the
+    CPU, for a model that may have one."""
+    return x.device.type == "cpu" and twin_blocker(model) is None
 
 
 class BatchRunner:
@@ -54,12 +61,16 @@ class BatchRunner:
         Wall time spent in batches.
     counts : dict of str to int
         Positions computed by each method.
+    twin : nn.Module or None
+        The model's channels-last twin once a batch ran on it (:mod:`.twin`; the model itself
+        where it gets none).
     """
 
     def __init__(self, plan, chooser: Chooser):
         self.plan = plan
         self.chooser = chooser
         self.engine: IncrementalMode | None = None
+        self.twin: nn.Module | None = None
         self.seconds = 0.0
         self.counts = {"plain": 0, "incremental": 0}
 
@@ -76,6 +87,11 @@ class BatchRunner:
         """Logits ``[n, classes]`` and per-channel layer totals (or ``None``) of one batch of
         occluder corners; ``plain``: plain passes whatever the method (exact checks)."""
         method = "plain" if plain else self.chooser.next(len(corners))[0]
+        model = self.plan.model
+        if method == "twin":
+            if self.twin is None:               # checked once a sweep, built or reused
+                self.twin = channels_last_twin(model) or model
+            model = self.twin
         engine = None
         if method == "incremental":
             if self.engine is None:
@@ -84,7 +100,7 @@ class BatchRunner:
             engine = self.engine
         saved, setup = (engine.macs_saved, engine.clean_seconds) if engine is not None else (0, 0)
         start = time.perf_counter()
-        logits, feats, fell_back = self._batch(corners, engine)
+        logits, feats, fell_back = self._batch(corners, engine, model)
         seconds = time.perf_counter() - start
         self.seconds += seconds
         used = "plain" if engine is None or fell_back else "incremental"
@@ -94,13 +110,17 @@ class BatchRunner:
                 saved, setup = engine.macs_saved - saved, engine.clean_seconds - setup
             self.chooser.record(method, len(corners), seconds, saved, setup,
                                 fell_back=fell_back)
+            if method == "twin" and not (self.chooser.probing or self.chooser.twin):
+                drop_twin(self.plan.model)    # the probe chose the model's own layout
+                self.twin = None
         return logits, feats
 
-    def _batch(self, corners, engine):
-        """``(logits, totals, fell_back)``; unless ``method="incremental"`` was asked for, an
-        engine failure warns and the batch runs plainly."""
+    def _batch(self, corners, engine, model):
+        """``(logits, totals, fell_back)`` of plain passes through ``model`` (the plan's, or its
+        twin) or of the engine; unless ``method="incremental"`` was asked for, an engine failure
+        warns and the batch runs plainly."""
         try:
-            return (*run_batch(self.plan, corners, engine), False)
+            return (*run_batch(self.plan, corners, engine, model), False)
         except ZFError:
             raise
         except Exception as exc:
@@ -113,10 +133,12 @@ class BatchRunner:
             return (*run_batch(self.plan, corners, None), True)
 
 
-def run_batch(plan, corners, engine: IncrementalMode | None):
+def run_batch(plan, corners, engine: IncrementalMode | None, model: nn.Module | None = None):
     """Logits ``[n, classes]`` and per-channel totals ``[n, C]`` of the layer's output (``None``
-    without a layer), for one batch of occluder corners: through ``engine``, or plainly."""
-    model, x, layer = plan.model, plan.x, plan.layer
+    without a layer), for one batch of occluder corners: through ``engine``, or plainly (through
+    ``model``, default the plan's: its channels-last twin may stand in)."""
+    x, layer = plan.x, plan.layer
+    model = plan.model if model is None or engine is not None else model
     with torch.inference_mode(), eval_scope(model):
         if engine is None:
             fmt = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format

@@ -33,7 +33,8 @@ from ..jobs import Job, Step
 from ..layers import resolve_layer, scoped_eval
 from .approx import Approximation, check_positions, coarse_factor, drill_down, fill_in
 from ..layers import Layout
-from .batches import BatchRunner, class_logits, engine_blocker, layer_totals, totals_reader
+from .batches import (BatchRunner, class_logits, engine_blocker, layer_totals, totals_reader,
+                      twin_allowed)
 from .choice import Chooser, MacCounter
 from .grid import check_int, fill_tensor, occlusion_grid
 from .progressive import schedule, stage_factors
@@ -175,7 +176,8 @@ def _chooser(plan: _Plan) -> Chooser:
     if plan.approx is not None:
         method = "plain" if blocker is not None else "incremental"
     chooser = Chooser(plan.model, plan.x, plan.size, plan.stride, method, plan.batch,
-                      len(plan.rows) * len(plan.cols), blocker)
+                      len(plan.rows) * len(plan.cols), blocker,
+                      twin_ok=plan.approx is None and twin_allowed(plan.model, plan.x))
     if plan.approx is not None and blocker is not None:
         chooser.reason = f"plain passes, since {blocker}"
     return chooser
