@@ -251,6 +251,49 @@ def test_incremental_engine_really_skips_work(lite0, oddnet, fuse):
         assert torch.allclose(out, oddnet(xo), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channel_totals_of_windows_equal_the_dense_totals(dtype):
+    """A patched map's per-channel totals (clean total - clean under the window + window, the
+    clean part from a summed-area table) equal the totals of the occluded images computed
+    densely, for windows at the borders and inside, and for a map whose window is the whole
+    map; on a map far from zero, where ``total - under`` cancels most of its digits."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(3, 4, 3, padding=1).to(dtype)
+    grow = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1) for _ in range(8)]).to(dtype)
+    with torch.no_grad():
+        conv.bias += 300.0                        # totals ~ 1e5, windows far smaller
+    x = torch.randn(1, 3, 21, 17, dtype=dtype)
+    corners = [(0, 11), (7, 0), (15, 11), (4, 5)]
+    tops, lefts = np.array([c[0] for c in corners]), np.array([c[1] for c in corners])
+    mode = IncrementalMode()
+    with torch.inference_mode(), mode:
+        inp = mode.inputs(x, tops, lefts, 6, torch.zeros(1, 3, 1, 1, dtype=dtype))
+        y = conv(inp)
+        whole = grow(y)                           # each conv widens the window by 2
+        st = mode.state(y)
+        partial = st is not None and (st.h, st.w) < (21, 17)
+        totals = mode.channel_totals(y)
+        totals_whole = mode.channel_totals(whole)
+        whole_window = mode.state(whole).h == 21 and mode.state(whole).w == 17
+        dense, dense_whole = mode.resolve(y), mode.resolve(whole)
+    assert partial and whole_window
+    xo = torch.cat([x] * len(corners))
+    for n, (t, left) in enumerate(corners):
+        xo[n, :, t:t + 6, left:left + 6] = 0
+    with torch.no_grad():
+        ref = conv(xo).double().sum((2, 3))
+        ref_whole = grow(conv(xo)).double().sum((2, 3))
+        scale_whole = grow(conv(xo)).double().abs().sum((2, 3))  # the float sum's own scale
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(dense, conv(xo).detach(), rtol=tol, atol=0)
+    assert totals.dtype == dtype and totals_whole.dtype == dtype
+    assert torch.allclose(totals.double(), ref, rtol=tol, atol=0)
+    assert ((totals_whole.double() - ref_whole).abs() <= tol * scale_whole).all()
+    assert not torch.allclose(totals.double(), conv(x).double().sum((2, 3)).expand(4, -1),
+                              rtol=tol, atol=0)   # the occluders changed every image's totals
+    assert dense_whole.shape == (4, 4, 21, 17)
+
+
 @pytest.mark.parametrize("method", ["incremental", "plain"])
 def test_batch_composition_does_not_change_results(alexnet, method):
     torch.manual_seed(3)

@@ -239,6 +239,7 @@ class IncrementalMode(TorchFunctionMode):
             self._memo.clear()
             self._padded.clear()
             self._caches.pop("window", None)
+            self._caches.pop("summed_area", None)
 
     def resolve(self, t):
         """The real value of a tensor (or nested list/tuple of tensors) made inside the mode."""
@@ -247,8 +248,8 @@ class IncrementalMode(TorchFunctionMode):
     def channel_totals(self, t: torch.Tensor) -> torch.Tensor:
         """Per-image, per-channel sums ``[N, C]`` of a ``[N, C, H, W]`` tensor made in the mode.
 
-        For a patched tensor this is ``clean total - clean under the window + patch``, summed in
-        float64, at the cost of the window only (:meth:`window_totals`).
+        For a patched tensor this is ``clean total - clean under the window + patch``, at the
+        cost of the window only (:meth:`window_totals`).
         """
         state = self._entry(t)
         if isinstance(state, Patch):
@@ -258,17 +259,39 @@ class IncrementalMode(TorchFunctionMode):
 
     def window_totals(self, st: Patch) -> torch.Tensor:
         """``[N, C]`` float64 totals over the whole map of each image of patched tensor ``st``
-        (what a global pooling needs), at the cost of the windows only."""
-        inside = st.patch.sum((2, 3), dtype=torch.float64)
+        (what a global pooling needs), at the cost of the windows only.
+
+        The window's own values are summed as the model's pooling sums them, in float32 (float64
+        for float64 maps: a cast of the whole patch to float64 first would cost four times the
+        sum); the clean values under it come from a float64 summed-area table of the clean map,
+        built once per sweep, so that ``total - under`` loses nothing to cancellation.
+        """
+        acc = torch.float64 if st.patch.dtype == torch.float64 else torch.float32
+        inside = st.patch.sum((2, 3), dtype=acc).to(torch.float64)
         clean = st.clean[0]
         c, H, W = clean.shape
         if st.h == H and st.w == W:
             return inside
-        total = clean.sum((1, 2), dtype=torch.float64)
-        idx = torch.from_numpy(_positions(st.top, st.left, st.h, st.w, W)).to(clean.device)
-        under = clean.reshape(c, H * W).index_select(1, idx)
-        under = under.view(c, st.n, -1).sum(2, dtype=torch.float64).t()
-        return total[None] - under + inside
+        table = self._summed_area(st.clean)
+        dev = table.device
+        y0 = torch.from_numpy(st.top).to(dev)
+        x0 = torch.from_numpy(st.left).to(dev)
+        y1, x1 = y0 + st.h, x0 + st.w
+        under = table[:, y1, x1] - table[:, y0, x1] - table[:, y1, x0] + table[:, y0, x0]
+        return table[:, H, W][None] - under.t() + inside
+
+    def _summed_area(self, clean: torch.Tensor) -> torch.Tensor:
+        """``[C, H + 1, W + 1]`` float64 summed-area table of ``clean[0]`` (memoized per sweep):
+        entry ``[c, y, x]`` is the total of channel ``c`` above row ``y`` and left of column
+        ``x``."""
+        store = self.cache("summed_area")
+        hit = store.get(id(clean))
+        if hit is not None and hit[1] is clean:
+            return hit[0]
+        x = clean[0].to(torch.float64)
+        table = F.pad(x.cumsum(1).cumsum(2), (1, 0, 1, 0))
+        store[id(clean)] = (table, clean)
+        return table
 
     # ------------------------------------------------------------------ the handlers' side
     def state(self, t) -> Patch | None:
