@@ -9,8 +9,8 @@ flushed) or one that vanishes (made under ``plt.ioff()`` and never shown) fails 
 
 The notebooks a run selects execute two at a time, each in its own process and kernel with one
 torch thread (a notebook's small kernels gain little from a second thread, and two kernels keep
-both cores of the CI machine busy): the first test to ask starts them all, each test waits for
-its own notebook's result. A test run alone runs only its notebook.
+both cores of the CI machine busy): the first test to ask starts them all, the longest first,
+each test waits for its own notebook's result. A test run alone runs only its notebook.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from nbrun import notebooks, run_notebook
 
 NOTEBOOKS = notebooks()
 _AT_ONCE = 2
+_TIMES = Path(__file__).resolve().parent.parent / "bench" / "results" / "notebooks.json"
 _CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[2])
@@ -50,6 +51,25 @@ def _run_in_child(path: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def longest_first(paths: list[Path]) -> list[Path]:
+    """``paths`` in the order their runs should start: the longest first, by the run times
+    ``bench/notebooks.py`` last recorded (``bench/results/notebooks.json``; a notebook it does
+    not know starts first, the rest keep their order), so that two workers end together
+    instead of one running the longest notebook alone at the end."""
+    try:
+        times = json.loads(_TIMES.read_text())
+    except (OSError, ValueError):
+        return list(paths)
+
+    def seconds(path: Path) -> float:
+        try:
+            return float(times[path.stem]["inline"]["seconds"])
+        except (KeyError, TypeError, ValueError):
+            return float("inf")
+
+    return sorted(paths, key=seconds, reverse=True)
+
+
 @pytest.fixture(scope="module")
 def inline_runs(request):
     """``{path: future of its run}`` for every notebook this pytest run selected."""
@@ -57,7 +77,7 @@ def inline_runs(request):
     wanted = [item.callspec.params["path"] for item in request.session.items
               if getattr(item, "originalname", "") == name]
     pool = ThreadPoolExecutor(max_workers=_AT_ONCE, thread_name_prefix="inline-notebook")
-    futures = {path: pool.submit(_run_in_child, path) for path in wanted}
+    futures = {path: pool.submit(_run_in_child, path) for path in longest_first(wanted)}
     yield futures
     pool.shutdown(wait=True, cancel_futures=True)
 
