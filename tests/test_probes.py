@@ -14,6 +14,7 @@ import zfwidgets as zf
 from zfwidgets.backend.experiments.probes import (fit_linear, layer_features, probe,
                                                   stratified_split)
 from zfwidgets.errors import BadParameterError, DataError, UnknownLayerError
+from zfwidgets.threads import using_threads
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,31 @@ def test_classifier_reaches_the_optimum():
     loss = F.cross_entropy(x @ w + b, y) + 1e-2 * (w * w).sum()
     gw, gb = torch.autograd.grad(loss, (w, b))
     assert gw.abs().max() < 1e-6 and gb.abs().max() < 1e-6
+
+
+def test_the_fit_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """Its tiny operations run on one torch thread whatever the process's count (a second
+    thread only wakes up per operation), the count is restored after, and the result is the
+    one of a one-thread process."""
+    seen = []
+    step = torch.optim.LBFGS.step
+
+    def spy(self, closure):
+        seen.append(torch.get_num_threads())
+        return step(self, closure)
+
+    monkeypatch.setattr(torch.optim.LBFGS, "step", spy)
+    torch.manual_seed(1)
+    x = torch.randn(30, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (30,))
+    before = torch.get_num_threads()
+    with using_threads(2):
+        w2, b2 = fit_linear(x, y, 3)
+        assert torch.get_num_threads() == 2
+    with using_threads(1):
+        w1, b1 = fit_linear(x, y, 3)
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    assert torch.equal(w1, w2) and torch.equal(b1, b2)
 
 
 def test_separable_colours_and_shuffled_labels(session):
