@@ -110,19 +110,21 @@ def test_project_many_equals_single_projections(lite0):
                                                       ("ACTIVE", None, False)])
 def test_projections_run_on_one_thread_only_where_openmp_is_passive(lite0, monkeypatch, policy,
                                                                     spin, one_thread):
-    """A projection's many short operations run on one torch thread where idle OpenMP threads
+    """A projection's many short operations (the session's, and every caller of
+    ``backend.project``: the top-9 galleries) run on one torch thread where idle OpenMP threads
     sleep at once (each wake-up costs more than the second thread gives), on the process's
     count otherwise; the count is restored and the projection is the same."""
-    import zfwidgets.backend.session as session_module
+    import importlib
 
+    project_module = importlib.import_module("zfwidgets.backend.project")  # not the function
     seen = []
-    real = session_module.project
+    real = project_module._project_chunk
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(session_module, "project", spy)
+    monkeypatch.setattr(project_module, "_project_chunk", spy)
     monkeypatch.setenv("OMP_WAIT_POLICY", policy)
     if spin is None:
         monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)

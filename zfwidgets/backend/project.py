@@ -18,6 +18,7 @@ from torch import nn
 
 from ..data.datasets import ImageSource
 from ..errors import BadImageError, BadParameterError, DataError
+from ..threads import small_work_threads
 from .layers import Geometry, Layout, forward_to, model_dtype, receptive_field_box
 from .mining.results import LayerTopK, MiningResult
 from .rfcrop import CropAudit, CropPlan, crop_plan, cut_crops, paste_crops
@@ -102,13 +103,19 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
     torch.Tensor
         ``[N, C, H, W]`` projections, in input (normalized) space, one per target (zero
         outside the unit's receptive field when it was computed on a crop).
+
+    Notes
+    -----
+    Where OpenMP threads are passive (:func:`zfwidgets.threads.small_work_threads`) the passes
+    run on one torch thread: a second one only adds a wake-up per operation.
     """
     check_rule(rule)
     targets = [Target(*t) for t in targets]
     out = []
-    for start in range(0, len(targets), batch_size):
-        out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size], rule,
-                                  known, geometry, crop, reference, layout))
+    with small_work_threads():      # many short ops: one thread where OpenMP threads sleep
+        for start in range(0, len(targets), batch_size):
+            out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size],
+                                      rule, known, geometry, crop, reference, layout))
     if not out:
         return inputs.new_zeros((0,) + tuple(inputs.shape[1:]))
     return torch.cat(out)

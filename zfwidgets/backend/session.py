@@ -17,7 +17,6 @@ from ..errors import BadParameterError, OutOfRangeError, UnknownLayerError, Unsu
 from ..fingerprint import tensor_digest
 from ..models import LoadedModel, Preprocessing, class_name, default_model, get_model, wrap_model
 from ..models.registry import check_output, input_channels
-from ..threads import small_work_threads
 from .layers import (
     LayerInfo,
     Record,
@@ -479,8 +478,11 @@ class Session:
             if key not in self._projections and key not in todo:
                 todo.append(key)
         if todo:
-            with small_work_threads():
-                result = self._project(layer, todo, rule)
+            result = project(self.model, self.input_tensor, layer,
+                             [Target(0, k[1], *(k[2] or (None, None))) for k in todo], rule,
+                             known=self.layers, geometry=self.layer_info(layer).geometry,
+                             reference=self._rec().activations[layer],
+                             layout=self.layer_info(layer).layout)
             for key, p in zip(todo, result):
                 self._projections[key] = p
                 while len(self._projections) > 256:
@@ -488,14 +490,6 @@ class Session:
         for key in targets:
             self._projections.move_to_end(key)
         return torch.stack([self._projections[k] for k in targets])
-
-    def _project(self, layer: str, todo: list, rule: str) -> torch.Tensor:
-        """The projections of ``todo``'s ``(layer, channel, position, rule)`` keys."""
-        return project(self.model, self.input_tensor, layer,
-                       [Target(0, k[1], *(k[2] or (None, None))) for k in todo], rule,
-                       known=self.layers, geometry=self.layer_info(layer).geometry,
-                       reference=self._rec().activations[layer],
-                       layout=self.layer_info(layer).layout)
 
     # ------------------------------------------------------------------ rule choice (defaults)
     def default_rule(self, layer: str) -> str:
