@@ -5,7 +5,8 @@ Run on demand (needs /usr/bin/chromium and the playwright package; no browser do
     .venv/bin/python bench/widgets_browser.py [--repeats 8] [--breakdown]
 
 The explorer is served by Voila as ``zfwidgets explore`` serves it (EfficientNet-Lite0, sample
-photo "chelsea", one torch thread) and driven by Debian's chromium through Playwright. Timings
+photo "chelsea", the kernel's environment of ``zfwidgets explore``: its thread count and
+``OMP_WAIT_POLICY=PASSIVE``) and driven by Debian's chromium through Playwright. Timings
 are taken inside the page, with no screenshot polling: an init script records
 ``performance.now()`` of the ``mousedown`` / ``change`` event and of every ``drawImage`` onto a
 visible ipympl canvas (the moment a new frame is painted), on the wall clock the kernel's
@@ -189,15 +190,17 @@ class Variant:
     @contextlib.contextmanager
     def opened(self, browser):
         from browser import CANVAS, jupyter_env, serve_voila, wait_canvas_painted
-        from zfwidgets.cli import one_cell_notebook
+        from zfwidgets.cli import kernel_env, one_cell_notebook
 
         notebook = one_cell_notebook(self.work / "explorer.ipynb", CELL)
-        extra = {"ZF_BENCH_PROTOCOL": self.name, "OMP_NUM_THREADS": "1",
-                 "OMP_WAIT_POLICY": "PASSIVE"}
+        extra = {"ZF_BENCH_PROTOCOL": self.name}
         if self.breakdown:
             (self.work / "zf_bench_probe.py").write_text(PROBE)
             extra["ZF_BENCH_PROBE"] = str(self.probe_log)
-        env = jupyter_env(self.work, **extra)
+        # the kernel's environment of `zfwidgets explore` (its threads, OpenMP policy and
+        # allocator settings), not a one-thread kernel
+        env = kernel_env(None, None, jupyter_env(self.work, **extra))
+        self.threads = {k: env.get(k, "(unset)") for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
         with serve_voila(notebook, self.work, env=env, timeout=180) as url:
             context = browser.new_context(viewport={"width": 1300, "height": 950})
             context.add_init_script(INIT_JS)
@@ -345,7 +348,9 @@ def main(argv=None) -> int:
 
     md = ["# Widgets in a real browser (`bench/widgets_browser.py`)", "",
           "The explorer served by Voila (as `zfwidgets explore`), EfficientNet-Lite0, sample photo "
-          "`chelsea`, one torch thread in the kernel, driven by chromium (Playwright). Times are "
+          "`chelsea`, the kernel's environment of `zfwidgets explore` ("
+          + ", ".join(f"`{k}={v}`" for k, v in variants[0].threads.items()) +
+          "), driven by chromium (Playwright). Times are "
           "measured inside the page: from the `mousedown` / `change` event to the last "
           "`drawImage` of the new frame onto the visible canvas. Median and 90th percentile of "
           f"{args.repeats} rounds each.", "", *markdown_table(rows),

@@ -105,43 +105,6 @@ def test_project_many_equals_single_projections(lite0):
         assert torch.allclose(many[n], one, atol=1e-6)
 
 
-@pytest.mark.parametrize("policy, spin, one_thread", [("PASSIVE", None, True),
-                                                      ("passive", "1000", False),
-                                                      ("ACTIVE", None, False)])
-def test_projections_run_on_one_thread_only_where_openmp_is_passive(lite0, monkeypatch, policy,
-                                                                    spin, one_thread):
-    """A projection's many short operations (the session's, and every caller of
-    ``backend.project``: the top-9 galleries) run on one torch thread where idle OpenMP threads
-    sleep at once (each wake-up costs more than the second thread gives), on the process's
-    count otherwise; the count is restored and the projection is the same."""
-    import importlib
-
-    project_module = importlib.import_module("zfwidgets.backend.project")  # not the function
-    seen = []
-    real = project_module._project_chunk
-
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(project_module, "_project_chunk", spy)
-    monkeypatch.setenv("OMP_WAIT_POLICY", policy)
-    if spin is None:
-        monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    else:
-        monkeypatch.setenv("GOMP_SPINCOUNT", spin)
-    layer = lite0.entry.middle_layer
-    with zf.using_threads(2):
-        lite0._projections.clear()
-        got = lite0.project(layer, 5, (3, 3), rule="deconvnet")
-        assert torch.get_num_threads() == 2
-    assert seen == [1 if one_thread else 2]
-    with zf.using_threads(1):
-        lite0._projections.clear()
-        ref = lite0.project(layer, 5, (3, 3), rule="deconvnet")
-    assert torch.allclose(got, ref, atol=1e-6) and got.abs().max() > 0
-
-
 @pytest.mark.parametrize("name", zf.list_models())
 def test_receptive_fields_match_gradient_support_for_every_registry_model(name):
     torch.manual_seed(0)

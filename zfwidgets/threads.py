@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 __all__ = ["CGROUP_ROOT", "available_cpus", "cgroup_cpu_limit", "passive_openmp",
-           "set_threads", "small_work_threads", "thread_env", "torch_threads", "using_threads"]
+           "set_threads", "thread_env", "torch_threads", "using_threads"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
@@ -252,20 +252,3 @@ def passive_openmp(environ=None) -> bool:
     policy = str(environ.get("OMP_WAIT_POLICY", "")).strip().upper()
     return policy == "PASSIVE" and not environ.get("GOMP_SPINCOUNT")
 
-
-def small_work_threads():
-    """A context for work of many short operations on one image (a projection's forward and
-    backward): one torch thread where OpenMP threads are passive, else nothing changes.
-
-    A passive thread sleeps after every parallel region and each next region waits for it to
-    wake: measured on the 2-core machine, one projection of a middle layer of
-    EfficientNet-Lite0 took 83 ms on two passive threads and 37 ms on one (the top layer 136 /
-    90 ms; nine at once 805 / 413 ms), while with OpenMP's default spinning two threads are the
-    faster (66 ms for the top layer). The count is the calling thread's own (OpenMP keeps one
-    per thread), restored after.
-
-    Returns
-    -------
-    context manager
-    """
-    return using_threads(1) if passive_openmp() else contextlib.nullcontext()

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import BadParameterError, UnknownLayerError, UnsupportedModelError
 from ..models.registry import pick_logits
+from .small_work import small_work_threads
 from .geometry import IDENTITY, Geometry, GeometryMode, Spatial
 
 __all__ = ["IDENTITY", "Geometry", "GeometryMode", "LayerInfo", "Layout", "Record",
@@ -295,7 +296,8 @@ def record_forward(model: nn.Module, x: torch.Tensor, output=None) -> Record:
         layers.append(LayerInfo(lid, type(module).__name__, tuple(maps.shape[1:]), s.geometry,
                                 next(module.children(), None) is None, layout))
 
-    with torch.no_grad(), scoped_eval(model), _hooks(model, on_output), mode:
+    # the thread count that suits this model's passes over one image (.small_work)
+    with small_work_threads(model, x), torch.no_grad(), scoped_eval(model), _hooks(model, on_output), mode:
         out = model(x)
     return Record(pick_logits(out, output).detach(), layers, acts)
 

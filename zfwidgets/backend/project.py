@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data.datasets import ImageSource
 from ..errors import BadImageError, BadParameterError, DataError
-from ..threads import small_work_threads
+from .small_work import small_work_threads
 from .layers import Geometry, Layout, forward_to, model_dtype, receptive_field_box
 from .mining.results import LayerTopK, MiningResult
 from .rfcrop import CropAudit, CropPlan, crop_plan, cut_crops, paste_crops
@@ -106,13 +106,14 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
 
     Notes
     -----
-    Where OpenMP threads are passive (:func:`zfwidgets.threads.small_work_threads`) the passes
-    run on one torch thread: a second one only adds a wake-up per operation.
+    Where OpenMP threads are passive the passes run on the thread count measured to suit the
+    model (:func:`~zfwidgets.backend.small_work.small_work_threads`: one thread for a model of
+    many small operations, where each wake-up of a sleeping thread costs more than it gives).
     """
     check_rule(rule)
     targets = [Target(*t) for t in targets]
     out = []
-    with small_work_threads():      # many short ops: one thread where OpenMP threads sleep
+    with small_work_threads(model, inputs):     # the count that suits this model (.small_work)
         for start in range(0, len(targets), batch_size):
             out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size],
                                       rule, known, geometry, crop, reference, layout))

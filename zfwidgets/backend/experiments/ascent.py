@@ -35,6 +35,7 @@ from ...errors import BadParameterError, OutOfRangeError
 from ...models import class_name
 from ..jobs import Job, Step
 from ...models.registry import pick_logits
+from ..small_work import small_work_threads
 from ..layers import layouts_of, resolve_layer, run_captured, scoped_eval
 from ..ops import RECTIFIER_MODULES
 from ..targets import resolve_classes
@@ -322,18 +323,21 @@ def _ascent_steps(session, goal: _Goal, x: torch.Tensor, gen: torch.Generator,
     for step in range(steps):
         dy, dx = (torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
                   if jitter else (0, 0))
-        with scoped_eval(model), torch.enable_grad():
-            xs = torch.roll(x, (dy, dx), dims=(2, 3)).requires_grad_(True)
-            obj = _value(session, goal, xs)
-            (grad,) = torch.autograd.grad(obj, xs)
-        history.append(float(obj.detach()))
-        grad = torch.roll(grad, (-dy, -dx), dims=(2, 3))
-        with torch.no_grad():
-            x = x + lr * grad / grad.abs().mean().clamp(min=1e-12)
-            x = x * (1 - decay)
-            if blur_every and (step + 1) % blur_every == 0:
-                x = gaussian_blur(x, blur_sigma)
-            x = torch.maximum(torch.minimum(x, high), low)
+        # the thread count that suits this model's passes over one image (..small_work); the
+        # scope closes before the yield, so whoever drives the job gets its own count back
+        with small_work_threads(model, x):
+            with scoped_eval(model), torch.enable_grad():
+                xs = torch.roll(x, (dy, dx), dims=(2, 3)).requires_grad_(True)
+                obj = _value(session, goal, xs)
+                (grad,) = torch.autograd.grad(obj, xs)
+            history.append(float(obj.detach()))
+            grad = torch.roll(grad, (-dy, -dx), dims=(2, 3))
+            with torch.no_grad():
+                x = x + lr * grad / grad.abs().mean().clamp(min=1e-12)
+                x = x * (1 - decay)
+                if blur_every and (step + 1) % blur_every == 0:
+                    x = gaussian_blur(x, blur_sigma)
+                x = torch.maximum(torch.minimum(x, high), low)
         yield Step(step + 1, steps, note=f"objective {history[-1]:.3g}",
                    partial=AscentState(history[-1], x))
     prob = None

@@ -39,6 +39,7 @@ from ...errors import BadParameterError, UnknownLayerError
 from ..layers import capture, scoped_eval
 from ..occlusion.sweep import class_logits
 from ..rules import RuleMode
+from ..small_work import small_work_threads
 
 __all__ = ["CAM", "METHODS", "Backward", "Deconvnet", "GradCAM", "GuidedBackprop",
            "GuidedGradCAM", "InputMethod", "Method", "MethodOutput", "Saliency",
@@ -131,7 +132,8 @@ def class_backward(model: nn.Module, x: torch.Tensor, classes: Sequence[int],
 
     hooks = capture(model, [layer], keep, known=known, replace=True) if layer \
         else contextlib.nullcontext()
-    with torch.enable_grad():
+    # the thread count that suits this model's passes over one image (..small_work)
+    with small_work_threads(model, x), torch.enable_grad():
         with scoped_eval(model), RuleMode(rule), hooks:
             logits = class_logits(model(x))
         if layer and layer not in seen:

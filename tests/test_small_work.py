@@ -1,0 +1,150 @@
+"""The thread count of one image's passes (zfwidgets.backend.small_work): measured per model where
+OpenMP threads are passive, left alone elsewhere, and used by every pass over one image."""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import zfwidgets as zf
+from zfwidgets.backend.explain.methods import class_backward
+from zfwidgets.backend.experiments.ascent import ascent_job
+from zfwidgets.backend.layers import record_forward
+
+small_work = importlib.import_module("zfwidgets.backend.small_work")
+
+
+class Timed(nn.Module):
+    """A model whose forward takes ``one`` seconds on one torch thread and ``many`` on more;
+    it records the thread count, the training flag and the grad mode of every call."""
+
+    def __init__(self, one: float, many: float):
+        super().__init__()
+        self.one, self.many = one, many
+        self.bn = nn.BatchNorm2d(3)
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((torch.get_num_threads(), self.bn.training, torch.is_grad_enabled()))
+        time.sleep(self.one if torch.get_num_threads() == 1 else self.many)
+        return self.bn(x).mean((2, 3))
+
+
+@pytest.fixture
+def passive(monkeypatch):
+    """Two torch threads under a passive OpenMP policy, no choice remembered."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setattr(small_work, "_choices", type(small_work._choices)())
+    with zf.using_threads(2):
+        yield
+
+
+@pytest.mark.parametrize("one, many, chosen", [(0.002, 0.02, 1), (0.02, 0.002, 2)])
+def test_the_faster_count_is_measured_once_per_model_and_shape(passive, one, many, chosen):
+    model, x = Timed(one, many), torch.rand(1, 3, 8, 8)
+    assert small_work.small_work_count(model, x) == chosen
+    timed = len(model.calls)
+    assert timed == 1 + 2 * small_work.ROUNDS          # a warm-up, then both counts in turn
+    assert [c[0] for c in model.calls[1:]] == [1, 2] * small_work.ROUNDS
+    assert small_work.small_work_count(model, x) == chosen
+    assert small_work.small_work_count(model, torch.rand(4, 3, 8, 8)) == chosen  # same item shape
+    assert len(model.calls) == timed                   # remembered: nothing timed again
+    small_work.small_work_count(model, torch.rand(1, 3, 16, 16))
+    assert len(model.calls) == 2 * timed               # a new input shape is measured anew
+    with small_work.small_work_threads(model, x):
+        assert torch.get_num_threads() == chosen
+    assert torch.get_num_threads() == 2
+
+
+def test_the_calibration_leaves_the_model_as_it_was(passive):
+    model = Timed(0.001, 0.003).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small_work.small_work_count(model, torch.rand(2, 3, 8, 8) * 5)
+    assert model.calls and all(not training and not grad for _, training, grad in model.calls)
+    assert model.training and model.bn.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)   # running stats untouched
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_slow_first_forward_keeps_every_thread_without_timing_more(passive):
+    model = Timed(0.001, small_work.CALIBRATION_LIMIT_S + 0.05)
+    assert small_work.small_work_count(model, torch.rand(1, 3, 8, 8)) == 2
+    assert len(model.calls) == 1
+
+
+def test_a_model_that_fails_is_left_to_fail_in_the_real_pass(passive):
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    assert small_work.small_work_count(Broken(), torch.rand(1, 3, 8, 8)) == 2
+
+
+@pytest.mark.parametrize("policy, spin, threads", [("ACTIVE", None, 2), ("PASSIVE", "1000", 2),
+                                                   ("PASSIVE", None, 1)])
+def test_nothing_is_timed_where_threads_spin_or_one_thread_runs(monkeypatch, policy, spin,
+                                                                 threads):
+    monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    if spin is None:
+        monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    else:
+        monkeypatch.setenv("GOMP_SPINCOUNT", spin)
+    model = Timed(0.001, 0.01)
+    with zf.using_threads(threads):
+        assert small_work.small_work_count(model, torch.rand(1, 3, 8, 8)) == threads
+    assert model.calls == []
+
+
+@pytest.fixture
+def session_on(passive, monkeypatch):
+    """A small model's session whose measured count is ``count`` (the calibration replaced),
+    and the thread counts its model saw."""
+    def make(count):
+        monkeypatch.setattr(small_work, "_calibrate", lambda model, x, threads: count)
+        torch.manual_seed(0)
+        session = zf.Session("zfnet_small", weights=None)
+        seen = []
+        session.model.register_forward_pre_hook(lambda m, a: seen.append(torch.get_num_threads()))
+        return session, seen
+    return make
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_every_pass_over_one_image_runs_on_the_measured_count(session_on, count):
+    """The session's forward, a projection, a class map's backward and each ascent step run on
+    the count chosen for the model; the caller's count is back after each."""
+    session, seen = session_on(count)
+    layer = session.layers[len(session.layers) // 2]
+    passes = {
+        "record_forward": lambda: record_forward(session.model, session.input_tensor),
+        "project": lambda: session.project(layer, 1, (1, 1), rule="deconvnet"),
+        "class_backward": lambda: class_backward(session.model, session.input_tensor, [3]),
+        "ascent step": lambda: ascent_job(session, steps=2).step(),
+    }
+    for name, run in passes.items():
+        seen.clear()
+        run()
+        assert seen and set(seen) == {count}, name
+        assert torch.get_num_threads() == 2, name
+
+
+def test_a_pass_gives_the_same_result_on_either_count(passive):
+    torch.manual_seed(0)
+    session = zf.Session("zfnet_small", weights=None)
+    layer = session.layers[len(session.layers) // 2]
+    got = {}
+    for count in (1, 2):
+        small_work._choices.clear()
+        small_work._choices[session.model] = {
+            small_work._key(session.input_tensor, 2): count}
+        session._projections.clear()
+        got[count] = (session.project(layer, 1, (1, 1), rule="deconvnet"),
+                      class_backward(session.model, session.input_tensor, [3]).input_grad)
+    for a, b in zip(got[1], got[2]):
+        assert a.abs().max() > 0 and torch.allclose(a, b, atol=1e-6)

@@ -1,0 +1,121 @@
+"""How many torch threads one image's forward and backward passes get, chosen per model by timing.
+
+Under ``OMP_WAIT_POLICY=PASSIVE`` (what :func:`zfwidgets.threads.thread_env` gives the
+explorer's kernel and the test suite) an idle OpenMP thread sleeps, and every parallel region
+wakes it again. A pass over one image is a chain of operations whose size depends on the model:
+measured on the 2-core machine in a two-thread passive process, a forward of EfficientNet-Lite0
+(many small depthwise and 1x1 convolutions) took 19 ms on one thread and 28-34 ms on two, while
+AlexNet (few large convolutions) took 27 ms on one and 21 ms on two, VGG16 350 ms and 195 ms.
+So the count is measured, not assumed: the first time a model runs such a pass in a process,
+:func:`small_work_count` times a few plain forwards of that input on one thread and on the
+process's count, alternately, and keeps the faster for that model, input shape and count.
+
+Nothing changes where OpenMP threads spin (its default; :func:`zfwidgets.threads.passive_openmp`
+is false), where torch already runs one thread, or on a GPU. Results do not depend on the
+count beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+
+import torch
+from torch import nn
+
+from ..threads import passive_openmp, using_threads
+
+__all__ = ["CALIBRATION_LIMIT_S", "ROUNDS", "small_work_count", "small_work_threads"]
+
+#: a first forward slower than this is made of operations large enough for every thread; the
+#: calibration stops there (it would cost several such forwards) and keeps the process's count
+CALIBRATION_LIMIT_S = 0.15
+#: timed forwards per thread count (the fastest of each is compared)
+ROUNDS = 2
+
+_choices: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> {key: count}
+_lock = threading.Lock()
+
+
+def _key(x: torch.Tensor, threads: int) -> tuple:
+    return tuple(x.shape[1:]), x.dtype, threads
+
+
+def _timed(model: nn.Module, x: torch.Tensor, threads: int) -> float:
+    with using_threads(threads):
+        start = time.perf_counter()
+        model(x)
+        return time.perf_counter() - start
+
+
+def _calibrate(model: nn.Module, x: torch.Tensor, threads: int) -> int:
+    """The faster of one thread and ``threads`` for plain forwards of ``x`` (eval mode, no
+    gradient; the model's flags are restored)."""
+    from .layers import scoped_eval        # layers imports this module
+
+    x = x[:1].detach()
+    try:
+        with torch.no_grad(), scoped_eval(model):
+            first = _timed(model, x, threads)      # also the warm-up
+            if first > CALIBRATION_LIMIT_S:
+                return threads
+            one, many = [], []
+            for _ in range(ROUNDS):
+                one.append(_timed(model, x, 1))
+                many.append(_timed(model, x, threads))
+    except Exception:  # noqa: BLE001  the real pass that follows raises its own, clear error
+        return threads
+    return 1 if min(one) < min(many) else threads
+
+
+def small_work_count(model: nn.Module, x: torch.Tensor) -> int:
+    """torch's thread count for a pass of ``model`` over ``x`` (one image, or a few).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Run in eval mode for the calibration (its flags are restored; no gradient).
+    x : torch.Tensor
+        An input of the pass (``[N, C, H, W]``; the calibration uses its first item).
+
+    Returns
+    -------
+    int
+        1 or the calling thread's current count: the count itself where OpenMP threads spin,
+        on a GPU, or when it is 1 already; else the faster of the two for this model, input
+        shape, dtype and count, measured once per process (a few forwards) and remembered.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1 or x.device.type != "cpu" or not passive_openmp():
+        return threads
+    key = _key(x, threads)
+    with _lock:
+        known = _choices.get(model, {}).get(key)
+    if known is None:
+        known = _calibrate(model, x, threads)
+        with _lock:
+            _choices.setdefault(model, {})[key] = known
+    return known
+
+
+def small_work_threads(model: nn.Module, x: torch.Tensor):
+    """A context for one image's forward and backward passes of ``model``: runs them on
+    :func:`small_work_count` threads, restoring the count after.
+
+    The count is the calling thread's own (OpenMP keeps one per thread), so a block on a
+    widget's worker thread does not change the main thread's.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : torch.Tensor
+        See :func:`small_work_count`.
+
+    Returns
+    -------
+    context manager
+    """
+    count = small_work_count(model, x)
+    return contextlib.nullcontext() if count == torch.get_num_threads() else using_threads(count)
