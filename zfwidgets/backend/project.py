@@ -196,8 +196,19 @@ def _project_crops(model, inputs, layer, targets, rule, known, plan: CropPlan, r
             sig[n, t.channel, y, x_] = v if v > 0 else 1.0
             ok.append(reference is None or _matches(a[n, :, y, x_],
                                                     reference[t.index, :, t.y, t.x]))
-        grad = torch.autograd.grad(acts, x, sig)[0]
+        grad = _backward(acts, x, sig)
     return paste_crops(grad.detach(), plan), ok
+
+
+def _backward(acts: torch.Tensor, x: torch.Tensor, signal: torch.Tensor,
+              retain_graph: bool = False) -> torch.Tensor:
+    """The backward pass of ``signal`` from ``acts`` to ``x``: the gradient of
+    ``(acts * signal).sum()``, which is ``signal`` at ``acts`` exactly (``1 * signal``).
+
+    Not ``torch.autograd.grad(acts, x, signal)``: a tensor ``grad_outputs`` makes torch import
+    its symbolic-shape machinery (sympy) on first use, 0.5 s of the explorer's first paint.
+    """
+    return torch.autograd.grad((acts * signal).sum(), x, retain_graph=retain_graph)[0]
 
 
 def _matches(got: torch.Tensor, want: torch.Tensor) -> bool:
@@ -228,8 +239,7 @@ def _project_whole(model, inputs, layer, targets, rule, known, layout):
         # into one pass: the rules rectify the backward signal, which is not linear. A plain
         # loop measured faster than `is_grads_batched` on CPU: vmap loops and concatenates.)
         grads = torch.stack([
-            torch.autograd.grad(acts, x, sig[r], retain_graph=r < n_rounds - 1)[0]
-            for r in range(n_rounds)])
+            _backward(acts, x, sig[r], retain_graph=r < n_rounds - 1) for r in range(n_rounds)])
     return torch.stack([grads[r, slot[t.index]] for t, r in zip(targets, rounds)]).detach()
 
 
