@@ -154,8 +154,8 @@ def serve_voila(notebook_path, tmp_path: Path, *, port: int | None = None, env=N
     work.mkdir(parents=True, exist_ok=True)
     nb = work / src.name
     shutil.copy(src, nb)
-    cmd = [sys.executable, "-m", "voila", str(nb), "--no-browser", f"--port={port}",
-           "--Voila.ip=127.0.0.1", f"--Voila.root_dir={work}",
+    cmd = [sys.executable, "-m", "zfwidgets.cli.voila_server", str(nb), "--no-browser",
+           f"--port={port}", "--Voila.ip=127.0.0.1", f"--Voila.root_dir={work}",
            "--VoilaConfiguration.show_tracebacks=True"]
     with serve_command(cmd, port, tmp_path, cwd=src.parent, env=env or jupyter_env(tmp_path),
                        timeout=timeout) as url:

@@ -61,6 +61,26 @@ def test_the_explorer_on_lite0_imports_neither_torchvision_nor_sympy():
     assert "cat" in label and vision == "False" and sympy == "False"
 
 
+def test_the_explorer_serves_voila_without_its_slow_optional_iri_parser(tmp_path):
+    """``zfwidgets explore`` starts Voila through ``zfwidgets.cli.voila_server``, where
+    jsonschema does without ``rfc3987_syntax`` (1.45 s of Voila's import here) and keeps every
+    other format check; the server is Voila with the same arguments."""
+    from zfwidgets.cli.explore import voila_command
+
+    cmd = voila_command(tmp_path / "x.ipynb", tmp_path, 1)
+    assert cmd[1:3] == ["-m", "zfwidgets.cli.voila_server"] and "--port=1" in cmd
+    out = fresh("import sys\nfrom zfwidgets.cli.voila_server import prepare\nprepare()\n"
+                "import voila.app, jsonschema\nchecks = jsonschema.FormatChecker.checkers\n"
+                "print(sys.modules.get('rfc3987_syntax') is None, 'iri' in checks, "
+                "'uri' in checks, 'email' in checks)\n")
+    assert out.split() == ["True", "False", "True", "True"]
+    version = subprocess.run([sys.executable, "-m", "zfwidgets.cli.voila_server", "--version"],
+                             capture_output=True, text=True, timeout=300)
+    import voila
+
+    assert version.returncode == 0 and version.stdout.strip() == voila.__version__
+
+
 def test_imagenet_labels_read_without_torchvision_equal_its_own(monkeypatch):
     import importlib.util
 
