@@ -32,3 +32,27 @@ def one_torch_thread():
 
     with using_threads(1):
         yield
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """The inline notebook tests go last: their runs start in the background at collection
+    (tests/inline_runs.py) and have the whole run to finish."""
+    import inline_runs
+
+    last = [item for item in items if getattr(item, "originalname", "") == inline_runs.TEST_NAME]
+    if last:
+        items[:] = [item for item in items if item not in last] + last
+
+
+def pytest_collection_finish(session):
+    import inline_runs
+
+    if not session.config.option.collectonly:
+        inline_runs.start(inline_runs.selected(session.items))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import inline_runs
+
+    inline_runs.shutdown()
