@@ -34,25 +34,32 @@ def one_torch_thread():
         yield
 
 
+
+def _background_pools():
+    """The background pools (tests/background.py) of the test helpers that have one."""
+    import background
+    import inline_runs  # noqa: F401  (makes its pool)
+    import zoo_runs  # noqa: F401
+
+    return background.pools()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """The inline notebook tests go last: their runs start in the background at collection
-    (tests/inline_runs.py) and have the whole run to finish."""
-    import inline_runs
-
-    last = [item for item in items if getattr(item, "originalname", "") == inline_runs.TEST_NAME]
+    """The tests of the background pools go last: their children start at collection and
+    have the whole run to finish (tests/background.py)."""
+    pools = _background_pools()
+    last = [item for item in items if any(p.owns(item) for p in pools)]
     if last:
         items[:] = [item for item in items if item not in last] + last
 
 
 def pytest_collection_finish(session):
-    import inline_runs
-
     if not session.config.option.collectonly:
-        inline_runs.start(inline_runs.selected(session.items))
+        for pool in _background_pools():
+            pool.start(pool.selected(session.items))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    import inline_runs
-
-    inline_runs.shutdown()
+    for pool in _background_pools():
+        pool.shutdown()

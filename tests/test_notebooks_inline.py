@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-import inline_runs
+import inline_runs  # noqa: E402  (tests/ is on sys.path: conftest)
 from nbrun import notebooks, run_notebook
 
 NOTEBOOKS = notebooks()
@@ -26,7 +26,7 @@ NOTEBOOKS = notebooks()
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_inline_and_shows_each_figure_once(path):
-    run = inline_runs.result(path)
+    run = inline_runs.RUNS.result((inline_runs.TEST, path))
     assert not run["problems"], f"{path.name} under %matplotlib inline:\n" + "\n".join(
         run["problems"])
     assert run["last"] is not None and run["last"] == run["last_code"]   # ran to the end

@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 
 import zfwidgets as zf
+import zoo_runs
 from zfwidgets.backend.layers import as_maps, forward_to, split_layer_id
 from zfwidgets.backend.mining.topk import rectifier_layers
 from zfwidgets.backend.rules import RuleMode
@@ -300,8 +301,8 @@ def _sweep(model: nn.Module, px: int):
     return outcome
 
 
-@pytest.mark.parametrize("name", TORCHVISION)
-def test_torchvision_constructor(name):
+def check_torchvision(name: str) -> None:
+    """The sweep of one torchvision constructor (random weights), raising on a failure."""
     if name in TOO_BIG:
         pytest.skip(TOO_BIG[name])
     px = _size(name)
@@ -315,9 +316,28 @@ def test_torchvision_constructor(name):
     assert set(outcome.values()) == ({"refused"} if family_refuses else {"ok"}), outcome
 
 
-@pytest.mark.parametrize("name", TIMM)
-def test_timm_model(name):
+def check_timm(name: str) -> None:
+    """The sweep of one timm model (random weights), raising on a failure."""
     px = _size(name)
     torch.manual_seed(0)
     outcome = _sweep(_timm(name, px), px)
     assert len(set(outcome.values())) == 1, outcome  # deconvnet and guided agree on the model
+
+
+def check(test: str, name: str) -> None:
+    """What ``test`` checks of model ``name``; run by its background child (tests/zoo_runs.py)."""
+    {zoo_runs.TORCHVISION_TEST: check_torchvision, zoo_runs.TIMM_TEST: check_timm}[test](name)
+
+
+# The sweeps run in background children started at collection, two at a time, one torch thread
+# each (tests/zoo_runs.py, tests/background.py); these tests, moved to the end of the run, judge
+# their reports. Run alone, a test starts its own child.
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_constructor(name):
+    zoo_runs.judge(zoo_runs.TORCHVISION_TEST, name)
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_model(name):
+    zoo_runs.judge(zoo_runs.TIMM_TEST, name)
