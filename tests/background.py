@@ -3,8 +3,10 @@ pytest has collected them (conftest), their tests moved to the end of the run.
 
 The suite runs one test at a time on a 2-core machine, and many of its tests keep one core busy
 at most (widgets, browsers, one-thread model checks). A :class:`Runs` pool starts its checks
-at collection, each a child process with one torch thread at a lower CPU priority
-(``os.nice(NICE)``), so that they use what the rest of the suite leaves of the cores; their
+at collection, each a child process with one torch thread at the lowest CPU priority
+(``os.nice(NICE)``), at most :data:`AT_ONCE` of all pools' children at a time, so that they use
+what the rest of the suite leaves of the cores (measured: with four children at nice 10 the
+browser tests ran 1.5-2x slower; the suite gained 2 of its 15.5 minutes); their
 tests, run last, only wait for and judge the reports. A test run alone starts its own check when
 it asks for it. Whatever is still running when pytest ends is killed.
 
@@ -21,10 +23,23 @@ import threading
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-NICE = 10
+NICE = 19
+#: children of all pools running at the same time
+AT_ONCE = 2
 TIMEOUT_S = 1200
 
 _pools: list["Runs"] = []
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _shared_executor() -> ThreadPoolExecutor:
+    """The one pool of :data:`AT_ONCE` worker threads that starts every pool's children."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=AT_ONCE, thread_name_prefix="background")
+        return _executor
 
 
 def _lower_priority():
@@ -35,7 +50,8 @@ def _lower_priority():
 
 
 class Runs:
-    """Background child processes, one per key, ``at_once`` at a time.
+    """Background child processes, one per key (started by the shared :data:`AT_ONCE`
+    workers, in the order the pools and their keys were started).
 
     A key is ``(test name, parameter value)``: the tests ``tests`` names select them.
 
@@ -46,18 +62,14 @@ class Runs:
         (``item.callspec.params[param]``).
     argv : callable
         ``argv(key)``: the child's command line.
-    at_once : int
-        Children running at the same time.
     order : callable, optional
         ``order(keys)``: the keys in the order to start them (the longest first).
     """
 
     def __init__(self, tests: dict[str, str], argv: Callable[[tuple], list[str]], *,
-                 at_once: int = 2, order: Callable[[list], list] | None = None):
-        self.tests, self.argv = dict(tests), argv
-        self.at_once, self.order = at_once, order or list
+                 order: Callable[[list], list] | None = None):
+        self.tests, self.argv, self.order = dict(tests), argv, order or list
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
         self._runs: dict[Hashable, Future] = {}
         self._children: set[subprocess.Popen] = set()
         self._closed = False
@@ -92,11 +104,8 @@ class Runs:
     def start(self, keys: Sequence) -> None:
         """Start the children of ``keys`` not started yet, in :attr:`order`."""
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.at_once,
-                                                thread_name_prefix="background")
             for key in self.order([k for k in keys if k not in self._runs]):
-                self._runs[key] = self._pool.submit(self._run, key)
+                self._runs[key] = _shared_executor().submit(self._run, key)
 
     def result(self, key) -> dict:
         """The report of ``key``'s child, started now if it was not; waits for it."""
@@ -116,11 +125,12 @@ class Runs:
         """Cancel the children not started, kill the running ones."""
         with self._lock:
             self._closed = True
-            pool, children = self._pool, list(self._children)
+            children = list(self._children)
+            pending = list(self._runs.values())
+        for future in pending:
+            future.cancel()
         for child in children:
             child.kill()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def pools() -> list[Runs]:

@@ -1,6 +1,6 @@
 """The inline-backend runs of the tutorial notebooks (tests/test_notebooks_inline.py): a
-:class:`background.Runs` pool, two children at a time, the longest notebook first, each its own
-kernel with one torch thread, started at collection."""
+:class:`background.Runs` pool (two background children at a time in all), the longest notebook
+first, each its own kernel with one torch thread, started at collection."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The model zoo's sweeps (tests/test_zoo.py): a :class:`background.Runs` pool, two children at a
-time, each sweeping one model on one torch thread, started at collection. The child runs the
-test's own check (``test_zoo.check(test name, model name)``) and reports it passed, skipped (with
-the reason) or failed (with the traceback)."""
+"""The model zoo's sweeps (tests/test_zoo.py): a :class:`background.Runs` pool (two background
+children at a time in all), each child sweeping one model on one torch thread, started at
+collection. The child runs the test's own check (``test_zoo.check(test name, model name)``) and
+reports it passed, skipped (with the reason) or failed (with the traceback)."""
 
 from __future__ import annotations
 
