@@ -265,3 +265,31 @@ def test_crop_plan_small_cases():
     # a field larger than the image on both sides: the whole image
     plan = crop_plan(Geometry((30, 30), (4, 4), (-10, -10)), [(1, 1)], 16, 16)
     assert plan.size == (16, 16) and plan.origins == [(0, 0)] and plan.area_ratio == 1.0
+
+
+def test_units_of_several_crop_sizes_share_one_batch_where_that_costs_less():
+    """On a CPU the crops of a projection batch go in one batch of the largest size when the
+    pixels saved by smaller crops do not pay for more passes (a gallery's units spread over the
+    image), and in batches by size when they do (many small border crops beside one large);
+    either way each projection equals its whole-image one."""
+    import importlib
+
+    project_module = importlib.import_module("zfwidgets.backend.project")
+    lite0 = zf.Session("efficientnet_lite0")
+    layer = lite0.entry.middle_layer
+    info = lite0.layer_info(layer)
+    c, h, w = info.shape
+    spread = [(0, 0), (0, w // 2), (h // 2, 0), (h // 2, w // 2), (h - 1, w - 1), (3, 9),
+              (h - 1, 2), (1, w - 2), (9, 12)]
+    corner_heavy = [(0, 0)] * 8 + [(h // 2, w // 2)]
+    for units, batches in ((spread, 1), (corner_heavy, 2)):
+        targets = [Target(0, (7 * n) % c, y, x) for n, (y, x) in enumerate(units)]
+        sizes = {crop_plan(info.geometry, [(y, x)], 224, 224).size for y, x in units}
+        assert len(sizes) >= 2                      # several crop sizes to choose between
+        groups = project_module._crop_groups(info.geometry, targets, list(range(len(units))),
+                                             (224, 224), torch.device("cpu"))
+        assert len(groups) == batches, [(len(m), p.size) for m, p in groups]
+        assert sorted(n for members, _ in groups for n in members) == list(range(len(units)))
+        whole, crop = whole_and_crop(lite0.model, lite0.input_tensor, layer, targets, "guided",
+                                     info.geometry)
+        assert_same(crop, whole, values=unit_values(lite0, layer, targets))
