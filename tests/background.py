@@ -5,9 +5,11 @@ The suite runs one test at a time on a 2-core machine, and many of its tests kee
 at most (widgets, browsers, one-thread model checks). A :class:`Runs` pool starts its checks
 at collection, each a child process with one torch thread at the lowest CPU priority
 (``os.nice(NICE)``), at most :data:`AT_ONCE` of all pools' children at a time, so that they use
-what the rest of the suite leaves of the cores (measured: with four children at nice 10 the
-browser tests ran 1.5-2x slower; the suite gained 2 of its 15.5 minutes); their
-tests, run last, only wait for and judge the reports. A test run alone starts its own check when
+what the rest of the suite leaves of the cores; their tests, run last, only wait for and judge
+the reports. Measured in clean-clone runs on the 2-core machine: the suite took 17 m 33 s (15 m
+35 s in pytest) with the zoo on one thread in the run and the notebooks' inline runs waited
+for; 15 m 34 s with four children at nice 10 (the browser tests 1.5-2x slower beside them);
+14 m 42 s (13 m 06 s) with two at nice 19. A test run alone starts its own check when
 it asks for it. Whatever is still running when pytest ends is killed.
 
 A child prints its report as one JSON line, the last of its output.

@@ -34,7 +34,6 @@ def one_torch_thread():
         yield
 
 
-
 def _background_pools():
     """The background pools (tests/background.py) of the test helpers that have one."""
     import background
