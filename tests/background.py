@@ -78,7 +78,7 @@ class Runs:
         _pools.append(self)
 
     def _failed(self, why: str) -> dict:
-        return {"problems": [why], "failed": True}
+        return {"problems": [why]}
 
     def _run(self, key) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}

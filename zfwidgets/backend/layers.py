@@ -297,7 +297,8 @@ def record_forward(model: nn.Module, x: torch.Tensor, output=None) -> Record:
                                 next(module.children(), None) is None, layout))
 
     # the thread count that suits this model's passes over one image (.small_work)
-    with small_work_threads(model, x), torch.no_grad(), scoped_eval(model), _hooks(model, on_output), mode:
+    with small_work_threads(model, x), torch.no_grad(), scoped_eval(model), \
+            _hooks(model, on_output), mode:
         out = model(x)
     return Record(pick_logits(out, output).detach(), layers, acts)
 

@@ -168,8 +168,6 @@ def _crop_groups(geometry, targets, units, size, device) -> list[tuple[list[int]
         if plan is None:
             return []
         by_size.setdefault(plan.size, []).append(n)
-    if len(by_size) == 1:
-        return [(list(units), common)]
     grouped = sum(PASS_COST + len(members) * (h * w) / (H * W)
                   for (h, w), members in by_size.items())
     if PASS_COST + len(units) * common.area_ratio <= grouped:
