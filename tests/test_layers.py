@@ -348,3 +348,30 @@ def test_same_shape_reorderings_never_keep_a_wrong_box():
         if g is not None:
             _check_boxes(model, x, ["after"])
         assert how == "transpose" or g is None
+
+
+def test_scoped_eval_restores_mixed_flags_and_leaves_an_eval_model_alone():
+    from zfwidgets.backend.layers import scoped_eval
+
+    calls = []
+
+    class Counting(nn.Sequential):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    net = Counting(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    net.train()
+    net[1].eval()                                    # a frozen batch norm inside
+    before = [m.training for m in net.modules()]
+    calls.clear()
+    with scoped_eval(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == before
+    assert calls == [False]                          # model.eval() itself, once
+
+    net.eval()
+    calls.clear()
+    with scoped_eval(net):
+        assert not any(m.training for m in net.modules())
+    assert calls == [] and not any(m.training for m in net.modules())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -293,3 +295,29 @@ def test_units_of_several_crop_sizes_share_one_batch_where_that_costs_less():
         whole, crop = whole_and_crop(lite0.model, lite0.input_tensor, layer, targets, "guided",
                                      info.geometry)
         assert_same(crop, whole, values=unit_values(lite0, layer, targets))
+
+
+def test_a_rule_mode_outside_the_audit_sees_the_models_calls_only():
+    """The audit's own reads of shapes and dims are not the model's calls: a RuleMode outside it
+    sees exactly what it sees without the audit (its per-call checks are the cost of a pass)."""
+    seen = []
+
+    class Counting(RuleMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs)
+
+    torch.manual_seed(0)
+    net = Residual(padding_mode="zeros").eval()
+    x = torch.randn(1, 3, 45, 45)
+    runs = {}
+    for audited in (False, True):
+        seen.clear()
+        crops = x.clone().requires_grad_(True)
+        audit = CropAudit(crops)
+        with torch.enable_grad(), Counting("guided"), audit if audited else nullcontext():
+            forward_to(net, crops, "out")
+        runs[audited] = list(seen)
+        if audited:
+            assert audit.safe, audit.reason
+    assert runs[True] == runs[False] and len(runs[False]) > 10

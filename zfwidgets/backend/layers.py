@@ -17,6 +17,7 @@ geometry is right or ``None``, never a wrong box.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -176,7 +177,7 @@ def require_maps(session) -> list[LayerInfo]:
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The floating-point dtype of ``model``'s first floating parameter or buffer (float32
     when it has none): the dtype its input must have."""
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in itertools.chain(model.parameters(), model.buffers()):
         if t.is_floating_point():
             return t.dtype
     return torch.float32
@@ -197,11 +198,13 @@ def scoped_eval(model: nn.Module):
     """Put every module of ``model`` in eval mode for the block, restoring each flag after."""
     flags = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
+        if any(flag for _, flag in flags):  # (a model in eval mode already: nothing to do)
+            model.eval()
         yield model
     finally:
         for m, flag in flags:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
 
 
 @contextlib.contextmanager

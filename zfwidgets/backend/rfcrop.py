@@ -234,22 +234,28 @@ class CropAudit(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = func(*args, **kwargs)  # through any mode outside this one (a RuleMode)
         if not self.safe:
             return out
+        # The checks' own tensor reads (dim, shape ...) are not the model's: no other mode
+        # (a RuleMode outside) should see them (they were half of that mode's calls).
+        with torch._C.DisableTorchFunction():
+            self._check(func, args, kwargs, out)
+        return out
+
+    def _check(self, func, args, kwargs, out) -> None:
         operands = list(_tensors(list(args) + list(kwargs.values())))
         if not any(self.derived(t) for t in operands):
-            return out
+            return
         outs = [t for t in _tensors(out)]
         if not outs:  # metadata (dim, size, shape ...): nothing is computed
-            return out
+            return
         why = self._unsafe(func, args, kwargs, operands, outs)
         if why:
             self.safe, self.reason = False, why
         else:
             for t in outs:
                 self._seen[id(t)] = t
-        return out
 
     def _unsafe(self, func, args, kwargs, operands, outs) -> str:
         name = getattr(func, "__name__", repr(func))

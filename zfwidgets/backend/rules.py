@@ -66,6 +66,7 @@ class _Rectifier(torch.autograd.Function):
         y = x.clamp(min=lo, max=hi)
         if slope:
             y = torch.where(x < lo, x * slope, y)
+        ctx.rule = rule
         if rule != "deconvnet":
             # gradient: act'(x) = 1 inside (lo, hi), `slope` below lo, 0 above hi.
             # guided: the forward gate asks "was the unit active?", so a unit saturated at the
@@ -73,21 +74,20 @@ class _Rectifier(torch.autograd.Function):
             # every projection through a saturated unit).
             inside = x > lo
             if hi is not None and rule == "gradient":
-                inside = inside & (x < hi)
-            deriv = inside.to(x.dtype)
+                inside &= x < hi
             if slope:
-                deriv = deriv + (x <= lo).to(x.dtype) * slope
+                deriv = inside.to(x.dtype) + (x <= lo).to(x.dtype) * slope
+            else:  # a boolean mask: one op, a quarter of a float mask's memory
+                deriv = inside
             ctx.save_for_backward(deriv)
-        ctx.rule = rule
         return y
 
     @staticmethod
     def backward(ctx, g):
         if ctx.rule == "deconvnet":
-            out = g.clamp(min=0)
-        else:
-            (deriv,) = ctx.saved_tensors
-            out = (g.clamp(min=0) if ctx.rule == "guided" else g) * deriv
+            return g.clamp(min=0), None, None, None, None
+        (deriv,) = ctx.saved_tensors
+        out = g.clamp(min=0).mul_(deriv) if ctx.rule == "guided" else g * deriv
         return out, None, None, None, None
 
 
