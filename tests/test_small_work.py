@@ -45,20 +45,48 @@ def passive(monkeypatch):
 
 
 @pytest.mark.parametrize("one, many, chosen", [(0.002, 0.02, 1), (0.02, 0.002, 2)])
-def test_the_faster_count_is_measured_once_per_model_and_shape(passive, one, many, chosen):
+def test_the_faster_count_is_measured_once_per_model_and_amount_of_work(passive, one, many,
+                                                                         chosen):
     model, x = Timed(one, many), torch.rand(1, 3, 8, 8)
     assert small_work.small_work_count(model, x) == chosen
     timed = len(model.calls)
     assert timed == 1 + 2 * small_work.ROUNDS          # a warm-up, then both counts in turn
     assert [c[0] for c in model.calls[1:]] == [1, 2] * small_work.ROUNDS
     assert small_work.small_work_count(model, x) == chosen
-    assert small_work.small_work_count(model, torch.rand(4, 3, 8, 8)) == chosen  # same item shape
-    assert len(model.calls) == timed                   # remembered: nothing timed again
+    # as many pixels to the nearest power of two (64 and 63): the same work, remembered
+    assert small_work.small_work_count(model, torch.rand(1, 3, 9, 7)) == chosen
+    assert len(model.calls) == timed
     small_work.small_work_count(model, torch.rand(1, 3, 16, 16))
-    assert len(model.calls) == 2 * timed               # a new input shape is measured anew
+    assert len(model.calls) == 2 * timed               # more work is measured anew ...
+    small_work.small_work_count(model, torch.rand(4, 3, 8, 8))
+    assert len(model.calls) == 2 * timed               # ... once: four 8x8 items are 16x16's
     with small_work.small_work_threads(model, x):
         assert torch.get_num_threads() == chosen
     assert torch.get_num_threads() == 2
+
+
+class Batched(nn.Module):
+    """A forward of ``n`` items that takes ``n * 4 ms`` on one thread and ``n * 1 ms + 12 ms``
+    on two (a fixed cost for waking the second thread in every pass), like Lite0's."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x):
+        n = x.shape[0]
+        self.calls.append((n, torch.get_num_threads()))
+        time.sleep(n * 0.004 if torch.get_num_threads() == 1 else n * 0.001 + 0.012)
+        return x.mean((1, 2, 3))
+
+
+def test_the_count_follows_the_work_of_the_pass(passive):
+    """One item of a model of small operations runs on one thread, many items on both: the
+    calibration times the pass's own batch, not its first item."""
+    model = Batched()
+    assert small_work.small_work_count(model, torch.rand(1, 3, 8, 8)) == 1
+    assert small_work.small_work_count(model, torch.rand(9, 3, 8, 8)) == 2
+    assert {n for n, _ in model.calls} == {1, 9}
 
 
 def test_the_calibration_leaves_the_model_as_it_was(passive):
@@ -134,17 +162,37 @@ def test_every_pass_over_one_image_runs_on_the_measured_count(session_on, count)
         assert torch.get_num_threads() == 2, name
 
 
-def test_a_pass_gives_the_same_result_on_either_count(passive):
+def test_a_pass_gives_the_same_result_on_either_count(passive, monkeypatch):
     torch.manual_seed(0)
     session = zf.Session("zfnet_small", weights=None)
     layer = session.layers[len(session.layers) // 2]
     got = {}
     for count in (1, 2):
         small_work._choices.clear()
-        small_work._choices[session.model] = {
-            small_work._key(session.input_tensor, 2): count}
+        monkeypatch.setattr(small_work, "_calibrate", lambda model, x, threads, c=count: c)
         session._projections.clear()
         got[count] = (session.project(layer, 1, (1, 1), rule="deconvnet"),
                       class_backward(session.model, session.input_tensor, [3]).input_grad)
     for a, b in zip(got[1], got[2]):
         assert a.abs().max() > 0 and torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_projection_is_measured_on_its_own_batch_of_crops(passive, monkeypatch):
+    """Nine units of one image go down as one batch of nine crops: that batch is what the
+    count is measured on (not the one image, whose single item would want one thread)."""
+    shapes = []
+
+    def calibrate(model, x, threads):
+        shapes.append(tuple(x.shape))
+        return threads
+
+    monkeypatch.setattr(small_work, "_calibrate", calibrate)
+    torch.manual_seed(0)
+    session = zf.Session("zfnet_small", weights=None)
+    layer = "features.relu2"                   # a 27 px receptive field in a 64 px image
+    h, w = session.activation(layer).shape[-2:]
+    units = [(c, h // 2, w // 2) for c in range(9)]
+    shapes.clear()
+    session.project_many(layer, units, rule="deconvnet")
+    assert len(shapes) == 1 and shapes[0][0] == 9
+    assert shapes[0][-2:] < tuple(session.input_tensor.shape[-2:])   # crops, not the image

@@ -106,17 +106,17 @@ def project(model: nn.Module, inputs: torch.Tensor, layer: str, targets: Sequenc
 
     Notes
     -----
-    Where OpenMP threads are passive the passes run on the thread count measured to suit the
-    model (:func:`~zfwidgets.backend.small_work.small_work_threads`: one thread for a model of
-    many small operations, where each wake-up of a sleeping thread costs more than it gives).
+    Where OpenMP threads are passive each pass runs on the thread count measured to suit the
+    model and the pass's batch (:func:`~zfwidgets.backend.small_work.small_work_threads`: one
+    thread for one crop of a model of many small operations, where each wake-up of a sleeping
+    thread costs more than it gives; every thread for a gallery's nine).
     """
     check_rule(rule)
     targets = [Target(*t) for t in targets]
     out = []
-    with small_work_threads(model, inputs):     # the count that suits this model (.small_work)
-        for start in range(0, len(targets), batch_size):
-            out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size],
-                                      rule, known, geometry, crop, reference, layout))
+    for start in range(0, len(targets), batch_size):
+        out.append(_project_chunk(model, inputs, layer, targets[start:start + batch_size],
+                                  rule, known, geometry, crop, reference, layout))
     if not out:
         return inputs.new_zeros((0,) + tuple(inputs.shape[1:]))
     return torch.cat(out)
@@ -193,7 +193,8 @@ def _project_crops(model, inputs, layer, targets, rule, known, plan: CropPlan, r
     x = cut_crops(inputs.detach(), [t.index for t in targets], plan).to(
         dtype=model_dtype(model)).requires_grad_(True)
     audit = CropAudit(x)
-    with torch.enable_grad():
+    # the count that suits this model and this batch of crops (.small_work)
+    with small_work_threads(model, x), torch.enable_grad():
         try:
             with RuleMode(rule), audit:
                 acts = forward_to(model, x, layer, known, layout)
@@ -243,7 +244,8 @@ def _project_whole(model, inputs, layer, targets, rule, known, layout):
         seen[t.index] = rounds[-1] + 1
     n_rounds = max(rounds) + 1
     x = inputs[images].detach().to(dtype=model_dtype(model)).requires_grad_(True)
-    with torch.enable_grad():
+    # the count that suits this model and these images (.small_work)
+    with small_work_threads(model, x), torch.enable_grad():
         with RuleMode(rule):
             acts = forward_to(model, x, layer, known, layout)
         a = acts.detach()

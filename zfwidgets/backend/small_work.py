@@ -1,4 +1,4 @@
-"""How many torch threads one image's forward and backward passes get, chosen per model by timing.
+"""How many torch threads a pass over one image (or a few) gets, chosen per model by timing.
 
 Under ``OMP_WAIT_POLICY=PASSIVE`` (what :func:`zfwidgets.threads.thread_env` gives the
 explorer's kernel and the test suite) an idle OpenMP thread sleeps, and every parallel region
@@ -6,9 +6,15 @@ wakes it again. A pass over one image is a chain of operations whose size depend
 measured on the 2-core machine in a two-thread passive process, a forward of EfficientNet-Lite0
 (many small depthwise and 1x1 convolutions) took 19 ms on one thread and 28-34 ms on two, while
 AlexNet (few large convolutions) took 27 ms on one and 21 ms on two, VGG16 350 ms and 195 ms.
-So the count is measured, not assumed: the first time a model runs such a pass in a process,
-:func:`small_work_count` times a few plain forwards of that input on one thread and on the
-process's count, alternately, and keeps the faster for that model, input shape and count.
+The work of the pass counts as much as the model: Lite0 on 1, 2, 3, 4 and 9 images took
+18, 40, 61, 82 and 231 ms on one thread and 28, 46, 58, 75 and 150 ms on two (so a gallery's
+nine crops want both threads where one click's single crop wants one).
+So the count is measured, not assumed: the first time a model runs a pass of a given size in a
+process, :func:`small_work_count` times a few plain forwards of that very input on one thread
+and on the process's count, alternately, and keeps the faster for that model and that amount of
+work (the pixels of the batch, to the nearest power of two, with the channel count, dtype and
+thread count); a first forward slower than :data:`CALIBRATION_LIMIT_S` is work enough for every
+thread and is not timed further.
 
 Nothing changes where OpenMP threads spin (its default; :func:`zfwidgets.threads.passive_openmp`
 is false), where torch already runs one thread, or on a GPU. Results do not depend on the
@@ -18,6 +24,7 @@ count beyond float rounding.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 import weakref
@@ -30,8 +37,9 @@ from ..threads import passive_openmp, using_threads
 __all__ = ["CALIBRATION_LIMIT_S", "ROUNDS", "small_work_count", "small_work_threads"]
 
 #: a first forward slower than this is made of operations large enough for every thread; the
-#: calibration stops there (it would cost several such forwards) and keeps the process's count
-CALIBRATION_LIMIT_S = 0.15
+#: calibration stops there (it would cost four more such forwards) and keeps the process's count
+#: (measured: Lite0 on 3 images, 58-61 ms, is about where both counts take as long)
+CALIBRATION_LIMIT_S = 0.075
 #: timed forwards per thread count (the fastest of each is compared)
 ROUNDS = 2
 
@@ -40,7 +48,10 @@ _lock = threading.Lock()
 
 
 def _key(x: torch.Tensor, threads: int) -> tuple:
-    return tuple(x.shape[1:]), x.dtype, threads
+    """The amount of work of a pass over ``x``: its pixels (all items, to the nearest power of
+    two), channels and dtype, with the thread count it would otherwise run on."""
+    pixels = max(1, x.numel() // x.shape[1] if x.dim() > 1 and x.shape[1] else x.numel())
+    return round(math.log2(pixels)), tuple(x.shape[1:2]), x.dtype, threads
 
 
 def _timed(model: nn.Module, x: torch.Tensor, threads: int) -> float:
@@ -55,7 +66,7 @@ def _calibrate(model: nn.Module, x: torch.Tensor, threads: int) -> int:
     gradient; the model's flags are restored)."""
     from .layers import scoped_eval        # layers imports this module
 
-    x = x[:1].detach()
+    x = x.detach()
     try:
         with torch.no_grad(), scoped_eval(model):
             first = _timed(model, x, threads)      # also the warm-up
@@ -78,14 +89,16 @@ def small_work_count(model: nn.Module, x: torch.Tensor) -> int:
     model : nn.Module
         Run in eval mode for the calibration (its flags are restored; no gradient).
     x : torch.Tensor
-        An input of the pass (``[N, C, H, W]``; the calibration uses its first item).
+        The input of the pass (``[N, C, H, W]``: the images or crops it runs on, all of them;
+        the calibration runs on it).
 
     Returns
     -------
     int
         1 or the calling thread's current count: the count itself where OpenMP threads spin,
-        on a GPU, or when it is 1 already; else the faster of the two for this model, input
-        shape, dtype and count, measured once per process (a few forwards) and remembered.
+        on a GPU, or when it is 1 already; else the faster of the two for this model and this
+        amount of work (the batch's pixels to the nearest power of two, its channels, dtype and
+        the count), measured once per process (a few forwards) and remembered.
     """
     threads = torch.get_num_threads()
     if threads == 1 or x.device.type != "cpu" or not passive_openmp():
