@@ -629,3 +629,44 @@ def test_no_global_hook_outlives_the_mode_even_after_a_refusal():
         project(net, torch.randn(1, 3, 8, 8), "4", [Target(0, 0)], "deconvnet")
     assert (dict(m._global_forward_hooks), dict(m._global_forward_pre_hooks)) == before
     assert torch.overrides._get_current_function_mode() is None
+
+
+class _HalfRectified(nn.Module):
+    """A conv whose first half of channels is rectified: in place on a view (``h[:, :4]``,
+    the return value ignored), in place on a whole intermediate, or out of place."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.how = how
+
+    def forward(self, x):
+        h = self.conv1(x)
+        if self.how == "view":
+            h[:, :4].relu_()
+        elif self.how == "whole":
+            g = h[:, :4] * 1.0
+            F.relu6(g, inplace=True)          # the return value ignored
+            h = torch.cat([g, h[:, 4:]], 1)
+        else:
+            h = torch.cat([F.relu6(h[:, :4]) if self.how == "out6" else h[:, :4].relu(),
+                           h[:, 4:]], 1)
+        return F.relu(self.conv2(h))
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("how, same_as", [("view", "out"), ("whole", "out6")])
+def test_in_place_rectifiers_on_views_and_intermediates_equal_out_of_place(rule, how, same_as):
+    """An in-place rectifier clamps its input itself (no copy) where it can, and copies back
+    into a view; either way the projection is the out-of-place one's."""
+    x = torch.randn(1, 3, 12, 12) * 3
+    nets = {k: _HalfRectified(k).eval() for k in (how, same_as)}
+    got = {k: project(n, x, "conv2", [Target(0, 2, 5, 6)], rule) for k, n in nets.items()}
+    assert got[how].abs().max() > 0
+    assert torch.allclose(got[how], got[same_as], atol=1e-6), (got[how] - got[same_as]).abs().max()
+    h = torch.randn(1, 4, 5, 5, requires_grad=True) * 1.0    # a non-leaf, not a view
+    with torch.enable_grad(), RuleMode(rule):
+        y = F.relu6(h, inplace=True)
+    assert y is h and "InPlace" in type(y.grad_fn).__name__

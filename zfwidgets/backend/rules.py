@@ -66,20 +66,7 @@ class _Rectifier(torch.autograd.Function):
         y = x.clamp(min=lo, max=hi)
         if slope:
             y = torch.where(x < lo, x * slope, y)
-        ctx.rule = rule
-        if rule != "deconvnet":
-            # gradient: act'(x) = 1 inside (lo, hi), `slope` below lo, 0 above hi.
-            # guided: the forward gate asks "was the unit active?", so a unit saturated at the
-            # top of ReLU6 counts as active (the exact derivative there is 0, which would blank
-            # every projection through a saturated unit).
-            inside = x > lo
-            if hi is not None and rule == "gradient":
-                inside &= x < hi
-            if slope:
-                deriv = inside.to(x.dtype) + (x <= lo).to(x.dtype) * slope
-            else:  # a boolean mask: one op, a quarter of a float mask's memory
-                deriv = inside
-            ctx.save_for_backward(deriv)
+        _keep_gate(ctx, x, lo, hi, slope, rule)
         return y
 
     @staticmethod
@@ -89,6 +76,40 @@ class _Rectifier(torch.autograd.Function):
         (deriv,) = ctx.saved_tensors
         out = g.clamp(min=0).mul_(deriv) if ctx.rule == "guided" else g * deriv
         return out, None, None, None, None
+
+
+class _RectifierInPlace(_Rectifier):
+    """:class:`_Rectifier` clamping its input in place (``ReLU(inplace=True)``, ``relu_``),
+    for a non-view, non-leaf input without a slope: the mask is taken before the clamp, the
+    backward is the same."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi, slope, rule):
+        _keep_gate(ctx, x, lo, hi, slope, rule)   # from x before it is clamped
+        x.clamp_(min=lo, max=hi)
+        ctx.mark_dirty(x)
+        return x
+
+
+def _keep_gate(ctx, x, lo, hi, slope, rule) -> None:
+    """Save on ``ctx`` what the backward of ``rule`` needs from the forward: nothing for the
+    deconvnet, else the gate of the input ``x``.
+
+    gradient: act'(x) = 1 inside (lo, hi), `slope` below lo, 0 above hi. guided: the forward
+    gate asks "was the unit active?", so a unit saturated at the top of ReLU6 counts as active
+    (the exact derivative there is 0, which would blank every projection through a saturated
+    unit). Without a slope the gate is a boolean mask (one op, a quarter of a float mask's
+    memory).
+    """
+    ctx.rule = rule
+    if rule == "deconvnet":
+        return
+    inside = x > lo
+    if hi is not None and rule == "gradient":
+        inside &= x < hi
+    if slope:
+        inside = inside.to(x.dtype) + (x <= lo).to(x.dtype) * slope
+    ctx.save_for_backward(inside)
 
 
 class _Refused(RuntimeError):
@@ -201,11 +222,15 @@ class RuleMode(TorchFunctionMode):
         rect = rectifier_call(func, args, kwargs)
         if rect is not None:
             self.rectifiers += 1
-            y = _Rectifier.apply(rect.x, rect.lo, rect.hi, rect.slope, self.rule)
+            x = rect.x
+            if rect.inplace and not rect.slope and not x._is_view() and not x.is_leaf:
+                # in place, as the model asked (no new tensor, no copy back)
+                return _RectifierInPlace.apply(x, rect.lo, rect.hi, rect.slope, self.rule)
+            y = _Rectifier.apply(x, rect.lo, rect.hi, rect.slope, self.rule)
             if rect.inplace:
                 # keep in-place semantics for callers that ignore the return value
-                rect.x.copy_(y)
-                return rect.x
+                x.copy_(y)
+                return x
             if derived(rect.x):
                 self._derived.put(y, True)
             return y
