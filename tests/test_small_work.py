@@ -56,10 +56,13 @@ def test_the_faster_count_is_measured_once_per_model_and_amount_of_work(passive,
     # as many pixels to the nearest power of two (64 and 63): the same work, remembered
     assert small_work.small_work_count(model, torch.rand(1, 3, 9, 7)) == chosen
     assert len(model.calls) == timed
-    small_work.small_work_count(model, torch.rand(1, 3, 16, 16))
-    assert len(model.calls) == 2 * timed               # more work is measured anew ...
+    # more work is measured anew where one thread won (it might want more) and follows where
+    # every thread won (more work wants them too) ...
+    anew = timed if chosen == 1 else 0
+    assert small_work.small_work_count(model, torch.rand(1, 3, 16, 16)) == chosen
+    assert len(model.calls) == timed + anew
     small_work.small_work_count(model, torch.rand(4, 3, 8, 8))
-    assert len(model.calls) == 2 * timed               # ... once: four 8x8 items are 16x16's
+    assert len(model.calls) == timed + anew            # ... once: four 8x8 items are 16x16's
     with small_work.small_work_threads(model, x):
         assert torch.get_num_threads() == chosen
     assert torch.get_num_threads() == 2
@@ -78,6 +81,22 @@ class Batched(nn.Module):
         self.calls.append((n, torch.get_num_threads()))
         time.sleep(n * 0.004 if torch.get_num_threads() == 1 else n * 0.001 + 0.012)
         return x.mean((1, 2, 3))
+
+
+@pytest.mark.parametrize("one, many, chosen", [(0.002, 0.02, 1), (0.02, 0.002, 2)])
+def test_what_the_measured_choices_imply_is_not_timed(passive, one, many, chosen):
+    """Less work than one that ran faster on one thread runs on one untimed (a click's crop
+    after the session's image), more work than one that ran faster on all runs on all."""
+    model = Timed(one, many)
+    measured = torch.rand(1, 3, 16, 16)
+    implied, open_ = (torch.rand(1, 3, 8, 8), torch.rand(1, 3, 32, 32)) if chosen == 1 else \
+        (torch.rand(1, 3, 32, 32), torch.rand(1, 3, 8, 8))
+    assert small_work.small_work_count(model, measured) == chosen
+    timed = len(model.calls)
+    assert small_work.small_work_count(model, implied) == chosen
+    assert len(model.calls) == timed                   # implied: not timed
+    small_work.small_work_count(model, open_)
+    assert len(model.calls) == 2 * timed               # the other side is measured
 
 
 def test_the_count_follows_the_work_of_the_pass(passive):
@@ -182,9 +201,9 @@ def test_a_projection_is_measured_on_its_own_batch_of_crops(passive, monkeypatch
     count is measured on (not the one image, whose single item would want one thread)."""
     shapes = []
 
-    def calibrate(model, x, threads):
+    def calibrate(model, x, threads):   # one thread for the session's image, like Lite0's
         shapes.append(tuple(x.shape))
-        return threads
+        return 1 if x.shape[0] == 1 else threads
 
     monkeypatch.setattr(small_work, "_calibrate", calibrate)
     torch.manual_seed(0)

@@ -14,7 +14,9 @@ process, :func:`small_work_count` times a few plain forwards of that very input 
 and on the process's count, alternately, and keeps the faster for that model and that amount of
 work (the pixels of the batch, to the nearest power of two, with the channel count, dtype and
 thread count); a first forward slower than :data:`CALIBRATION_LIMIT_S` is work enough for every
-thread and is not timed further.
+thread and is not timed further. What the choices already measured imply is not timed at all:
+less work than some that wanted one thread wants one, more than some that wanted every thread
+wants every thread.
 
 Nothing changes where OpenMP threads spin (its default; :func:`zfwidgets.threads.passive_openmp`
 is false), where torch already runs one thread, or on a GPU. Results do not depend on the
@@ -98,19 +100,36 @@ def small_work_count(model: nn.Module, x: torch.Tensor) -> int:
         1 or the calling thread's current count: the count itself where OpenMP threads spin,
         on a GPU, or when it is 1 already; else the faster of the two for this model and this
         amount of work (the batch's pixels to the nearest power of two, its channels, dtype and
-        the count), measured once per process (a few forwards) and remembered.
+        the count), measured once per process (a few forwards) and remembered, unless the
+        model's measured choices imply it (less work than one that wanted one thread, more
+        than one that wanted all).
     """
     threads = torch.get_num_threads()
     if threads == 1 or x.device.type != "cpu" or not passive_openmp():
         return threads
     key = _key(x, threads)
     with _lock:
-        known = _choices.get(model, {}).get(key)
+        choices = _choices.get(model, {})
+        known = choices.get(key)
+        if known is None:
+            known = _implied(choices, key)
     if known is None:
         known = _calibrate(model, x, threads)
-        with _lock:
-            _choices.setdefault(model, {})[key] = known
+    with _lock:
+        _choices.setdefault(model, {})[key] = known
     return known
+
+
+def _implied(choices: dict, key: tuple) -> int | None:
+    """The count that the model's measured choices already imply for ``key``, or ``None``: no
+    more work than some that ran faster on one thread runs on one too, and no less work than
+    some that ran faster on every thread runs on every thread (so a click's crop, less work
+    than the image the session measured, is not timed again)."""
+    work, rest = key[0], key[1:]
+    for (other, *same), count in choices.items():
+        if tuple(same) == rest and (work <= other if count == 1 else work >= other):
+            return count
+    return None
 
 
 def small_work_threads(model: nn.Module, x: torch.Tensor):
